@@ -1,0 +1,72 @@
+"""BlockActor: one AL block in its own Ray worker process, on CPU or on the GPU Ray gave it."""
+from __future__ import annotations
+
+import os
+import socket
+
+import ray
+import torch
+
+from ray_al.block_trainer import BlockTrainer
+from ray_al.config import config_from_dict
+from ray_al.models import build_al_block
+
+
+@ray.remote
+class BlockActor:
+    def __init__(self, cfg: dict, input_shape: tuple, num_classes: int, index: int, n_blocks: int,
+                 total_steps: int):
+        cfg = config_from_dict(cfg)
+        ctx = ray.get_runtime_context()
+        cpus = ctx.get_assigned_resources().get("CPU", 1.0)
+        torch.set_num_threads(cfg.train.threads or max(1, int(cpus)))
+        # Ray sets CUDA_VISIBLE_DEVICES to the GPUs it assigned, so cuda:0 is ours.
+        self.device = torch.device("cuda:0" if ray.get_gpu_ids() and torch.cuda.is_available() else "cpu")
+        block = build_al_block(cfg.model, input_shape, num_classes, index, cfg.train.seed, self.device)
+        self.trainer = BlockTrainer(block, cfg.optim, total_steps, index)
+        self.is_last = index == n_blocks - 1
+
+    def where(self) -> dict:
+        ctx = ray.get_runtime_context()
+        device = str(self.device)
+        if self.device.type == "cuda":
+            device += f" ({torch.cuda.get_device_name(self.device)}, GPU ids {ray.get_gpu_ids()})"
+        return {"block": self.trainer.index + 1, "node": ctx.get_node_id()[:12], "host": socket.gethostname(),
+                "pid": os.getpid(), "device": device, "threads": torch.get_num_threads()}
+
+    @ray.method(num_returns=2)
+    def train_chunk(self, inputs: tuple):
+        """K steps on (s_{i-1}, t_{i-1}) stacked [K, B, ...]; block 1 gets (x, labels)."""
+        s, t, stats = self.trainer.train_chunk(*inputs)
+        out = None if self.is_last else (s.cpu(), t.cpu())  # the last block's outputs go nowhere
+        return out, stats
+
+    @ray.method(num_returns=2)
+    def forward(self, s_prev: torch.Tensor):
+        """Inference: (s_i for the next block, b_i(s_i) for this block's exit)."""
+        s, bridged = self.trainer.forward(s_prev)
+        return (None if self.is_last else s.cpu()), bridged.cpu()
+
+    def decode(self, carried: list, own_bridge: torch.Tensor) -> list:
+        """Apply h_i to the exits coming down from later blocks and to this block's own exit."""
+        outs = self.trainer.decode([*carried, own_bridge], logits=self.trainer.index == 0)
+        return [o.cpu() for o in outs]
+
+    def get_state(self) -> dict:
+        return _to_cpu(self.trainer.state_dict())
+
+    def set_state(self, state: dict) -> None:
+        self.trainer.load_state_dict(state)
+
+    def step_count(self) -> int:
+        return self.trainer.step_count
+
+
+def _to_cpu(obj):
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_cpu(v) for v in obj)
+    return obj

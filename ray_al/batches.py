@@ -1,0 +1,83 @@
+"""Mini-batches and chunks of K mini-batches, shuffled and augmented from (seed, epoch).
+
+The order depends only on (seed, epoch), so the Ray pipeline, the in-process reference and
+a resumed run all see the same batches.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass
+class Chunk:
+    index: int           # position of the chunk within its epoch
+    first_step: int      # global step of its first batch
+    x: torch.Tensor      # [K, B, C, H, W], its own storage (safe to ship to Ray)
+    y: torch.Tensor      # [K, B]
+
+
+def batches_per_epoch(n: int, batch_size: int) -> int:
+    return n // batch_size  # the last partial batch is dropped: every step has batch_size samples
+
+
+def random_shift(x: torch.Tensor, pad: int, g: torch.Generator) -> torch.Tensor:
+    """Shift each image by up to `pad` pixels (pad with zeros, random crop back)."""
+    n, _, h, w = x.shape
+    padded = F.pad(x, (pad, pad, pad, pad))
+    dy = torch.randint(0, 2 * pad + 1, (n,), generator=g)
+    dx = torch.randint(0, 2 * pad + 1, (n,), generator=g)
+    rows = (dy[:, None] + torch.arange(h)[None])[:, None, :, None]
+    cols = (dx[:, None] + torch.arange(w)[None])[:, None, None, :]
+    idx = torch.arange(n)[:, None, None, None]
+    return padded[idx, torch.arange(x.shape[1])[None, :, None, None], rows, cols]
+
+
+def crop_flip(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """The reference code's CIFAR augmentation: pad to 40, crop 32, flip, brightness, contrast."""
+    x = random_shift(x, 4, g)
+    flip = torch.rand(x.shape[0], generator=g) < 0.5
+    x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+    brightness = (torch.rand(x.shape[0], 1, 1, 1, generator=g) - 0.5) * 0.4   # +-0.2 (normalised units)
+    contrast = 0.8 + torch.rand(x.shape[0], 1, 1, 1, generator=g) * 0.4       # x0.8 .. x1.2
+    mean = x.mean(dim=(1, 2, 3), keepdim=True)
+    return (x - mean) * contrast + mean + brightness
+
+
+def augment(x: torch.Tensor, kind: str, g: torch.Generator) -> torch.Tensor:
+    if kind == "none":
+        return x
+    if kind == "jitter":
+        return random_shift(x, 2, g)
+    if kind == "crop_flip":
+        return crop_flip(x, g)
+    raise ValueError(f"unknown augmentation '{kind}'")
+
+
+def epoch_chunks(x: torch.Tensor, y: torch.Tensor, batch_size: int, chunk_size: int, epoch: int,
+                 seed: int, aug: str = "none", start_chunk: int = 0) -> Iterator[Chunk]:
+    """Chunks of one epoch, from chunk `start_chunk` on (for resuming mid-epoch)."""
+    g = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    order = torch.randperm(len(x), generator=g)
+    n_batches = batches_per_epoch(len(x), batch_size)
+    per_chunk = batch_size * chunk_size
+    steps_before = epoch * n_batches
+    for c, start in enumerate(range(0, n_batches * batch_size, per_chunk)):
+        stop = min(start + per_chunk, n_batches * batch_size)
+        # augmentation draws from its own generator per chunk, so skipping chunks changes nothing
+        ga = torch.Generator().manual_seed((seed * 100_003 + epoch) * 10_007 + c)
+        if c < start_chunk:
+            continue
+        idx = order[start:stop]
+        xb = augment(x[idx], aug, ga)  # indexing copies: the chunk owns its storage
+        k = (stop - start) // batch_size
+        yield Chunk(c, steps_before + start // batch_size,
+                    xb.reshape(k, batch_size, *x.shape[1:]), y[idx].reshape(k, batch_size))
+
+
+def eval_batches(x: torch.Tensor, batch_size: int) -> Iterator[torch.Tensor]:
+    for start in range(0, len(x), batch_size):
+        yield x[start:start + batch_size].clone()

@@ -1,0 +1,91 @@
+"""One pipeline stage without Ray: a block, its two Adam optimizers and its lr schedule.
+
+The Ray actor and the in-process reference both drive this class, so the pipelined run
+does exactly the arithmetic of the sequential algorithm.
+"""
+from __future__ import annotations
+
+import torch
+
+from ray_al.blocks import ALBlock
+from ray_al.config import OptimConfig
+from ray_al.errors import TrainingError
+from ray_al.schedule import lr_multiplier
+
+
+class BlockTrainer:
+    def __init__(self, block: ALBlock, optim: OptimConfig, total_steps: int, index: int):
+        self.block, self.index = block, index
+        self.optim, self.total_steps = optim, total_steps
+        self.device = next(block.parameters()).device
+        wd = optim.weight_decay
+        self.opt_forward = torch.optim.Adam(block.forward_params(), lr=optim.lr, weight_decay=wd)
+        self.opt_target = torch.optim.Adam(block.target_params(), lr=optim.lr * optim.target_lr_scale,
+                                           weight_decay=wd)
+        self.step_count = 0
+
+    def _set_lr(self) -> None:
+        m = lr_multiplier(self.optim.schedule, self.step_count, self.total_steps)
+        for opt, base in ((self.opt_forward, self.optim.lr),
+                          (self.opt_target, self.optim.lr * self.optim.target_lr_scale)):
+            for group in opt.param_groups:
+                group["lr"] = base * m
+
+    def step(self, s_prev: torch.Tensor, t_prev: torch.Tensor):
+        """One optimizer step of both local losses; returns detached (s_i, t_i, L_i, L'_i)."""
+        self.block.train()
+        self._set_lr()
+        s, t, bridge_loss, ae_loss = self.block.local_losses(s_prev, t_prev)
+        self.opt_forward.zero_grad(set_to_none=True)
+        self.opt_target.zero_grad(set_to_none=True)
+        (bridge_loss + ae_loss).backward()  # the two losses touch disjoint parameters
+        self.opt_forward.step()
+        self.opt_target.step()
+        self.step_count += 1
+        return s.detach(), t.detach(), bridge_loss.detach(), ae_loss.detach()
+
+    def train_chunk(self, s_prev: torch.Tensor, t_prev: torch.Tensor):
+        """K steps over stacked inputs [K, B, ...]; returns stacked outputs and loss stats."""
+        s_prev, t_prev = s_prev.to(self.device), t_prev.to(self.device)
+        first_step = self.step_count
+        outs_s, outs_t, losses = [], [], []
+        for k in range(s_prev.shape[0]):
+            s, t, lb, la = self.step(s_prev[k], t_prev[k])
+            outs_s.append(s)
+            outs_t.append(t)
+            losses.append(torch.stack([lb, la]))
+        losses = torch.stack(losses).cpu()  # one device sync per chunk
+        if not torch.isfinite(losses).all():
+            bad = int((~torch.isfinite(losses)).any(dim=1).nonzero()[0])
+            raise TrainingError(f"block {self.index + 1}: non-finite loss at step {first_step + bad + 1}")
+        stats = {"block": self.index + 1, "step": self.step_count, "steps": len(losses),
+                 "bridge_loss": float(losses[:, 0].mean()), "ae_loss": float(losses[:, 1].mean())}
+        return torch.stack(outs_s), torch.stack(outs_t), stats
+
+    # -- inference -----------------------------------------------------------------
+    @torch.no_grad()
+    def forward(self, s_prev: torch.Tensor):
+        """(s_i, b_i(s_i)) in eval mode: the features for the next block and this exit's bridge."""
+        self.block.eval()
+        s = self.block(s_prev.to(self.device))
+        return s, self.block.bridge(s)
+
+    @torch.no_grad()
+    def decode(self, ts: list[torch.Tensor], logits: bool) -> list[torch.Tensor]:
+        self.block.eval()
+        fn = self.block.decode_logits if logits else self.block.decode
+        return [fn(t.to(self.device)) for t in ts]
+
+    # -- state -----------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {"block": self.block.state_dict(), "opt_forward": self.opt_forward.state_dict(),
+                "opt_target": self.opt_target.state_dict(), "step_count": self.step_count,
+                "rng": torch.get_rng_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.block.load_state_dict(state["block"])
+        self.opt_forward.load_state_dict(state["opt_forward"])
+        self.opt_target.load_state_dict(state["opt_target"])
+        self.step_count = int(state["step_count"])
+        if "rng" in state:
+            torch.set_rng_state(state["rng"])

@@ -1,0 +1,104 @@
+"""One Associated Learning block: f, g, h, b and its two local losses. No Ray here.
+
+Block i maps features s_{i-1} -> s_i = f_i(s_{i-1}) and targets t_{i-1} -> t_i = g_i(t_{i-1}).
+The bridge b_i ties them: L_i = MSE(b_i(s_i), stopgrad(t_i)) trains f_i and b_i; the
+autoencoder loss L'_i = MSE(h_i(t_i), t_{i-1}) trains g_i and h_i. Inputs arrive detached,
+so no gradient ever leaves the block.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+@dataclass
+class BlockOptions:
+    bridge_grad_to_g: bool = False  # let L_i reach g_i (no stopgrad on t_i); off as in the paper's code
+    first_decoder_ce: bool = False  # block 1 decodes with cross-entropy on the labels instead of MSE
+
+
+class ALBlock(nn.Module):
+    def __init__(self, f: nn.Module, g: nn.Module, h: nn.Module, b: nn.Module,
+                 num_classes: int, is_first: bool, options: BlockOptions | None = None):
+        super().__init__()
+        self.f, self.g, self.h, self.b = f, g, h, b
+        self.num_classes = num_classes
+        self.is_first = is_first
+        self.options = options or BlockOptions()
+
+    # -- the four maps --------------------------------------------------------------
+    def forward(self, s_prev: torch.Tensor) -> torch.Tensor:
+        return self.f(s_prev)
+
+    def encode_target(self, t_prev: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.g(t_prev))
+
+    def decode_logits(self, t: torch.Tensor) -> torch.Tensor:
+        return self.h(t)
+
+    def decode(self, t: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.h(t))
+
+    def bridge(self, s: torch.Tensor) -> torch.Tensor:
+        return self.b(s)
+
+    # -- training -------------------------------------------------------------------
+    def target_input(self, t_prev: torch.Tensor) -> torch.Tensor:
+        """Block 1 receives integer labels and encodes them one-hot; later blocks get t_{i-1}."""
+        if self.is_first:
+            return F.one_hot(t_prev.long(), self.num_classes).to(torch.get_default_dtype())
+        return t_prev
+
+    def local_losses(self, s_prev: torch.Tensor, t_prev: torch.Tensor):
+        """Returns (s_i, t_i, bridge loss, autoencoder loss); s_i and t_i still carry graph."""
+        labels = t_prev if self.is_first else None
+        t_in = self.target_input(t_prev).detach()
+        s = self.f(s_prev.detach())
+        t = self.encode_target(t_in)
+        t_ref = t if self.options.bridge_grad_to_g else t.detach()
+        bridge_loss = F.mse_loss(self.b(s), t_ref)
+        if self.is_first and self.options.first_decoder_ce:
+            ae_loss = F.cross_entropy(self.decode_logits(t), labels.long())
+        else:
+            ae_loss = F.mse_loss(self.decode(t), t_in)
+        return s, t, bridge_loss, ae_loss
+
+    def forward_params(self):
+        return list(self.f.parameters()) + list(self.b.parameters())
+
+    def target_params(self):
+        return list(self.g.parameters()) + list(self.h.parameters())
+
+
+def predict(blocks: list[ALBlock], x: torch.Tensor, exit_at: int | None = None) -> torch.Tensor:
+    """The paper's Eq. 7 (and its early exits): h_1(...h_k(b_k(f_k(...f_1(x)))))."""
+    k = len(blocks) if exit_at is None else exit_at
+    s = x
+    for block in blocks[:k]:
+        s = block(s)
+    t = blocks[k - 1].bridge(s)
+    for block in reversed(blocks[1:k]):
+        t = block.decode(t)
+    return blocks[0].decode_logits(t)
+
+
+def predict_all_exits(blocks: list[ALBlock], x: torch.Tensor) -> list[torch.Tensor]:
+    """Logits of every exit k = 1..N in one pass over the f's."""
+    bridged, s = [], x
+    for block in blocks:
+        s = block(s)
+        bridged.append(block.bridge(s))
+    return decode_exits(blocks, bridged)
+
+
+def decode_exits(blocks: list[ALBlock], bridged: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Given b_k(s_k) for k = 1..N, decode each down to logits through h_k..h_1."""
+    outs = []
+    for k, t in enumerate(bridged, start=1):
+        for block in reversed(blocks[1:k]):
+            t = block.decode(t)
+        outs.append(blocks[0].decode_logits(t))
+    return outs

@@ -1,0 +1,49 @@
+"""`ray-al train | eval | tune | report | bench`: every failure is one line and a non-zero exit."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ray_al.errors import RayALError
+
+DEFAULT_CONFIG = None  # no file: the embedded digits dataset, a small MLP, through Ray actors
+
+
+def _train(args) -> int:
+    from ray_al.config import load_config
+    from ray_al.run import train
+
+    cfg = load_config(args.config, args.overrides)
+    train(cfg)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ray-al", description="Associated Learning on Ray")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("train", help="train a model (default: the embedded digits MLP through Ray actors)")
+    p.add_argument("config", nargs="?", default=DEFAULT_CONFIG, help="YAML config (default: built-in defaults)")
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.epochs=3 optim.lr=1e-3")
+    p.set_defaults(fn=_train)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "config", None) and "=" in args.config:
+        args.overrides.insert(0, args.config)
+        args.config = None
+    try:
+        return args.fn(args)
+    except RayALError as e:
+        print(f"ray-al: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("ray-al: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,249 @@
+"""One dataclass config, loaded from YAML, with dotted command-line overrides and validation.
+
+    cfg = load_config("configs/mnist_mlp.yaml", ["train.epochs=3", "optim.lr=1e-3"])
+
+Every error is a ConfigError whose message names the offending key in one line.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ray_al.errors import ConfigError
+
+
+@dataclass
+class DataConfig:
+    source: str = "digits"            # digits | parquet | torchvision | synthetic
+    path: str | None = None           # parquet folder, or torchvision root folder
+    name: str | None = None           # torchvision: mnist | cifar10 | cifar100
+    download: bool = False            # torchvision only; off so that offline runs fail clearly
+    batch_size: int = 32
+    augment: str = "none"             # none | jitter (paper: 2-pixel shifts) | crop_flip (reference code)
+    normalize: bool = True            # per-channel mean/std of the training split
+    limit_train: int | None = None    # keep the first n training samples (quick runs)
+    limit_test: int | None = None
+    cache_dir: str | None = None      # where decoded Parquet arrays are cached (default: beside the data or ~/.cache)
+    synthetic_shape: list[int] = field(default_factory=lambda: [1, 8, 8])
+    synthetic_classes: int = 10
+    synthetic_size: int = 512
+
+
+@dataclass
+class ModelConfig:
+    name: str = "mlp"
+    d: int | None = None              # target width; None: the paper's value for model and dataset
+    depth: int | None = None          # number of blocks, for models that take it
+    act: str | None = None            # f activation; None: elu for AL, relu for the BP twin
+    bridge_grad_to_g: bool = False
+    first_decoder_ce: bool = False
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-4
+    target_lr_scale: float = 2.0      # g and h train at lr * this (the reference code's 2x)
+    weight_decay: float = 0.0         # L2, as Adam's weight_decay
+    schedule: str = "constant"        # constant | paper (x0.1 at 40/60/80% of steps, x0.5 at 90%)
+
+
+@dataclass
+class TrainConfig:
+    trainer: str = "al"               # al (Ray pipeline) | al_local (one process) | bp (backprop twin)
+    epochs: int = 1
+    chunk_size: int = 16              # K mini-batches per actor call
+    max_inflight_chunks: int = 4      # bound on chunks between submission and completion
+    seed: int = 0
+    threads: int | None = None        # torch threads per block (None: from the CPUs Ray gives it)
+    device: str = "auto"              # al_local / bp: auto | cpu | cuda
+    eval_batch_size: int = 1000
+    log_every_s: float = 10.0         # progress line interval on long epochs
+
+
+@dataclass
+class RayConfig:
+    address: str | None = None        # None: RAY_ADDRESS or a new local cluster
+    num_cpus: int | None = None       # CPUs of a new local cluster (None: all)
+    num_cpus_per_block: float | None = None  # None: min(1, cluster CPUs / blocks)
+    num_gpus_per_block: float = 0.0   # fractional shares one GPU between blocks
+    placement_strategy: str = "PACK"  # PACK | SPREAD | STRICT_PACK | STRICT_SPREAD
+    placement_timeout_s: float = 60.0
+
+
+@dataclass
+class CheckpointConfig:
+    every_steps: int = 0              # 0: only at the end of each epoch
+    keep: int = 2
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    run_dir: str = "runs"             # each run writes to run_dir/<name>
+    name: str | None = None           # None: <model>-<trainer>-<time>
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+CHOICES = {
+    "data.source": {"digits", "parquet", "torchvision", "synthetic"},
+    "data.augment": {"none", "jitter", "crop_flip"},
+    "model.act": {None, "elu", "relu", "sigmoid", "tanh"},
+    "optim.schedule": {"constant", "paper"},
+    "train.trainer": {"al", "al_local", "bp"},
+    "train.device": {"auto", "cpu", "cuda"},
+    "ray.placement_strategy": {"PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"},
+}
+POSITIVE = {"data.batch_size", "train.chunk_size", "train.max_inflight_chunks", "train.eval_batch_size",
+            "optim.lr", "optim.target_lr_scale", "checkpoint.keep", "data.synthetic_classes",
+            "data.synthetic_size", "model.d", "model.depth", "train.threads", "ray.num_cpus",
+            "ray.num_cpus_per_block", "data.limit_train", "data.limit_test"}
+NON_NEGATIVE = {"train.epochs", "optim.weight_decay", "checkpoint.every_steps", "ray.num_gpus_per_block",
+                "train.log_every_s"}
+
+
+def _check_type(key: str, value: Any, tp: Any) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _check_type(key, value, arg)
+            except ConfigError as e:
+                errors.append(e)
+        raise errors[0]
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        (item,) = typing.get_args(tp)
+        return [_check_type(f"{key}[{i}]", v, item) for i, v in enumerate(value)]
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp is float and isinstance(value, str):
+        try:  # YAML reads 1e-4 (no dot) as a string
+            return float(value)
+        except ValueError:
+            pass
+    if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
+        raise ConfigError(f"{key}: expected {tp.__name__}, got {value!r}")
+    return value
+
+
+def _build(cls, values: dict, prefix: str):
+    if not isinstance(values, dict):
+        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {values!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in values.items():
+        full = f"{prefix}{key}"
+        if key not in names:
+            raise ConfigError(f"unknown config key '{full}' (known: {', '.join(sorted(names))})")
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp):
+            kwargs[key] = _build(tp, value or {}, f"{full}.")
+        else:
+            kwargs[key] = _check_type(full, value, tp)
+    return cls(**kwargs)
+
+
+def _get(cfg: Config, dotted: str):
+    obj = cfg
+    for part in dotted.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def validate(cfg: Config) -> Config:
+    for key, allowed in CHOICES.items():
+        value = _get(cfg, key)
+        if value not in allowed:
+            shown = ", ".join(sorted(str(a) for a in allowed if a is not None))
+            raise ConfigError(f"{key}: '{value}' is not one of {shown}")
+    for key in POSITIVE:
+        value = _get(cfg, key)
+        if value is not None and value <= 0:
+            raise ConfigError(f"{key} must be positive, got {value}")
+    for key in NON_NEGATIVE:
+        value = _get(cfg, key)
+        if value < 0:
+            raise ConfigError(f"{key} must not be negative, got {value}")
+    if cfg.ray.num_cpus_per_block is not None and cfg.ray.num_cpus_per_block > 1 \
+            and cfg.ray.num_cpus_per_block != int(cfg.ray.num_cpus_per_block):
+        raise ConfigError("ray.num_cpus_per_block above 1 must be a whole number")
+    if cfg.data.source in ("parquet",) and not cfg.data.path:
+        raise ConfigError("data.path is required when data.source is parquet")
+    if cfg.data.source == "torchvision" and not cfg.data.name:
+        raise ConfigError("data.name (mnist, cifar10, cifar100) is required when data.source is torchvision")
+    return cfg
+
+
+def config_from_dict(values: dict | None) -> Config:
+    return validate(_build(Config, values or {}, ""))
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    if "=" not in text:
+        raise ConfigError(f"override '{text}' is not of the form key.sub=value")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw != "" else None
+    except yaml.YAMLError:
+        value = raw
+    return key.strip(), value
+
+
+def apply_overrides(values: dict, overrides: list[str]) -> dict:
+    for text in overrides:
+        key, value = parse_override(text)
+        node = values
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override '{text}': '{part}' is not a section")
+        node[parts[-1]] = value
+    return values
+
+
+def read_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        values = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"malformed YAML in {path}{where}: {getattr(e, 'problem', e)}") from None
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    return values
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    values = read_yaml(path) if path else {}
+    return config_from_dict(apply_overrides(values, overrides or []))
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))

@@ -1,0 +1,192 @@
+"""Datasets as tensors in memory: Parquet shards, torchvision, the embedded digits, synthetic.
+
+Every source gives a `Dataset` of float32 images [n, C, H, W] (normalised per channel with
+the training split's statistics) and int64 labels. Parquet images are decoded once and
+cached as .npz, keyed by the shards' names, sizes and modification times.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ray_al.config import DataConfig
+from ray_al.errors import DataError
+
+
+@dataclass
+class Dataset:
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    num_classes: int
+    name: str
+    class_names: list[str] = field(default_factory=list)
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.train_x.shape[1:])
+
+
+# -- Parquet ---------------------------------------------------------------------------
+def _parquet_files(folder: Path, split: str) -> list[Path]:
+    return sorted(folder.glob(f"{split}-*.parquet"))
+
+
+def _cache_path(folder: Path, files: list[Path], cache_dir: str | None) -> Path:
+    key = hashlib.sha256()
+    for f in files:
+        st = f.stat()
+        key.update(f"{f.resolve()}:{st.st_size}:{st.st_mtime_ns}".encode())
+    base = Path(cache_dir) if cache_dir else Path(os.environ.get("RAY_AL_CACHE", Path.home() / ".cache" / "ray_al"))
+    return base / f"{folder.name}-{key.hexdigest()[:16]}.npz"
+
+
+def _decode_parquet(files: list[Path]) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    import pyarrow.parquet as pq
+    from PIL import Image
+
+    images, labels, names = [], [], []
+    for f in files:
+        try:
+            table = pq.read_table(f, columns=["image", "label"])
+        except Exception as e:  # pyarrow raises several types for a damaged file
+            raise DataError(f"cannot read Parquet file {f}: {str(e).splitlines()[0]}") from None
+        names = names or _class_names(table.schema.metadata)
+        for cell in table.column("image").to_pylist():
+            raw = cell["bytes"] if isinstance(cell, dict) else cell
+            try:
+                img = np.asarray(Image.open(io.BytesIO(raw)))
+            except Exception as e:
+                raise DataError(f"cannot decode an image in {f}: {e}") from None
+            images.append(img if img.ndim == 3 else img[:, :, None])
+        labels.extend(table.column("label").to_pylist())
+    if len({im.shape for im in images}) > 1:
+        raise DataError(f"images of different shapes in {files[0].parent}")
+    return np.stack(images).transpose(0, 3, 1, 2), np.asarray(labels, dtype=np.int64), names
+
+
+def _class_names(metadata) -> list[str]:
+    import json
+    try:
+        info = json.loads(metadata[b"huggingface"])
+        return list(info["info"]["features"]["label"]["names"])
+    except Exception:
+        return []
+
+
+def _load_split(folder: Path, split: str, cache_dir: str | None):
+    files = _parquet_files(folder, split)
+    if not files:
+        raise DataError(f"no {split}-*.parquet files in {folder}")
+    cache = _cache_path(folder, files, cache_dir)
+    if cache.is_file():
+        with np.load(cache, allow_pickle=False) as z:
+            return z["x"], z["y"], list(z["names"])
+    x, y, names = _decode_parquet(files)
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_suffix(".tmp.npz")
+        np.savez(tmp, x=x, y=y, names=np.asarray(names, dtype=str))
+        tmp.replace(cache)
+    except OSError:
+        pass  # a read-only home only costs a decode next time
+    return x, y, names
+
+
+def load_parquet(cfg: DataConfig):
+    folder = Path(cfg.path).expanduser()
+    if not folder.is_dir():
+        raise DataError(f"dataset folder not found: {folder}")
+    tr_x, tr_y, names = _load_split(folder, "train", cfg.cache_dir)
+    te_x, te_y, _ = _load_split(folder, "test", cfg.cache_dir)
+    return tr_x, tr_y, te_x, te_y, names, folder.name
+
+
+# -- torchvision -------------------------------------------------------------------------
+def load_torchvision(cfg: DataConfig):
+    import torchvision.datasets as tvd
+
+    classes = {"mnist": tvd.MNIST, "cifar10": tvd.CIFAR10, "cifar100": tvd.CIFAR100}
+    if cfg.name not in classes:
+        raise DataError(f"unknown torchvision dataset '{cfg.name}' (known: {', '.join(classes)})")
+    root = Path(cfg.path or "~/.cache/ray_al/torchvision").expanduser()
+    splits = []
+    for train in (True, False):
+        try:
+            ds = classes[cfg.name](str(root), train=train, download=cfg.download)
+        except RuntimeError as e:
+            raise DataError(f"torchvision {cfg.name} not found under {root} ({str(e).splitlines()[0]}); "
+                            f"set data.download=true on a machine with network access") from None
+        x = np.asarray(ds.data)
+        x = x[:, None] if x.ndim == 3 else x.transpose(0, 3, 1, 2)
+        splits += [x, np.asarray(ds.targets, dtype=np.int64)]
+    return (*splits, list(getattr(ds, "classes", [])), cfg.name)
+
+
+# -- embedded and synthetic -----------------------------------------------------------------
+def load_digits():
+    """scikit-learn's 8x8 digits (1797 real images, shipped inside the package): 80/20 split."""
+    from sklearn.datasets import load_digits as sk_digits
+
+    d = sk_digits()
+    x = (d.images * (255.0 / 16.0)).astype(np.uint8)[:, None]
+    order = np.random.default_rng(0).permutation(len(x))
+    x, y = x[order], d.target.astype(np.int64)[order]
+    cut = int(0.8 * len(x))
+    return x[:cut], y[:cut], x[cut:], y[cut:], [str(i) for i in range(10)], "digits"
+
+
+def load_synthetic(cfg: DataConfig):
+    """Gaussian blobs, one mean image per class: learnable, tiny, made in memory."""
+    g = torch.Generator().manual_seed(0)
+    shape, k, n = tuple(cfg.synthetic_shape), cfg.synthetic_classes, cfg.synthetic_size
+    means = torch.rand(k, *shape, generator=g) * 255
+
+    def sample(count):
+        y = torch.randint(0, k, (count,), generator=g)
+        x = (means[y] + 40 * torch.randn(count, *shape, generator=g)).clamp(0, 255)
+        return x.to(torch.uint8).numpy(), y.numpy()
+
+    tr_x, tr_y = sample(n)
+    te_x, te_y = sample(max(n // 4, k))
+    return tr_x, tr_y, te_x, te_y, [str(i) for i in range(k)], "synthetic"
+
+
+# -- assembly --------------------------------------------------------------------------------
+def _check_labels(y: np.ndarray, num_classes: int, split: str) -> None:
+    if len(y) and (y.min() < 0 or y.max() >= num_classes):
+        raise DataError(f"{split} labels out of range: found {y.min()}..{y.max()}, expected 0..{num_classes - 1}")
+
+
+def load_dataset(cfg: DataConfig) -> Dataset:
+    if cfg.source == "parquet":
+        tr_x, tr_y, te_x, te_y, names, name = load_parquet(cfg)
+    elif cfg.source == "torchvision":
+        tr_x, tr_y, te_x, te_y, names, name = load_torchvision(cfg)
+    elif cfg.source == "digits":
+        tr_x, tr_y, te_x, te_y, names, name = load_digits()
+    elif cfg.source == "synthetic":
+        tr_x, tr_y, te_x, te_y, names, name = load_synthetic(cfg)
+    else:
+        raise DataError(f"unknown data source '{cfg.source}'")
+    num_classes = len(names) or int(max(tr_y.max(), te_y.max())) + 1
+    _check_labels(tr_y, num_classes, "train")
+    _check_labels(te_y, num_classes, "test")
+    if cfg.limit_train:
+        tr_x, tr_y = tr_x[:cfg.limit_train], tr_y[:cfg.limit_train]
+    if cfg.limit_test:
+        te_x, te_y = te_x[:cfg.limit_test], te_y[:cfg.limit_test]
+    train_x = torch.from_numpy(np.ascontiguousarray(tr_x)).float().div_(255)
+    test_x = torch.from_numpy(np.ascontiguousarray(te_x)).float().div_(255)
+    if cfg.normalize:
+        mean = train_x.mean(dim=(0, 2, 3), keepdim=True)
+        std = train_x.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6)
+        train_x, test_x = (train_x - mean) / std, (test_x - mean) / std
+    return Dataset(train_x, torch.from_numpy(tr_y), test_x, torch.from_numpy(te_y), num_classes, name, names)

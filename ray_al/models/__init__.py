@@ -1,0 +1,128 @@
+"""Build the AL blocks of a registered model, or its backprop twin.
+
+Modules are created on the meta device (free), then materialised and He-initialised under a
+seed per block, so any process can build block i alone and get the same weights.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+
+from ray_al.blocks import ALBlock, BlockOptions
+from ray_al.config import ModelConfig
+from ray_al.errors import ConfigError
+from ray_al.models.registry import Architecture, build_architecture, model_names, register
+from ray_al.models import cnn, mlp  # noqa: F401  (registers the builders)
+
+ACTIVATIONS = {"elu": nn.ELU, "relu": nn.ReLU, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh}
+
+__all__ = ["build_al_block", "build_al_blocks", "build_bp_twin", "block_count", "parameter_counts",
+           "model_names", "register", "Architecture"]
+
+
+def he_init(module: nn.Module) -> nn.Module:
+    for m in module.modules():
+        if isinstance(m, (nn.Linear, nn.Conv2d)):
+            nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.modules.batchnorm._NormBase):
+            m.reset_parameters()
+    return module
+
+
+def _materialise(module: nn.Module, seed: int, device) -> nn.Module:
+    """Allocate a meta-device module and He-initialise it on the CPU, so weights do not
+    depend on the device (CUDA draws other random numbers)."""
+    if str(device) == "meta":
+        return module
+    module = module.to_empty(device="cpu")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        he_init(module)
+    return module.to(device)
+
+
+def _architecture(model: ModelConfig, input_shape, num_classes, for_bp: bool) -> Architecture:
+    act = ACTIVATIONS[model.act or ("relu" if for_bp else "elu")]
+    with torch.device("meta"):
+        return build_architecture(model.name, input_shape, num_classes, act, d=model.d, depth=model.depth)
+
+
+def _stage_shapes(stages, input_shape) -> list[tuple[int, ...]]:
+    """Output shape (without batch) of every stage, traced on the meta device."""
+    shapes, s = [], torch.empty(2, *input_shape, device="meta")
+    for stage in stages:
+        try:
+            s = stage(s)
+        except RuntimeError as e:
+            raise ConfigError(f"input shape {tuple(input_shape)} does not fit the model: {str(e).splitlines()[0]}") \
+                from None
+        shapes.append(tuple(s.shape[1:]))
+    return shapes
+
+
+def _bridge(in_features: int, d: int, act: type[nn.Module]) -> nn.Sequential:
+    return nn.Sequential(nn.Flatten(), nn.Linear(in_features, 5 * d), act(), nn.Linear(5 * d, d), act())
+
+
+def block_count(model: ModelConfig, input_shape, num_classes) -> int:
+    return len(_architecture(model, input_shape, num_classes, for_bp=False).stages)
+
+
+def build_al_block(model: ModelConfig, input_shape, num_classes: int, index: int, seed: int,
+                   device: str | torch.device = "cpu") -> ALBlock:
+    """Block `index` (0-based) alone, on `device`, initialised from (seed, index)."""
+    arch = _architecture(model, input_shape, num_classes, for_bp=False)
+    shapes = _stage_shapes(arch.stages, input_shape)
+    d, t_in = arch.d, (num_classes if index == 0 else arch.d)
+    with torch.device("meta"):
+        block = ALBlock(
+            f=arch.stages[index],
+            g=nn.Linear(t_in, d),
+            h=nn.Linear(d, t_in),
+            b=_bridge(math.prod(shapes[index]), d, nn.Sigmoid),
+            num_classes=num_classes, is_first=index == 0,
+            options=BlockOptions(model.bridge_grad_to_g, model.first_decoder_ce),
+        )
+    return _materialise(block, seed * 1_000_003 + index, device)
+
+
+def build_al_blocks(model: ModelConfig, input_shape, num_classes: int, seed: int,
+                    device: str | torch.device = "cpu") -> list[ALBlock]:
+    n = block_count(model, input_shape, num_classes)
+    return [build_al_block(model, input_shape, num_classes, i, seed, device) for i in range(n)]
+
+
+def build_bp_twin(model: ModelConfig, input_shape, num_classes: int, seed: int,
+                  device: str | torch.device = "cpu") -> nn.Sequential:
+    """The AL prediction path f_1..f_N, b_N, h_N..h_1 as one network trained end to end."""
+    arch = _architecture(model, input_shape, num_classes, for_bp=True)
+    act = ACTIVATIONS[model.act or "relu"]
+    shapes = _stage_shapes(arch.stages, input_shape)
+    d = arch.d
+    with torch.device("meta"):
+        decoders = []
+        for _ in range(len(arch.stages) - 1):
+            decoders += [nn.Linear(d, d), act()]
+        net = nn.Sequential(*arch.stages, _bridge(math.prod(shapes[-1]), d, act), *decoders,
+                            nn.Linear(d, num_classes))
+    return _materialise(net, seed, device)
+
+
+def parameter_counts(model: ModelConfig, input_shape, num_classes: int) -> dict[str, int]:
+    """AL total, AL effective (the prediction path) and BP twin parameter counts."""
+    arch = _architecture(model, input_shape, num_classes, for_bp=False)
+    shapes = _stage_shapes(arch.stages, input_shape)
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    d, n = arch.d, len(arch.stages)
+    f = sum(count(s) for s in arch.stages)
+    t_in = [num_classes] + [d] * (n - 1)
+    g = sum(ti * d + d for ti in t_in)
+    h = sum(d * ti + ti for ti in t_in)
+    bridges = [math.prod(shape) * 5 * d + 5 * d + 5 * d * d + d for shape in shapes]
+    with torch.device("meta"):
+        bp = count(build_bp_twin(model, input_shape, num_classes, seed=0, device="meta"))
+    return {"al_total": f + g + h + sum(bridges), "al_effective": f + h + bridges[-1], "bp": bp}

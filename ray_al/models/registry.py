@@ -1,0 +1,44 @@
+"""Model registry: a builder turns (input shape, classes, activation, knobs) into f-stages."""
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from typing import Callable
+
+import torch.nn as nn
+
+from ray_al.errors import ConfigError
+
+
+@dataclass
+class Architecture:
+    stages: list[nn.Module]  # f_1 .. f_N, each maps s_{i-1} -> s_i
+    d: int                   # width of the targets t_i (and of the bridges' output)
+
+
+Builder = Callable[..., Architecture]
+_BUILDERS: dict[str, Builder] = {}
+
+
+def register(name: str):
+    def wrap(fn: Builder) -> Builder:
+        _BUILDERS[name] = fn
+        return fn
+    return wrap
+
+
+def model_names() -> list[str]:
+    return sorted(_BUILDERS)
+
+
+def build_architecture(name: str, input_shape: tuple[int, ...], num_classes: int,
+                       act: type[nn.Module], **knobs) -> Architecture:
+    if name not in _BUILDERS:
+        raise ConfigError(f"unknown model '{name}' (known: {', '.join(model_names())})")
+    builder = _BUILDERS[name]
+    accepted = inspect.signature(builder).parameters
+    given = {k: v for k, v in knobs.items() if v is not None}
+    for key in given:
+        if key not in accepted:
+            raise ConfigError(f"model '{name}' has no option '{key}'")
+    return builder(tuple(input_shape), num_classes, act, **given)

@@ -1,0 +1,147 @@
+"""The driver: N BlockActors in one placement group, chunks streamed through them.
+
+Training submits chunk k+1 to block 1 while block 2 works on chunk k; actor calls take
+ObjectRefs, so the driver never waits on intermediate results. It only waits, oldest first,
+when `max_inflight_chunks` chunks are between submission and completion, which bounds memory.
+A sync actor runs calls from one caller in submission order, so this is exactly the
+arithmetic of the blocks run one after another (tests/test_pipeline.py checks bitwise).
+"""
+from __future__ import annotations
+
+import collections
+from typing import Callable, Iterable, Iterator
+
+import ray
+import torch
+from ray.util.placement_group import placement_group, remove_placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+from ray_al.actors import BlockActor
+from ray_al.batches import Chunk, eval_batches
+from ray_al.config import Config, RayConfig
+from ray_al.errors import ConfigError, RayALError, TrainingError
+from ray_al.metrics import exit_accuracies
+from ray_al.models import block_count
+
+
+def connect(ray_cfg: RayConfig) -> None:
+    """Join RAY_ADDRESS / ray.address, or start a local cluster (no dashboard: it costs seconds)."""
+    if ray.is_initialized():
+        return
+    kwargs = {"logging_level": "WARNING"}
+    if not ray_cfg.address:
+        import os
+        if not os.environ.get("RAY_ADDRESS"):
+            kwargs.update(num_cpus=ray_cfg.num_cpus, include_dashboard=False)
+    try:
+        ray.init(address=ray_cfg.address, **kwargs)
+    except (ConnectionError, TimeoutError, ValueError, RuntimeError) as e:
+        raise ConfigError(f"cannot reach the Ray cluster at {ray_cfg.address or 'RAY_ADDRESS'}: "
+                          f"{str(e).splitlines()[0]}") from None
+
+
+def cpus_per_block(ray_cfg: RayConfig, n_blocks: int) -> float:
+    if ray_cfg.num_cpus_per_block is not None:
+        return ray_cfg.num_cpus_per_block
+    total = ray.cluster_resources().get("CPU", 1.0)
+    return max(0.01, min(1.0, int(100 * total / n_blocks) / 100))
+
+
+def _unwrap(e: Exception) -> RayALError:
+    cause = getattr(e, "cause", None)
+    if isinstance(cause, RayALError):
+        return type(cause)(str(cause))
+    return TrainingError(f"a block actor failed: {str(e).strip().splitlines()[-1]}")
+
+
+class ALPipeline:
+    def __init__(self, cfg: Config, input_shape: tuple, num_classes: int, total_steps: int):
+        connect(cfg.ray)
+        self.cfg = cfg
+        self.n = block_count(cfg.model, input_shape, num_classes)
+        cpus, gpus = cpus_per_block(cfg.ray, self.n), cfg.ray.num_gpus_per_block
+        if gpus and ray.cluster_resources().get("GPU", 0) == 0:
+            raise ConfigError(f"ray.num_gpus_per_block={gpus} but the Ray cluster has no GPU")
+        bundle = {"CPU": cpus, **({"GPU": gpus} if gpus else {})}
+        self.pg = placement_group([dict(bundle) for _ in range(self.n)], strategy=cfg.ray.placement_strategy)
+        ready, _ = ray.wait([self.pg.ready()], timeout=cfg.ray.placement_timeout_s)
+        if not ready:
+            remove_placement_group(self.pg)
+            raise ConfigError(f"cannot place {self.n} blocks of {bundle} ({cfg.ray.placement_strategy}) within "
+                              f"{cfg.ray.placement_timeout_s:.0f}s; cluster has {ray.cluster_resources()}")
+        self.actors = [
+            BlockActor.options(
+                num_cpus=cpus, num_gpus=gpus,
+                scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=i),
+            ).remote(cfg.to_dict(), tuple(input_shape), num_classes, i, self.n, total_steps)
+            for i in range(self.n)
+        ]
+        self.placement = self._get([a.where.remote() for a in self.actors])
+
+    @staticmethod
+    def _get(refs):
+        try:
+            return ray.get(refs)
+        except RayALError:
+            raise
+        except ray.exceptions.RayError as e:
+            raise _unwrap(e) from None
+
+    # -- training ------------------------------------------------------------------------
+    def submit(self, chunk: Chunk) -> list:
+        """Send one chunk down the chain; returns the ObjectRefs of every block's stats."""
+        ref, stats = (chunk.x, chunk.y), []
+        for actor in self.actors:
+            ref, stat = actor.train_chunk.remote(ref)
+            stats.append(stat)
+        return stats
+
+    def train_epoch(self, chunks: Iterable[Chunk], on_chunk: Callable[[list[dict]], None]) -> None:
+        """on_chunk gets every block's stats of a chunk, in chunk order, as the chunk completes."""
+        inflight: collections.deque = collections.deque()
+        for chunk in chunks:
+            inflight.append(self.submit(chunk))
+            if len(inflight) >= self.cfg.train.max_inflight_chunks:
+                on_chunk(self._get(inflight.popleft()))
+        while inflight:
+            on_chunk(self._get(inflight.popleft()))
+
+    # -- inference -------------------------------------------------------------------------
+    def _submit_predict(self, x: torch.Tensor):
+        s, bridged = x, []
+        for actor in self.actors:
+            s, b = actor.forward.remote(s)
+            bridged.append(b)
+        carried = []
+        for actor, b in zip(reversed(self.actors), reversed(bridged)):
+            carried = actor.decode.remote(carried, b)
+        return carried  # exits N..1
+
+    def predict_exits(self, x: torch.Tensor, batch_size: int) -> Iterator[list[torch.Tensor]]:
+        """Logits of exits 1..N, batch by batch, f's forward then b and h's in reverse."""
+        pending: collections.deque = collections.deque()
+        for xb in eval_batches(x, batch_size):
+            pending.append(self._submit_predict(xb))
+            if len(pending) >= self.cfg.train.max_inflight_chunks:
+                yield self._get(pending.popleft())[::-1]
+        while pending:
+            yield self._get(pending.popleft())[::-1]
+
+    def evaluate(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+        return exit_accuracies(self.predict_exits(x, self.cfg.train.eval_batch_size), y)
+
+    # -- state ---------------------------------------------------------------------------------
+    def state_dicts(self) -> list[dict]:
+        return self._get([a.get_state.remote() for a in self.actors])
+
+    def load_state_dicts(self, states: list[dict]) -> None:
+        self._get([a.set_state.remote(s) for a, s in zip(self.actors, states)])
+
+    def describe(self) -> list[str]:
+        return [f"block {p['block']}: node {p['node']} ({p['host']}) pid {p['pid']} {p['device']}, "
+                f"{p['threads']} thread(s)" for p in self.placement]
+
+    def close(self) -> None:
+        for actor in self.actors:
+            ray.kill(actor)
+        remove_placement_group(self.pg)
