@@ -18,6 +18,13 @@ def _train(args) -> int:
     return 0
 
 
+def _tune(args) -> int:
+    from ray_al.tune import Sweep, run_sweep
+
+    run_sweep(Sweep(args.sweep, args.overrides))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ray-al", description="Associated Learning on Ray")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -25,6 +32,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", nargs="?", default=DEFAULT_CONFIG, help="YAML config (default: built-in defaults)")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.epochs=3 optim.lr=1e-3")
     p.set_defaults(fn=_train)
+    p = sub.add_parser("tune", help="a Ray Tune sweep (see ray_al/tune.py for the sweep file)")
+    p.add_argument("sweep", help="sweep YAML: base/config, param_space over dotted keys, tune options")
+    p.add_argument("overrides", nargs="*", help="dotted overrides of the base config, e.g. data.path=...")
+    p.set_defaults(fn=_tune)
     return parser
 
 
