@@ -74,6 +74,7 @@ class RayConfig:
     num_gpus_per_block: float = 0.0   # fractional shares one GPU between blocks
     placement_strategy: str = "PACK"  # PACK | SPREAD | STRICT_PACK | STRICT_SPREAD
     placement_timeout_s: float = 60.0
+    block_resources: dict[str, float] = field(default_factory=dict)  # custom resources per block, e.g. {worker: 0.01}
 
 
 @dataclass
@@ -129,6 +130,11 @@ def _check_type(key: str, value: Any, tp: Any) -> Any:
             except ConfigError as e:
                 errors.append(e)
         raise errors[0]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        _, item = typing.get_args(tp)
+        return {str(k): _check_type(f"{key}.{k}", v, item) for k, v in value.items()}
     if origin is list:
         if not isinstance(value, list):
             raise ConfigError(f"{key}: expected a list, got {value!r}")

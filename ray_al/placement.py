@@ -27,11 +27,12 @@ def cpus_per_block(ray_cfg: RayConfig, n_blocks: int) -> float:
 
 
 def block_bundle(ray_cfg: RayConfig, n_blocks: int) -> dict[str, float]:
-    """The resources of one block's bundle as configured (CPU, and GPU when asked for)."""
+    """The resources of one block's bundle as configured: CPU, GPU when asked for, and custom
+    resources (`ray.block_resources`) that steer blocks to the nodes that offer them."""
     gpus = ray_cfg.num_gpus_per_block
     if gpus and ray.cluster_resources().get("GPU", 0) == 0:
         raise ConfigError(f"ray.num_gpus_per_block={gpus} but the Ray cluster has no GPU")
-    return {"CPU": cpus_per_block(ray_cfg, n_blocks), **({"GPU": gpus} if gpus else {})}
+    return {"CPU": cpus_per_block(ray_cfg, n_blocks), **({"GPU": gpus} if gpus else {}), **ray_cfg.block_resources}
 
 
 @dataclass
@@ -44,7 +45,8 @@ class Placement:
     def options(self, i: int) -> dict:
         """Actor options that pin block i to its bundle and take exactly that bundle's resources."""
         b = self.bundles[i]
-        return {"num_cpus": b.get("CPU", 0), "num_gpus": b.get("GPU", 0),
+        custom = {k: v for k, v in b.items() if k not in ("CPU", "GPU", "memory") and not k.startswith("bundle_group")}
+        return {"num_cpus": b.get("CPU", 0), "num_gpus": b.get("GPU", 0), "resources": custom,
                 "scheduling_strategy": PlacementGroupSchedulingStrategy(
                     self.pg, placement_group_bundle_index=self.offset + i)}
 

@@ -165,6 +165,7 @@ def trial_resources(cfg: Config, n_blocks: int, driver_cpus: float):
     block = {"CPU": cfg.ray.num_cpus_per_block if cfg.ray.num_cpus_per_block is not None else 1.0}
     if cfg.ray.num_gpus_per_block:
         block["GPU"] = cfg.ray.num_gpus_per_block
+    block.update(cfg.ray.block_resources)
     bundles = [{"CPU": driver_cpus}] + [dict(block) for _ in range(n_blocks)]
     if cfg.train.trainer != "al":
         bundles = bundles[:1]  # in-process trainers start no actors
