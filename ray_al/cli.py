@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 
 from ray_al.errors import RayALError
@@ -9,19 +10,47 @@ from ray_al.errors import RayALError
 DEFAULT_CONFIG = None  # no file: the embedded digits dataset, a small MLP, through Ray actors
 
 
+@contextlib.contextmanager
+def sigterm_as_interrupt(ray_cfg=None):
+    """`ray job stop` sends SIGTERM, which makes a Ray driver abort (Ray's own handler). Join
+    Ray first, then turn SIGTERM into KeyboardInterrupt: the run closes its actors and placement
+    group and exits 130 within the job server's grace period."""
+    import signal
+    import threading
+
+    if ray_cfg is not None:
+        from ray_al.pipeline import connect
+        connect(ray_cfg)
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def _train(args) -> int:
     from ray_al.config import load_config
     from ray_al.run import train
 
     cfg = load_config(args.config, args.overrides)
-    train(cfg)
+    with sigterm_as_interrupt(cfg.ray if cfg.train.trainer == "al" else None):
+        train(cfg)
     return 0
 
 
 def _tune(args) -> int:
     from ray_al.tune import Sweep, run_sweep
 
-    run_sweep(Sweep(args.sweep, args.overrides))
+    sweep = Sweep(args.sweep, args.overrides)
+    with sigterm_as_interrupt(sweep.base_cfg.ray):
+        run_sweep(sweep)
     return 0
 
 
