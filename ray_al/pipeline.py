@@ -60,6 +60,7 @@ class ALPipeline:
         connect(cfg.ray)
         self.cfg, self.input_shape, self.num_classes = cfg, tuple(input_shape), num_classes
         self.total_steps = total_steps
+        self.peak_inflight = 0  # most chunks ever between submission and completion
         self.n = block_count(cfg.model, input_shape, num_classes)
         self._start()
 
@@ -93,9 +94,7 @@ class ALPipeline:
     def _get(refs):
         try:
             return ray.get(refs)
-        except RayALError:
-            raise
-        except ray.exceptions.RayError as e:
+        except ray.exceptions.RayError as e:  # a task error whose cause is ours becomes that one line
             raise _unwrap(e) from None
 
     # -- training ------------------------------------------------------------------------
@@ -112,6 +111,7 @@ class ALPipeline:
         inflight: collections.deque = collections.deque()
         for chunk in chunks:
             inflight.append(self.submit(chunk))
+            self.peak_inflight = max(self.peak_inflight, len(inflight))
             if len(inflight) >= self.cfg.train.max_inflight_chunks:
                 on_chunk(self._get(inflight.popleft()))
         while inflight:
