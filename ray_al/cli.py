@@ -5,7 +5,7 @@ import argparse
 import contextlib
 import sys
 
-from ray_al.errors import RayALError
+from ray_al.errors import ConfigError, RayALError
 
 DEFAULT_CONFIG = None  # no file: the embedded digits dataset, a small MLP, through Ray actors
 
@@ -39,9 +39,15 @@ def _train(args) -> int:
     from ray_al.config import load_config
     from ray_al.run import train
 
-    cfg = load_config(args.config, args.overrides)
+    if args.resume:
+        from ray_al.evaluate import run_config
+        if args.config:
+            raise ConfigError("give either a config or --resume RUN_DIR, not both")
+        cfg = run_config(args.resume, args.overrides)
+    else:
+        cfg = load_config(args.config, args.overrides)
     with sigterm_as_interrupt(cfg.ray if cfg.train.trainer == "al" else None):
-        train(cfg)
+        train(cfg, resume_dir=args.resume) if args.resume else train(cfg)
     return 0
 
 
@@ -54,17 +60,36 @@ def _tune(args) -> int:
     return 0
 
 
+def _eval(args) -> int:
+    import json
+
+    from ray_al.data import load_dataset
+    from ray_al.evaluate import load_run
+
+    cfg, trainer, manifest = load_run(args.run_dir, args.overrides, device=args.device)
+    data = load_dataset(cfg.data)
+    accs = trainer.evaluate(data.test_x, data.test_y)
+    print(json.dumps({"run_dir": args.run_dir, "step": manifest["step"], **accs}, indent=1))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ray-al", description="Associated Learning on Ray")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("train", help="train a model (default: the embedded digits MLP through Ray actors)")
     p.add_argument("config", nargs="?", default=DEFAULT_CONFIG, help="YAML config (default: built-in defaults)")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.epochs=3 optim.lr=1e-3")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its newest complete checkpoint")
     p.set_defaults(fn=_train)
     p = sub.add_parser("tune", help="a Ray Tune sweep (see ray_al/tune.py for the sweep file)")
     p.add_argument("sweep", help="sweep YAML: base/config, param_space over dotted keys, tune options")
     p.add_argument("overrides", nargs="*", help="dotted overrides of the base config, e.g. data.path=...")
     p.set_defaults(fn=_tune)
+    p = sub.add_parser("eval", help="test accuracy of every exit of a run's newest checkpoint")
+    p.add_argument("run_dir")
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. data.path=... for moved data")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.set_defaults(fn=_eval)
     return parser
 
 

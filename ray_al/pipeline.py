@@ -9,6 +9,7 @@ arithmetic of the blocks run one after another (tests/test_pipeline.py checks bi
 from __future__ import annotations
 
 import collections
+import os
 from typing import Callable, Iterable, Iterator
 
 import ray
@@ -17,29 +18,29 @@ import torch
 from ray_al.actors import BlockActor
 from ray_al.batches import Chunk, eval_batches
 from ray_al.config import Config, RayConfig
-from ray_al.errors import ConfigError, RayALError, TrainingError
+from ray_al.errors import BlockLost, ConfigError, RayALError, TrainingError
 from ray_al.metrics import exit_accuracies
 from ray_al.models import block_count
 from ray_al.placement import cpus_per_block, reserve  # noqa: F401  (cpus_per_block: re-exported)
 
 
 def connect(ray_cfg: RayConfig) -> None:
-    """Join RAY_ADDRESS / ray.address, or start a local cluster (no dashboard: it costs seconds)."""
+    """Join ray.address (or RAY_ADDRESS, which Ray jobs set), else start a new local cluster
+    (no dashboard: it costs seconds). `ray.address: auto` joins a `ray start` cluster here."""
     if ray.is_initialized():
         return
-    kwargs = {"logging_level": "WARNING"}
-    if not ray_cfg.address:
-        import os
-        if not os.environ.get("RAY_ADDRESS"):
-            kwargs.update(num_cpus=ray_cfg.num_cpus, include_dashboard=False)
+    address = ray_cfg.address or os.environ.get("RAY_ADDRESS")
+    kwargs = {} if address else {"address": "local", "num_cpus": ray_cfg.num_cpus, "include_dashboard": False}
     try:
-        ray.init(address=ray_cfg.address, **kwargs)
+        ray.init(address=address, logging_level="WARNING", **kwargs) if address else ray.init(
+            logging_level="WARNING", **kwargs)
     except (ConnectionError, TimeoutError, ValueError, RuntimeError) as e:
-        raise ConfigError(f"cannot reach the Ray cluster at {ray_cfg.address or 'RAY_ADDRESS'}: "
-                          f"{str(e).splitlines()[0]}") from None
+        raise ConfigError(f"cannot reach the Ray cluster at {address}: {str(e).splitlines()[0]}") from None
 
 
 def _unwrap(e: Exception) -> RayALError:
+    if isinstance(e, (ray.exceptions.RayActorError, ray.exceptions.ObjectLostError)):
+        return BlockLost(str(e).strip().splitlines()[0][:300])
     cause = getattr(e, "cause", None)
     if isinstance(cause, RayALError):
         return type(cause)(str(cause))
@@ -52,24 +53,34 @@ class ALPipeline:
         """pg: the placement group to place the blocks in (default: the current one, e.g. a Tune
         trial's, else a new one); see ray_al/placement.py."""
         connect(cfg.ray)
-        self.cfg = cfg
+        self.cfg, self.input_shape, self.num_classes = cfg, tuple(input_shape), num_classes
+        self.total_steps = total_steps
+        self.peak_inflight = 0  # most chunks ever between submission and completion
         self.n = block_count(cfg.model, input_shape, num_classes)
-        self.slots = reserve(cfg.ray, self.n, pg)  # block i -> bundle slots.offset + i of slots.pg
+        self._given_pg = pg
+        self._start()
+
+    def _start(self) -> None:
+        cfg = self.cfg
+        self.slots = reserve(cfg.ray, self.n, self._given_pg)  # block i -> bundle slots.offset + i
         self.pg = self.slots.pg
         self.actors = [
             BlockActor.options(**self.slots.options(i))
-            .remote(cfg.to_dict(), tuple(input_shape), num_classes, i, self.n, total_steps)
+            .remote(cfg.to_dict(), self.input_shape, self.num_classes, i, self.n, self.total_steps)
             for i in range(self.n)
         ]
         self.placement = self._get([a.where.remote() for a in self.actors])
+
+    def restart(self) -> None:
+        """Replace every block actor (after a loss): fresh processes, a fresh placement group."""
+        self.close()
+        self._start()
 
     @staticmethod
     def _get(refs):
         try:
             return ray.get(refs)
-        except RayALError:
-            raise
-        except ray.exceptions.RayError as e:
+        except ray.exceptions.RayError as e:  # a task error whose cause is ours becomes that one line
             raise _unwrap(e) from None
 
     # -- training ------------------------------------------------------------------------
@@ -86,6 +97,7 @@ class ALPipeline:
         inflight: collections.deque = collections.deque()
         for chunk in chunks:
             inflight.append(self.submit(chunk))
+            self.peak_inflight = max(self.peak_inflight, len(inflight))
             if len(inflight) >= self.cfg.train.max_inflight_chunks:
                 on_chunk(self._get(inflight.popleft()))
         while inflight:
@@ -122,11 +134,24 @@ class ALPipeline:
     def load_state_dicts(self, states: list[dict]) -> None:
         self._get([a.set_state.remote(s) for a, s in zip(self.actors, states)])
 
+    def save_blocks(self, ckpt_uri: str) -> list[str]:
+        """Each actor writes its own file; its save runs after every chunk already submitted to it."""
+        return self._get([a.save.remote(ckpt_uri) for a in self.actors])
+
+    def load_blocks(self, run_uri: str, manifest: dict) -> None:
+        self._get([a.load.remote(run_uri, manifest) for a in self.actors])
+
     def describe(self) -> list[str]:
         return [f"block {p['block']}: node {p['node']} ({p['host']}) pid {p['pid']} {p['device']}, "
                 f"{p['threads']} thread(s)" for p in self.placement]
 
     def close(self) -> None:
         for actor in self.actors:
-            ray.kill(actor)
-        self.slots.release()
+            try:
+                ray.kill(actor)
+            except Exception:
+                pass  # already gone
+        try:
+            self.slots.release()  # only a group we made; a Tune trial's stays with the trial
+        except Exception:
+            pass
