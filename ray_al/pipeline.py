@@ -86,7 +86,8 @@ class ALPipeline:
     # -- training ------------------------------------------------------------------------
     def submit(self, chunk: Chunk) -> list:
         """Send one chunk down the chain; returns the ObjectRefs of every block's stats."""
-        ref, stats = (chunk.x, chunk.y), []
+        ref = chunk.ref if hasattr(chunk, "ref") else (chunk.x, chunk.y)  # ray_data: a ref of (x, y)
+        stats = []
         for actor in self.actors:
             ref, stat = actor.train_chunk.remote(ref)
             stats.append(stat)
