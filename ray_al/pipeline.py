@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import os
+import socket
 from typing import Callable, Iterable, Iterator
 
 import ray
@@ -30,12 +31,26 @@ def connect(ray_cfg: RayConfig) -> None:
     if ray.is_initialized():
         return
     address = ray_cfg.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        _check_reachable(address)
     kwargs = {} if address else {"address": "local", "num_cpus": ray_cfg.num_cpus, "include_dashboard": False}
     try:
         ray.init(address=address, logging_level="WARNING", **kwargs) if address else ray.init(
             logging_level="WARNING", **kwargs)
     except (ConnectionError, TimeoutError, ValueError, RuntimeError) as e:
         raise ConfigError(f"cannot reach the Ray cluster at {address}: {str(e).splitlines()[0]}") from None
+
+
+def _check_reachable(address: str, timeout: float = 5.0) -> None:
+    """ray.init retries an unreachable GCS for minutes; a TCP probe answers in seconds."""
+    hostport = address.split("://", 1)[-1].rsplit("/", 1)[0]
+    host, sep, port = hostport.rpartition(":")
+    if not sep or not port.isdigit():
+        return  # "auto" and other forms: let Ray resolve them
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as e:
+        raise ConfigError(f"cannot reach the Ray cluster at {address}: {e.strerror or e}") from None
 
 
 def _unwrap(e: Exception) -> RayALError:
