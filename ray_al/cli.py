@@ -14,25 +14,30 @@ DEFAULT_CONFIG = None  # no file: the embedded digits dataset, a small MLP, thro
 def sigterm_as_interrupt(ray_cfg=None):
     """`ray job stop` sends SIGTERM, which makes a Ray driver abort (Ray's own handler). Join
     Ray first, then turn SIGTERM into KeyboardInterrupt: the run closes its actors and placement
-    group and exits 130 within the job server's grace period."""
+    group and exits 130 within the job server's grace period. Ray joined here is left here."""
     import signal
     import threading
 
+    joined_here = False
     if ray_cfg is not None:
+        import ray
+
         from ray_al.pipeline import connect
+        joined_here = not ray.is_initialized()
         connect(ray_cfg)
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        def handler(signum, frame):
+            raise KeyboardInterrupt
 
-    def handler(signum, frame):
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, handler)
+        previous = signal.signal(signal.SIGTERM, handler)
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+        if joined_here:
+            ray.shutdown()  # in-process callers (tests) get Ray back as they had it
 
 
 def _train(args) -> int:

@@ -109,6 +109,12 @@ class Sweep:
         for key, values in probes.items():  # every listed value and both ends of a range must make a valid config
             for value in values:
                 trial_config(self.base, {key: value})
+        scheduler = self.tune.get("scheduler", "none")
+        if scheduler not in ("none", "asha"):
+            raise ConfigError(f"tune.scheduler: '{scheduler}' is not one of none, asha")
+        if scheduler == "asha" and int(self.tune.get("grace_period", 1)) > max(self.base_cfg.train.epochs, 1):
+            raise ConfigError(f"tune.grace_period={self.tune['grace_period']} exceeds train.epochs="
+                              f"{self.base_cfg.train.epochs}: ASHA could never stop a trial")
         output = raw.get("output") or f"runs/sweeps/{self.name}"
         self.output = Path(output).expanduser().resolve()
         self.shares_data = not any(k.startswith("data.") and k not in DATA_KEYS_SAFE_TO_SHARE for k in space)

@@ -74,6 +74,16 @@ def test_bad_sweeps_fail_in_one_line(tmp_path, space, message):
         Sweep(write_sweep(tmp_path, param_space=space))
 
 
+@pytest.mark.parametrize("tune_opts, message", [
+    ({"scheduler": "hyperband"}, "is not one of none, asha"),
+    ({"scheduler": "asha", "grace_period": 5}, "exceeds train.epochs=2"),
+    ({"sample": 3}, "unknown tune key"),
+])
+def test_bad_tune_options_fail_in_one_line(tmp_path, tune_opts, message):
+    with pytest.raises(ConfigError, match=message):
+        Sweep(write_sweep(tmp_path, tune=tune_opts))
+
+
 def test_cli_reports_bad_sweep_as_one_line(tmp_path, capsys):
     assert main(["tune", str(tmp_path / "missing.yaml")]) == 2
     assert capsys.readouterr().err.strip().startswith("ray-al: error: config file not found")
