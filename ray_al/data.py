@@ -55,10 +55,13 @@ def _decode_parquet(files: list[Path]) -> tuple[np.ndarray, np.ndarray, list[str
     images, labels, names = [], [], []
     for f in files:
         try:
-            table = pq.read_table(f, columns=["image", "label"])
+            label = _label_column(pq.read_schema(f).names, f)
+            table = pq.read_table(f, columns=["image", label])
+        except DataError:
+            raise
         except Exception as e:  # pyarrow raises several types for a damaged file
             raise DataError(f"cannot read Parquet file {f}: {str(e).splitlines()[0]}") from None
-        names = names or _class_names(table.schema.metadata)
+        names = names or _class_names(table.schema.metadata, label)
         for cell in table.column("image").to_pylist():
             raw = cell["bytes"] if isinstance(cell, dict) else cell
             try:
@@ -66,17 +69,25 @@ def _decode_parquet(files: list[Path]) -> tuple[np.ndarray, np.ndarray, list[str
             except Exception as e:
                 raise DataError(f"cannot decode an image in {f}: {e}") from None
             images.append(img if img.ndim == 3 else img[:, :, None])
-        labels.extend(table.column("label").to_pylist())
+        labels.extend(table.column(label).to_pylist())
     if len({im.shape for im in images}) > 1:
         raise DataError(f"images of different shapes in {files[0].parent}")
     return np.stack(images).transpose(0, 3, 1, 2), np.asarray(labels, dtype=np.int64), names
 
 
-def _class_names(metadata) -> list[str]:
+def _label_column(columns: list[str], f: Path) -> str:
+    """`label`, or CIFAR-100's `fine_label` (the paper's 100 classes) where a folder has no `label`."""
+    for name in ("label", "fine_label"):
+        if name in columns:
+            return name
+    raise DataError(f"{f}: no 'label' or 'fine_label' column (columns: {', '.join(columns)})")
+
+
+def _class_names(metadata, label: str = "label") -> list[str]:
     import json
     try:
         info = json.loads(metadata[b"huggingface"])
-        return list(info["info"]["features"]["label"]["names"])
+        return list(info["info"]["features"][label]["names"])
     except Exception:
         return []
 
