@@ -1,6 +1,6 @@
 """MNIST CNN: AL and its BP twin at the paper's settings (batch 32, Adam lr 1e-4), a few epochs.
 
-    python benchmarks/mnist_cnn.py --data /path/to/mnist [--epochs 2] [--limit-train N]
+    python benchmarks/mnist_cnn.py --data /path/to/mnist [--epochs 2] [--limit-train N] [--threads 1]
 
 Prints each trainer's test accuracy, every AL exit, seconds per epoch and the AL - BP gap.
 The lr is constant: the paper's schedule (x0.1 at 40% of the steps) is meant for 200 epochs.
@@ -26,6 +26,7 @@ def main() -> int:
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--limit-train", type=int, default=None)
     p.add_argument("--al-trainer", default="al_local", choices=["al_local", "al"])
+    p.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared 2-core machine)")
     p.add_argument("--run-dir", default=None, help="keep the runs here (default: a temporary folder)")
     args = p.parse_args()
     run_dir = args.run_dir or tempfile.mkdtemp(prefix="bench-mnist-cnn-")
@@ -34,7 +35,7 @@ def main() -> int:
     for kind, trainer in (("al", args.al_trainer), ("bp", "bp")):
         overrides = [f"data.path={args.data}", f"train.epochs={args.epochs}", "optim.schedule=constant",
                      f"train.trainer={trainer}", f"run_dir={run_dir}", f"name=mnist_cnn_{kind}",
-                     "train.log_every_s=60"]
+                     "train.log_every_s=60", f"train.threads={args.threads}"]
         if args.limit_train:
             overrides.append(f"data.limit_train={args.limit_train}")
         cfg = load_config(ROOT / "configs" / "paper" / f"mnist_cnn_{kind}.yaml", overrides)

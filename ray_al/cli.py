@@ -18,6 +18,13 @@ def _train(args) -> int:
     return 0
 
 
+def _report(args) -> int:
+    from ray_al.report import write_report
+
+    write_report(args.runs, args.out, args.set, samples=args.samples, tsne_samples=args.tsne_samples)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ray-al", description="Associated Learning on Ray")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -25,6 +32,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", nargs="?", default=DEFAULT_CONFIG, help="YAML config (default: built-in defaults)")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.epochs=3 optim.lr=1e-3")
     p.set_defaults(fn=_train)
+    p = sub.add_parser("report", help="runs -> Markdown report with the paper's tables and figures beside ours")
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders (config.yaml, metrics.jsonl, checkpoints/)")
+    p.add_argument("--out", default="report", help="folder for report.md and its PNG figures (default: report)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override applied to every run's config to load its data, e.g. --set data.path=/data/mnist")
+    p.add_argument("--samples", type=int, default=1000, help="test samples for class distances (default 1000)")
+    p.add_argument("--tsne-samples", type=int, default=500, help="test samples per t-SNE panel (default 500)")
+    p.set_defaults(fn=_report)
     return parser
 
 
