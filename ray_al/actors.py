@@ -8,6 +8,7 @@ import ray
 import torch
 
 from ray_al.block_trainer import BlockTrainer
+from ray_al.checkpoint import read_block, write_block
 from ray_al.config import config_from_dict
 from ray_al.models import build_al_block
 
@@ -60,6 +61,17 @@ class BlockActor:
 
     def step_count(self) -> int:
         return self.trainer.step_count
+
+    def save(self, ckpt_uri: str) -> str:
+        """Write this block's checkpoint file from this process (no trip through the driver)."""
+        return write_block(ckpt_uri, self.trainer.index, _to_cpu(self.trainer.state_dict()))
+
+    def load(self, run_uri: str, manifest: dict) -> int:
+        self.trainer.load_state_dict(read_block(run_uri, manifest, self.trainer.index))
+        return self.trainer.step_count
+
+    def pid(self) -> int:
+        return os.getpid()
 
 
 def _to_cpu(obj):

@@ -58,24 +58,21 @@ def augment(x: torch.Tensor, kind: str, g: torch.Generator) -> torch.Tensor:
 
 
 def epoch_chunks(x: torch.Tensor, y: torch.Tensor, batch_size: int, chunk_size: int, epoch: int,
-                 seed: int, aug: str = "none", start_chunk: int = 0) -> Iterator[Chunk]:
-    """Chunks of one epoch, from chunk `start_chunk` on (for resuming mid-epoch)."""
+                 seed: int, aug: str = "none", start_batch: int = 0) -> Iterator[Chunk]:
+    """Chunks of one epoch from batch `start_batch` on (resuming mid-epoch). The samples of
+    every batch, and its augmentation, depend only on (seed, epoch, batch index), so the
+    grouping into chunks never changes the arithmetic."""
     g = torch.Generator().manual_seed(seed * 100_003 + epoch)
     order = torch.randperm(len(x), generator=g)
     n_batches = batches_per_epoch(len(x), batch_size)
-    per_chunk = batch_size * chunk_size
-    steps_before = epoch * n_batches
-    for c, start in enumerate(range(0, n_batches * batch_size, per_chunk)):
-        stop = min(start + per_chunk, n_batches * batch_size)
-        # augmentation draws from its own generator per chunk, so skipping chunks changes nothing
-        ga = torch.Generator().manual_seed((seed * 100_003 + epoch) * 10_007 + c)
-        if c < start_chunk:
-            continue
-        idx = order[start:stop]
-        xb = augment(x[idx], aug, ga)  # indexing copies: the chunk owns its storage
-        k = (stop - start) // batch_size
-        yield Chunk(c, steps_before + start // batch_size,
-                    xb.reshape(k, batch_size, *x.shape[1:]), y[idx].reshape(k, batch_size))
+    for c, first in enumerate(range(start_batch, n_batches, chunk_size)):
+        xs, ys = [], []
+        for b in range(first, min(first + chunk_size, n_batches)):
+            idx = order[b * batch_size:(b + 1) * batch_size]
+            ga = torch.Generator().manual_seed((seed * 100_003 + epoch) * 1_000_003 + b)
+            xs.append(augment(x[idx], aug, ga))  # indexing copies: the chunk owns its storage
+            ys.append(y[idx])
+        yield Chunk(c, epoch * n_batches + first, torch.stack(xs), torch.stack(ys))
 
 
 def eval_batches(x: torch.Tensor, batch_size: int) -> Iterator[torch.Tensor]:

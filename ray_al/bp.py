@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from ray_al.batches import Chunk, eval_batches
+from ray_al.checkpoint import read_block, write_block
 from ray_al.config import Config
 from ray_al.errors import TrainingError
 from ray_al.metrics import exit_accuracies
@@ -66,6 +67,12 @@ class BPTrainer:
         self.net.load_state_dict(states[0]["net"])
         self.opt.load_state_dict(states[0]["opt"])
         self.step_count = int(states[0]["step_count"])
+
+    def save_blocks(self, ckpt_uri: str) -> list[str]:
+        return [write_block(ckpt_uri, 0, self.state_dicts()[0])]
+
+    def load_blocks(self, run_uri: str, manifest: dict) -> None:
+        self.load_state_dicts([read_block(run_uri, manifest, 0)])
 
     def describe(self) -> list[str]:
         return [f"BP twin in this process on {self.device}, {torch.get_num_threads()} thread(s)"]

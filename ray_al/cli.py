@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ray_al.errors import RayALError
+from ray_al.errors import ConfigError, RayALError
 
 DEFAULT_CONFIG = None  # no file: the embedded digits dataset, a small MLP, through Ray actors
 
@@ -13,8 +13,26 @@ def _train(args) -> int:
     from ray_al.config import load_config
     from ray_al.run import train
 
-    cfg = load_config(args.config, args.overrides)
-    train(cfg)
+    if args.resume:
+        from ray_al.evaluate import run_config
+        if args.config:
+            raise ConfigError("give either a config or --resume RUN_DIR, not both")
+        train(run_config(args.resume, args.overrides), resume_dir=args.resume)
+    else:
+        train(load_config(args.config, args.overrides))
+    return 0
+
+
+def _eval(args) -> int:
+    import json
+
+    from ray_al.data import load_dataset
+    from ray_al.evaluate import load_run
+
+    cfg, trainer, manifest = load_run(args.run_dir, args.overrides, device=args.device)
+    data = load_dataset(cfg.data)
+    accs = trainer.evaluate(data.test_x, data.test_y)
+    print(json.dumps({"run_dir": args.run_dir, "step": manifest["step"], **accs}, indent=1))
     return 0
 
 
@@ -31,7 +49,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a model (default: the embedded digits MLP through Ray actors)")
     p.add_argument("config", nargs="?", default=DEFAULT_CONFIG, help="YAML config (default: built-in defaults)")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.epochs=3 optim.lr=1e-3")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its newest complete checkpoint")
     p.set_defaults(fn=_train)
+    p = sub.add_parser("eval", help="test accuracy of every exit of a run's newest checkpoint")
+    p.add_argument("run_dir")
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. data.path=... for moved data")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.set_defaults(fn=_eval)
     p = sub.add_parser("report", help="runs -> Markdown report with the paper's tables and figures beside ours")
     p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders (config.yaml, metrics.jsonl, checkpoints/)")
     p.add_argument("--out", default="report", help="folder for report.md and its PNG figures (default: report)")

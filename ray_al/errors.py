@@ -19,3 +19,7 @@ class CheckpointError(RayALError):
 
 class TrainingError(RayALError):
     """A run that cannot go on: a NaN loss, a block that keeps dying."""
+
+
+class BlockLost(TrainingError):
+    """A block actor (or the node under it) died; the run can rebuild from a checkpoint."""

@@ -9,6 +9,7 @@ arithmetic of the blocks run one after another (tests/test_pipeline.py checks bi
 from __future__ import annotations
 
 import collections
+import os
 from typing import Callable, Iterable, Iterator
 
 import ray
@@ -19,25 +20,23 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 from ray_al.actors import BlockActor
 from ray_al.batches import Chunk, eval_batches
 from ray_al.config import Config, RayConfig
-from ray_al.errors import ConfigError, RayALError, TrainingError
+from ray_al.errors import BlockLost, ConfigError, RayALError, TrainingError
 from ray_al.metrics import exit_accuracies
 from ray_al.models import block_count
 
 
 def connect(ray_cfg: RayConfig) -> None:
-    """Join RAY_ADDRESS / ray.address, or start a local cluster (no dashboard: it costs seconds)."""
+    """Join ray.address (or RAY_ADDRESS, which Ray jobs set), else start a new local cluster
+    (no dashboard: it costs seconds). `ray.address: auto` joins a `ray start` cluster here."""
     if ray.is_initialized():
         return
-    kwargs = {"logging_level": "WARNING"}
-    if not ray_cfg.address:
-        import os
-        if not os.environ.get("RAY_ADDRESS"):
-            kwargs.update(num_cpus=ray_cfg.num_cpus, include_dashboard=False)
+    address = ray_cfg.address or os.environ.get("RAY_ADDRESS")
+    kwargs = {} if address else {"address": "local", "num_cpus": ray_cfg.num_cpus, "include_dashboard": False}
     try:
-        ray.init(address=ray_cfg.address, **kwargs)
+        ray.init(address=address, logging_level="WARNING", **kwargs) if address else ray.init(
+            logging_level="WARNING", **kwargs)
     except (ConnectionError, TimeoutError, ValueError, RuntimeError) as e:
-        raise ConfigError(f"cannot reach the Ray cluster at {ray_cfg.address or 'RAY_ADDRESS'}: "
-                          f"{str(e).splitlines()[0]}") from None
+        raise ConfigError(f"cannot reach the Ray cluster at {address}: {str(e).splitlines()[0]}") from None
 
 
 def cpus_per_block(ray_cfg: RayConfig, n_blocks: int) -> float:
@@ -48,6 +47,8 @@ def cpus_per_block(ray_cfg: RayConfig, n_blocks: int) -> float:
 
 
 def _unwrap(e: Exception) -> RayALError:
+    if isinstance(e, (ray.exceptions.RayActorError, ray.exceptions.ObjectLostError)):
+        return BlockLost(str(e).strip().splitlines()[0][:300])
     cause = getattr(e, "cause", None)
     if isinstance(cause, RayALError):
         return type(cause)(str(cause))
@@ -57,8 +58,13 @@ def _unwrap(e: Exception) -> RayALError:
 class ALPipeline:
     def __init__(self, cfg: Config, input_shape: tuple, num_classes: int, total_steps: int):
         connect(cfg.ray)
-        self.cfg = cfg
+        self.cfg, self.input_shape, self.num_classes = cfg, tuple(input_shape), num_classes
+        self.total_steps = total_steps
         self.n = block_count(cfg.model, input_shape, num_classes)
+        self._start()
+
+    def _start(self) -> None:
+        cfg = self.cfg
         cpus, gpus = cpus_per_block(cfg.ray, self.n), cfg.ray.num_gpus_per_block
         if gpus and ray.cluster_resources().get("GPU", 0) == 0:
             raise ConfigError(f"ray.num_gpus_per_block={gpus} but the Ray cluster has no GPU")
@@ -73,10 +79,15 @@ class ALPipeline:
             BlockActor.options(
                 num_cpus=cpus, num_gpus=gpus,
                 scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=i),
-            ).remote(cfg.to_dict(), tuple(input_shape), num_classes, i, self.n, total_steps)
+            ).remote(cfg.to_dict(), self.input_shape, self.num_classes, i, self.n, self.total_steps)
             for i in range(self.n)
         ]
         self.placement = self._get([a.where.remote() for a in self.actors])
+
+    def restart(self) -> None:
+        """Replace every block actor (after a loss): fresh processes, a fresh placement group."""
+        self.close()
+        self._start()
 
     @staticmethod
     def _get(refs):
@@ -137,11 +148,24 @@ class ALPipeline:
     def load_state_dicts(self, states: list[dict]) -> None:
         self._get([a.set_state.remote(s) for a, s in zip(self.actors, states)])
 
+    def save_blocks(self, ckpt_uri: str) -> list[str]:
+        """Each actor writes its own file; its save runs after every chunk already submitted to it."""
+        return self._get([a.save.remote(ckpt_uri) for a in self.actors])
+
+    def load_blocks(self, run_uri: str, manifest: dict) -> None:
+        self._get([a.load.remote(run_uri, manifest) for a in self.actors])
+
     def describe(self) -> list[str]:
         return [f"block {p['block']}: node {p['node']} ({p['host']}) pid {p['pid']} {p['device']}, "
                 f"{p['threads']} thread(s)" for p in self.placement]
 
     def close(self) -> None:
         for actor in self.actors:
-            ray.kill(actor)
-        remove_placement_group(self.pg)
+            try:
+                ray.kill(actor)
+            except Exception:
+                pass  # already gone
+        try:
+            remove_placement_group(self.pg)
+        except Exception:
+            pass

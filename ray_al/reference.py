@@ -8,6 +8,7 @@ import torch
 from ray_al.batches import Chunk, eval_batches
 from ray_al.block_trainer import BlockTrainer
 from ray_al.blocks import decode_exits
+from ray_al.checkpoint import read_block, write_block
 from ray_al.config import Config
 from ray_al.metrics import exit_accuracies
 from ray_al.models import block_count, build_al_block
@@ -67,6 +68,12 @@ class LocalAL:
     def load_state_dicts(self, states: list[dict]) -> None:
         for trainer, state in zip(self.trainers, states):
             trainer.load_state_dict(state)
+
+    def save_blocks(self, ckpt_uri: str) -> list[str]:
+        return [write_block(ckpt_uri, i, state) for i, state in enumerate(self.state_dicts())]
+
+    def load_blocks(self, run_uri: str, manifest: dict) -> None:
+        self.load_state_dicts([read_block(run_uri, manifest, i) for i in range(self.n)])
 
     def describe(self) -> list[str]:
         return [f"{self.n} blocks in this process on {self.device}, {torch.get_num_threads()} thread(s)"]

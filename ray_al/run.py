@@ -6,6 +6,8 @@ its results.
 """
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import json
 import time
 from dataclasses import dataclass, field
@@ -13,9 +15,10 @@ from pathlib import Path
 from typing import Callable
 
 from ray_al.batches import batches_per_epoch, epoch_chunks
+from ray_al import checkpoint as ckpt_lib
 from ray_al.config import Config, save_config
 from ray_al.data import Dataset, load_dataset
-from ray_al.errors import ConfigError, DataError
+from ray_al.errors import BlockLost, ConfigError, DataError, TrainingError
 from ray_al.models import parameter_counts
 
 Log = Callable[[str], None]
@@ -25,6 +28,7 @@ Log = Callable[[str], None]
 class RunResult:
     run_dir: Path
     history: list[dict] = field(default_factory=list)
+    restarts: list[dict] = field(default_factory=list)
     trainer: object = None
 
     @property
@@ -104,15 +108,74 @@ def describe_run(cfg: Config, data: Dataset, log: Log) -> None:
         f"AL effective {counts['al_effective']:,}, BP twin {counts['bp']:,}")
 
 
+def fingerprint(cfg: Config, data: Dataset) -> dict:
+    """What a checkpoint must match to be loaded into this run."""
+    return {"kind": "bp" if cfg.train.trainer == "bp" else "al", "model": dataclasses.asdict(cfg.model),
+            "input_shape": list(data.input_shape), "num_classes": data.num_classes,
+            "batch_size": cfg.data.batch_size, "seed": cfg.train.seed}
+
+
+def checkpoint_uri(cfg: Config, run_dir: Path) -> str:
+    return f"{cfg.checkpoint.uri.rstrip('/')}/{run_dir.name}" if cfg.checkpoint.uri else str(run_dir)
+
+
+class Checkpointer:
+    """Saves (each block writes its own file, then the manifest) and finds the newest checkpoint."""
+
+    def __init__(self, cfg: Config, run_dir: Path, fp: dict):
+        self.cfg, self.uri, self.fp = cfg, checkpoint_uri(cfg, run_dir), fp
+
+    def save(self, trainer, step: int, epoch: int, batch: int) -> None:
+        ckpt = ckpt_lib.step_dir(self.uri, step)
+        digests = trainer.save_blocks(ckpt)
+        manifest = {"step": step, "epoch": epoch, "batch": batch, "time": time.time(), "fingerprint": self.fp,
+                    "config": self.cfg.to_dict(),
+                    "blocks": [{"file": f"block-{i + 1}.pt", "sha256": d} for i, d in enumerate(digests)]}
+        ckpt_lib.write_manifest(ckpt, manifest, self.cfg.checkpoint.keep)
+
+    def restore(self, trainer) -> dict:
+        manifest = ckpt_lib.read_manifest(self.uri)
+        ckpt_lib.check_compatible(manifest, self.fp)
+        trainer.load_blocks(self.uri, manifest)
+        return manifest
+
+
+def _segments(epoch: int, start_batch: int, n_batches: int, chunk: int, every: int):
+    """Split an epoch's batches [start_batch, n_batches) at checkpoint steps (whole chunks)."""
+    cuts, first = [], start_batch
+    for b in range(start_batch, n_batches, chunk):
+        end = min(b + chunk, n_batches)
+        if end == n_batches or (every and (epoch * n_batches + end) // every > (epoch * n_batches + b) // every):
+            cuts.append((first, end))
+            first = end
+    return cuts
+
+
+def _read_history(run_dir: Path, completed_epochs: int) -> list[dict]:
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    kept = [r for r in records if r["epoch"] <= completed_epochs]
+    path.write_text("".join(json.dumps(r) + "\n" for r in kept))  # epochs after the checkpoint are redone
+    return kept
+
+
 def train(cfg: Config, log: Log = print, on_epoch: Callable[[dict], None] | None = None,
-          data: Dataset | None = None, keep_trainer: bool = False) -> RunResult:
-    """Train as configured; `on_epoch` receives each epoch's record (Ray Tune reports from it)."""
+          data: Dataset | None = None, keep_trainer: bool = False, resume_dir: str | Path | None = None) -> RunResult:
+    """Train as configured; `on_epoch` receives each epoch's record (Ray Tune reports from it).
+    With `resume_dir`, continue that run from its newest complete checkpoint."""
     data = data or load_dataset(cfg.data)
     n_batches = batches_per_epoch(len(data.train_x), cfg.data.batch_size)
     if n_batches == 0:
         raise DataError(f"{len(data.train_x)} training samples do not fill one batch of {cfg.data.batch_size}")
-    run_dir = prepare_run_dir(cfg)
-    save_config(cfg, run_dir / "config.yaml")
+    fp = fingerprint(cfg, data)
+    run_dir = Path(resume_dir) if resume_dir else prepare_run_dir(cfg)
+    checkpointer = Checkpointer(cfg, run_dir, fp)
+    if resume_dir:  # check before starting any actor: a wrong checkpoint costs nothing
+        ckpt_lib.check_compatible(ckpt_lib.read_manifest(checkpointer.uri), fp)
+    else:
+        save_config(cfg, run_dir / "config.yaml")
     describe_run(cfg, data, log)
     total_steps = cfg.train.epochs * n_batches
     trainer = make_trainer(cfg, data.input_shape, data.num_classes, total_steps)
@@ -120,24 +183,34 @@ def train(cfg: Config, log: Log = print, on_epoch: Callable[[dict], None] | None
     try:
         for line in trainer.describe():
             log(line)
-        for epoch in range(cfg.train.epochs):
-            progress = Progress(epoch + 1, cfg.train.epochs, n_batches, cfg.data.batch_size, log,
-                                cfg.train.log_every_s)
-            chunks = epoch_chunks(data.train_x, data.train_y, cfg.data.batch_size, cfg.train.chunk_size, epoch,
-                                  cfg.train.seed, cfg.data.augment)
-            start = time.perf_counter()
-            trainer.train_epoch(chunks, progress)
-            seconds = time.perf_counter() - start
-            record = {"epoch": epoch + 1, "epochs": cfg.train.epochs, "step": (epoch + 1) * n_batches,
-                      "train_time_s": seconds, "samples_per_s": n_batches * cfg.data.batch_size / seconds,
-                      **progress.summary(), **trainer.evaluate(data.test_x, data.test_y)}
-            with open(run_dir / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(record) + "\n")
-            log(format_record(record))
-            result.history.append(record)
-            if on_epoch:
-                on_epoch(record)
-        (run_dir / "summary.json").write_text(json.dumps({"final": result.final, "run_dir": str(run_dir)}, indent=1))
+        if resume_dir:
+            manifest = checkpointer.restore(trainer)
+            log(f"resumed from checkpoint step {manifest['step']} (epoch {manifest['epoch'] + 1}, "
+                f"batch {manifest['batch']})")
+            position = (manifest["epoch"], manifest["batch"])
+        else:
+            position = (0, 0)
+            if cfg.checkpoint.enabled:  # step 0: a block lost before the first save restarts from here
+                checkpointer.save(trainer, 0, 0, 0)
+        result.history = _read_history(run_dir, position[0])
+        restarts = 0
+        while True:
+            try:
+                _train_epochs(cfg, data, trainer, checkpointer, position, n_batches, result, log, on_epoch)
+                break
+            except BlockLost as e:
+                restarts += 1
+                if not cfg.checkpoint.enabled or restarts > cfg.checkpoint.max_restarts:
+                    raise TrainingError(f"block lost and no restart left ({restarts - 1} made): {e}") from None
+                log(f"block lost: {e}; restart {restarts}/{cfg.checkpoint.max_restarts}")
+                trainer.restart()
+                manifest = checkpointer.restore(trainer)
+                position = (manifest["epoch"], manifest["batch"])
+                result.history = _read_history(run_dir, position[0])
+                result.restarts.append({"step": manifest["step"], "error": str(e)})
+                log(f"rebuilt every block from checkpoint step {manifest['step']}; replaying from there")
+        (run_dir / "summary.json").write_text(json.dumps(
+            {"final": result.final, "run_dir": str(run_dir), "restarts": result.restarts}, indent=1))
         log(f"run folder: {run_dir}")
     except BaseException:
         trainer.close()
@@ -147,3 +220,34 @@ def train(cfg: Config, log: Log = print, on_epoch: Callable[[dict], None] | None
     else:
         trainer.close()
     return result
+
+
+def _train_epochs(cfg, data, trainer, checkpointer, position, n_batches, result, log, on_epoch) -> None:
+    start_epoch, start_batch = position
+    for epoch in range(start_epoch, cfg.train.epochs):
+        progress = Progress(epoch + 1, cfg.train.epochs, n_batches - start_batch, cfg.data.batch_size, log,
+                            cfg.train.log_every_s)
+        chunks = epoch_chunks(data.train_x, data.train_y, cfg.data.batch_size, cfg.train.chunk_size, epoch,
+                              cfg.train.seed, cfg.data.augment, start_batch)
+        seconds = 0.0
+        for first, end in _segments(epoch, start_batch, n_batches, cfg.train.chunk_size,
+                                    cfg.checkpoint.every_steps):
+            n_chunks = -(-(end - first) // cfg.train.chunk_size)
+            begin = time.perf_counter()
+            trainer.train_epoch(itertools.islice(chunks, n_chunks), progress)
+            seconds += time.perf_counter() - begin
+            if end < n_batches and cfg.checkpoint.enabled:
+                checkpointer.save(trainer, epoch * n_batches + end, epoch, end)
+        done = n_batches - start_batch
+        record = {"epoch": epoch + 1, "epochs": cfg.train.epochs, "step": (epoch + 1) * n_batches,
+                  "train_time_s": seconds, "samples_per_s": done * cfg.data.batch_size / max(seconds, 1e-9),
+                  **progress.summary(), **trainer.evaluate(data.test_x, data.test_y)}
+        if cfg.checkpoint.enabled:
+            checkpointer.save(trainer, (epoch + 1) * n_batches, epoch + 1, 0)
+        with open(result.run_dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+        log(format_record(record))
+        result.history.append(record)
+        if on_epoch:
+            on_epoch(record)
+        start_batch = 0
