@@ -81,6 +81,12 @@ def _pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.1f}"
 
 
+def _reduced(run: Run) -> bool:
+    """A run on fewer samples or a narrower model than the paper's (the quick configs)."""
+    d = run.cfg.data
+    return bool(d.limit_train or d.limit_test or run.cfg.model.d is not None)
+
+
 def _epochs(run: Run) -> str:
     return f"{run.final.get('epoch', 0)}/{run.cfg.train.epochs}"
 
@@ -105,11 +111,13 @@ def accuracy_section(runs: list[Run]) -> list[str]:
             cols = []
             for m in ("bp", "al"):
                 found = by.get(m, [])
-                ours = "; ".join(_pct(r.final.get("test_acc")) for r in found) or "-"
+                ours = "; ".join(_pct(r.final.get("test_acc")) + ("*" if _reduced(r) else "") for r in found) or "-"
                 eps = "; ".join(_epochs(r) for r in found) or "-"
                 cols += [f"{paper[m]:.1f}", ours, eps]
             lines.append(f"| {NAMES[model]} | " + " | ".join(cols) + " |")
         lines.append("")
+        if any(_reduced(r) for _, by in rows for found in by.values() for r in found):
+            lines += ["\\* fewer samples (data.limit_train / limit_test) or another d than the paper's.", ""]
     others = [r for r in runs if paper_result(r.cfg) is None]
     if others:
         lines += ["### Runs without a paper figure", "", "| run | data | model | trainer | epochs | test acc |",

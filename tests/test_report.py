@@ -36,18 +36,21 @@ def test_report_of_an_al_and_a_bp_run(tmp_path, capsys):
 
 
 def test_report_puts_the_paper_figure_beside_ours(tmp_path):
-    # a finished MNIST CNN run's folder, as train() leaves it (no checkpoint: distances are skipped)
-    run = tmp_path / "mnist-cnn-al"
-    run.mkdir()
-    (run / "config.yaml").write_text("data: {source: parquet, path: somewhere/mnist}\nmodel: {name: cnn}\n"
-                                     "train: {trainer: al, epochs: 200}\n")
-    (run / "metrics.jsonl").write_text('{"epoch": 1, "epochs": 200, "b1_bridge_loss": 0.1, "exit_1": 0.9, '
-                                       '"exit_2": 0.95, "test_acc": 0.95}\n')
+    # finished MNIST CNN runs' folders, as train() leaves them (no checkpoint: distances are skipped)
+    runs = []
+    for trainer, extra, acc in (("al", "", 0.95), ("bp", ", limit_train: 640", 0.9)):
+        run = tmp_path / f"mnist-cnn-{trainer}"
+        run.mkdir()
+        (run / "config.yaml").write_text(f"data: {{source: parquet, path: somewhere/mnist{extra}}}\n"
+                                         f"model: {{name: cnn}}\ntrain: {{trainer: {trainer}, epochs: 200}}\n")
+        (run / "metrics.jsonl").write_text(f'{{"epoch": 1, "epochs": 200, "b1_loss": 0.1, "exit_1": 0.9, '
+                                           f'"test_acc": {acc}}}\n')
+        runs.append(str(run))
     out = tmp_path / "report"
-    assert main(["report", str(run), "--out", str(out)]) == 0
+    assert main(["report", *runs, "--out", str(out)]) == 0
     text = (out / "report.md").read_text()
     assert "### MNIST (paper Table 1)" in text
-    assert "| CNN | 99.4 | - | - | 99.5 | 95.0 | 1/200 |" in text
+    assert "| CNN | 99.4 | 90.0* | 1/200 | 99.5 | 95.0 | 1/200 |" in text  # *: fewer samples than the paper
     assert "skipped mnist-cnn-al" in text
 
 
