@@ -4,7 +4,7 @@ Sections: accuracy in the layout of the paper's Tables 1-3 (with the epochs each
 early-exit accuracy of every block, class-distance metafeatures (paper Table 4), t-SNE of the
 paper's layers (Figures 3-4, BP and AL side by side) and training curves. Accuracies come
 from each run's metrics.jsonl; distances and t-SNE need the run's newest checkpoint and its
-dataset (`--set data.path=...` where the run's relative path does not resolve from here).
+dataset (`--data cifar10=/data/cifar10` where the run's relative path does not resolve from here).
 """
 from __future__ import annotations
 
@@ -262,8 +262,21 @@ def tsne_section(runs: list[Run], out: Path, samples: int, log: Log) -> list[str
     return lines
 
 
+def parse_data_paths(items: list[str]) -> dict[str, str]:
+    """["mnist=/data/mnist", ...] -> {"mnist": "/data/mnist"}: where each dataset lives on this machine."""
+    paths = {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise ConfigError(f"--data '{item}' is not of the form NAME=PATH (e.g. cifar10=/data/cifar10)")
+        paths[name.strip().lower()] = path
+    return paths
+
+
 def write_report(run_dirs: list[str | Path], out: str | Path, overrides: list[str] = (), samples: int = 1000,
-                 tsne_samples: int = 500, log: Log = print, loader: Callable = load_model) -> Path:
+                 tsne_samples: int = 500, log: Log = print, loader: Callable = load_model,
+                 data_paths: dict[str, str] | None = None) -> Path:
+    """`overrides` apply to every run's config; `data_paths` set data.path for the runs of one dataset."""
     out = Path(out)
     if not run_dirs:
         raise ConfigError("report needs at least one run folder")
@@ -272,7 +285,8 @@ def write_report(run_dirs: list[str | Path], out: str | Path, overrides: list[st
     out.mkdir(parents=True, exist_ok=True)
     datasets: dict = {}
     for r in runs:
-        analyse(r, overrides, samples, datasets, log, loader)
+        path = (data_paths or {}).get(r.dataset)
+        analyse(r, list(overrides) + ([f"data.path={path}"] if path else []), samples, datasets, log, loader)
     lines = ["# ray_al report", "", "Runs: " + ", ".join(f"`{r.label}`" for r in runs), ""]
     lines += accuracy_section(runs) + exits_section(runs) + distance_section(runs)
     lines += tsne_section(runs, out, tsne_samples, log)

@@ -58,3 +58,10 @@ def test_report_of_a_folder_that_is_not_a_run(tmp_path, capsys):
     assert main(["report", str(tmp_path), "--out", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("ray-al: error: not a run folder") and "\n" not in err
+
+
+def test_report_data_paths_are_name_equals_path(tmp_path, capsys):
+    from ray_al.report import parse_data_paths
+    assert parse_data_paths(["MNIST=/d/mnist", "cifar10=/d/c=10"]) == {"mnist": "/d/mnist", "cifar10": "/d/c=10"}
+    assert main(["report", str(tmp_path), "--data", "cifar10"]) == 2
+    assert "NAME=PATH" in capsys.readouterr().err
