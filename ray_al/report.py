@@ -149,10 +149,11 @@ def exits_section(runs: list[Run]) -> list[str]:
 
 def _pairs(runs: list[Run]) -> list[tuple[Run | None, Run | None]]:
     """(BP, AL) runs of the same cell side by side; a run without a partner stands alone."""
-    by_cell: dict[tuple, dict[str, Run]] = {}
+    from itertools import zip_longest
+    by_cell: dict[tuple, dict[str, list[Run]]] = {}
     for r in runs:
-        by_cell.setdefault(r.cell, {})[r.method] = r  # the last given wins
-    return [(c.get("bp"), c.get("al")) for c in by_cell.values()]
+        by_cell.setdefault(r.cell, {"bp": [], "al": []})[r.method].append(r)
+    return [pair for c in by_cell.values() for pair in zip_longest(c["bp"], c["al"])]
 
 
 def distance_section(runs: list[Run]) -> list[str]:
@@ -193,12 +194,12 @@ def curves_figure(run: Run, path: Path) -> None:
     epochs = [h["epoch"] for h in run.history]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
     for key in sorted({k for h in run.history for k in h if k.endswith("loss")}):
-        ax_loss.plot(epochs, [h.get(key) for h in run.history], marker="o", label=key)
+        ax_loss.plot(epochs, [h.get(key, float("nan")) for h in run.history], marker="o", label=key)
     ax_loss.set(xlabel="epoch", ylabel="mean training loss", yscale="log", title=f"{run.label}: losses per block")
     ax_loss.legend(fontsize=7)
-    ax_acc.plot(epochs, [h.get("test_acc") for h in run.history], marker="o", label="test acc", color="k")
+    ax_acc.plot(epochs, [h.get("test_acc", float("nan")) for h in run.history], marker="o", label="test acc", color="k")
     for key in sorted({k for h in run.history for k in h if k.startswith("exit_")}, key=lambda k: int(k[5:])):
-        ax_acc.plot(epochs, [h.get(key) for h in run.history], linestyle="--", label=key)
+        ax_acc.plot(epochs, [h.get(key, float("nan")) for h in run.history], linestyle="--", label=key)
     ax_acc.set(xlabel="epoch", ylabel="test accuracy", title="test accuracy per epoch")
     ax_acc.legend(fontsize=7)
     fig.tight_layout()
