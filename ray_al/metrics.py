@@ -141,7 +141,7 @@ def bp_features(net, x: torch.Tensor, layers: list[str], batch_size: int = 500) 
 
 
 # -- t-SNE (paper Figures 3-4) --------------------------------------------------------------
-def tsne_embed(features: torch.Tensor, seed: int = 0) -> "np.ndarray":
+def tsne_embed(features: torch.Tensor, seed: int = 0, max_iter: int = 1000) -> "np.ndarray":
     """2-D t-SNE of flattened features, after PCA to 50 dimensions (the usual step for wide layers)."""
     import numpy as np
     from sklearn.decomposition import PCA
@@ -151,12 +151,12 @@ def tsne_embed(features: torch.Tensor, seed: int = 0) -> "np.ndarray":
     if x.shape[1] > 50 and len(x) > 50:
         x = PCA(n_components=50, random_state=seed).fit_transform(x)
     perplexity = min(30.0, (len(x) - 1) / 3)
-    return TSNE(n_components=2, init="pca", perplexity=perplexity, random_state=seed).fit_transform(
-        np.asarray(x, dtype=np.float32))
+    tsne = TSNE(n_components=2, init="pca", perplexity=perplexity, random_state=seed, max_iter=max_iter)
+    return tsne.fit_transform(np.asarray(x, dtype=np.float32))
 
 
 def tsne_figure(rows: list[tuple[str, dict[str, torch.Tensor]]], labels: torch.Tensor, path,
-                seed: int = 0) -> list[str]:
+                seed: int = 0, max_iter: int = 1000) -> list[str]:
     """One row per model (e.g. [("BP", feats), ("AL", feats)]), one column per layer, points coloured
     by class; saved as PNG. Returns the panel titles, row by row."""
     import matplotlib
@@ -176,7 +176,7 @@ def tsne_figure(rows: list[tuple[str, dict[str, torch.Tensor]]], labels: torch.T
                 ax.axis("off")
                 continue
             layer, f = list(feats.items())[c]
-            xy = tsne_embed(f, seed)
+            xy = tsne_embed(f, seed, max_iter)
             ax.scatter(xy[:, 0], xy[:, 1], c=y, cmap="tab10" if y.max() < 10 else "nipy_spectral", s=4)
             titles.append(f"{model}: {layer}")
             ax.set_title(titles[-1])

@@ -69,7 +69,7 @@ def test_tsne_figure_is_a_png_with_one_panel_per_model_and_layer(tmp_path):
     feats = lambda: {"s1": torch.randn(45, 5, generator=g) + y[:, None], "s2": torch.randn(45, 70, generator=g),  # noqa: E731
                      "out": torch.randn(45, 3, generator=g)}
     path = tmp_path / "tsne.png"
-    titles = tsne_figure([("BP", feats()), ("AL", feats())], y, path)
+    titles = tsne_figure([("BP", feats()), ("AL", feats())], y, path, max_iter=250)
     assert titles == ["BP: s1", "BP: s2", "BP: out", "AL: s1", "AL: s2", "AL: out"]
     width, height = _png_size(path)
     assert width == 3 * 4 * 80 and height == 2 * 4 * 80  # 4-inch panels at 80 dpi
