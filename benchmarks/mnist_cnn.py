@@ -49,7 +49,8 @@ def main() -> int:
         print(f"mnist cnn {kind}: test_acc={final['test_acc']:.4f} epochs={args.epochs} train_samples={n} "
               f"test_samples={len(data.test_x)} wall={seconds:.0f}s" + (f" exits=[{exits}]" if exits else ""))
     gap = results["al"][0]["test_acc"] - results["bp"][0]["test_acc"]
-    print(f"mnist cnn AL - BP = {gap:+.4f} (target AL >= 0.95: {'met' if results['al'][0]['test_acc'] >= 0.95 else 'NOT met'})")
+    met = "met" if results["al"][0]["test_acc"] >= 0.95 else "NOT met"
+    print(f"mnist cnn AL - BP = {gap:+.4f} (target AL >= 0.95: {met})")
     return 0
 
 

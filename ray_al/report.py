@@ -105,7 +105,8 @@ def accuracy_section(runs: list[Run]) -> list[str]:
         if not rows:
             continue
         lines += [f"### {NAMES[ds]} (paper {table})", "",
-                  "| model | BP paper | BP ours | epochs | AL paper | AL ours | epochs |", "|---|---|---|---|---|---|---|"]
+                  "| model | BP paper | BP ours | epochs | AL paper | AL ours | epochs |",
+                  "|---|---|---|---|---|---|---|"]
         for model, by in rows:
             paper = RESULTS[(ds, model)]
             cols = []
@@ -165,7 +166,8 @@ def distance_section(runs: list[Run]) -> list[str]:
     for bp, al in _pairs(runs):
         shown = [r for r in (bp, al) if r is not None]
         head = shown[0]
-        lines += [f"### {head.dataset} {head.cfg.model.name}: " + " vs ".join(f"{r.method.upper()} {r.label}" for r in shown), ""]
+        who = " vs ".join(f"{r.method.upper()} {r.label}" for r in shown)
+        lines += [f"### {head.dataset} {head.cfg.model.name}: {who}", ""]
         missing = [f"{r.label}: {r.note}" for r in shown if r.note]
         lines += [f"- skipped {m}" for m in missing] + ([""] if missing else [])
         ready = [r for r in shown if r.features]
@@ -173,8 +175,9 @@ def distance_section(runs: list[Run]) -> list[str]:
             continue
         n = len(ready[0].labels)
         lines += [f"{n} test samples.", "",
-                  "| layer | " + " | ".join(f"{r.method.upper()} {k}" for r in ready for k in ("intra", "inter", "ratio"))
-                  + " |", "|---|" + "---|" * (3 * len(ready))]
+                  "| layer | " + " | ".join(f"{r.method.upper()} {k}" for r in ready
+                                          for k in ("intra", "inter", "ratio")) + " |",
+                  "|---|" + "---|" * (3 * len(ready))]
         for layer in ready[0].features:
             cells = []
             for r in ready:

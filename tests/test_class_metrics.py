@@ -66,8 +66,9 @@ def _png_size(path):
 def test_tsne_figure_is_a_png_with_one_panel_per_model_and_layer(tmp_path):
     g = torch.Generator().manual_seed(0)
     y = torch.arange(45) % 3
-    feats = lambda: {"s1": torch.randn(45, 5, generator=g) + y[:, None], "s2": torch.randn(45, 70, generator=g),  # noqa: E731
-                     "out": torch.randn(45, 3, generator=g)}
+    def feats():
+        return {"s1": torch.randn(45, 5, generator=g) + y[:, None], "s2": torch.randn(45, 70, generator=g),
+                "out": torch.randn(45, 3, generator=g)}
     path = tmp_path / "tsne.png"
     titles = tsne_figure([("BP", feats()), ("AL", feats())], y, path, max_iter=250)
     assert titles == ["BP: s1", "BP: s2", "BP: out", "AL: s1", "AL: s2", "AL: out"]
