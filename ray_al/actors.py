@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 
 import ray
 import torch
@@ -26,6 +27,9 @@ class BlockActor:
         block = build_al_block(cfg.model, input_shape, num_classes, index, cfg.train.seed, self.device)
         self.trainer = BlockTrainer(block, cfg.optim, total_steps, index)
         self.is_last = index == n_blocks - 1
+        # fault-injection hook for tests and demos: RAY_AL_SLOW_BLOCK="2:0.05" sleeps 50 ms per chunk in block 2
+        block_no, _, seconds = os.environ.get("RAY_AL_SLOW_BLOCK", "").partition(":")
+        self.delay = float(seconds) if block_no == str(index + 1) else 0.0
 
     def where(self) -> dict:
         ctx = ray.get_runtime_context()
@@ -38,6 +42,8 @@ class BlockActor:
     @ray.method(num_returns=2)
     def train_chunk(self, inputs: tuple):
         """K steps on (s_{i-1}, t_{i-1}) stacked [K, B, ...]; block 1 gets (x, labels)."""
+        if self.delay:
+            time.sleep(self.delay)
         s, t, stats = self.trainer.train_chunk(*inputs)
         out = None if self.is_last else (s.cpu(), t.cpu())  # the last block's outputs go nowhere
         return out, stats

@@ -187,6 +187,10 @@ def load_dataset(cfg: DataConfig) -> Dataset:
         tr_x, tr_y, te_x, te_y, names, name = load_synthetic(cfg)
     else:
         raise DataError(f"unknown data source '{cfg.source}'")
+    if tr_x.ndim != 4:
+        raise DataError(f"images must be (C, H, W), got shape {tr_x.shape[1:]}")
+    if tr_x.shape[1:] != te_x.shape[1:]:
+        raise DataError(f"train images are {tr_x.shape[1:]} (C, H, W) but test images are {te_x.shape[1:]}")
     num_classes = len(names) or int(max(tr_y.max(), te_y.max())) + 1
     _check_labels(tr_y, num_classes, "train")
     _check_labels(te_y, num_classes, "test")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import os
+import socket
 from typing import Callable, Iterable, Iterator
 
 import ray
@@ -31,12 +32,26 @@ def connect(ray_cfg: RayConfig) -> None:
     if ray.is_initialized():
         return
     address = ray_cfg.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        _check_reachable(address)
     kwargs = {} if address else {"address": "local", "num_cpus": ray_cfg.num_cpus, "include_dashboard": False}
     try:
         ray.init(address=address, logging_level="WARNING", **kwargs) if address else ray.init(
             logging_level="WARNING", **kwargs)
     except (ConnectionError, TimeoutError, ValueError, RuntimeError) as e:
         raise ConfigError(f"cannot reach the Ray cluster at {address}: {str(e).splitlines()[0]}") from None
+
+
+def _check_reachable(address: str, timeout: float = 5.0) -> None:
+    """ray.init retries an unreachable GCS for minutes; a TCP probe answers in seconds."""
+    hostport = address.split("://", 1)[-1].rsplit("/", 1)[0]
+    host, sep, port = hostport.rpartition(":")
+    if not sep or not port.isdigit():
+        return  # "auto" and other forms: let Ray resolve them
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as e:
+        raise ConfigError(f"cannot reach the Ray cluster at {address}: {e.strerror or e}") from None
 
 
 def cpus_per_block(ray_cfg: RayConfig, n_blocks: int) -> float:
@@ -60,6 +75,7 @@ class ALPipeline:
         connect(cfg.ray)
         self.cfg, self.input_shape, self.num_classes = cfg, tuple(input_shape), num_classes
         self.total_steps = total_steps
+        self.peak_inflight = 0  # most chunks ever between submission and completion
         self.n = block_count(cfg.model, input_shape, num_classes)
         self._start()
 
@@ -93,9 +109,7 @@ class ALPipeline:
     def _get(refs):
         try:
             return ray.get(refs)
-        except RayALError:
-            raise
-        except ray.exceptions.RayError as e:
+        except ray.exceptions.RayError as e:  # a task error whose cause is ours becomes that one line
             raise _unwrap(e) from None
 
     # -- training ------------------------------------------------------------------------
@@ -112,6 +126,7 @@ class ALPipeline:
         inflight: collections.deque = collections.deque()
         for chunk in chunks:
             inflight.append(self.submit(chunk))
+            self.peak_inflight = max(self.peak_inflight, len(inflight))
             if len(inflight) >= self.cfg.train.max_inflight_chunks:
                 on_chunk(self._get(inflight.popleft()))
         while inflight:

@@ -72,7 +72,8 @@ def test_cifar_mlp_width():
 def test_unknown_model_and_option_and_shape_are_config_errors():
     with pytest.raises(ConfigError, match="unknown model 'nope'"):
         build_al_blocks(ModelConfig(name="nope"), (1, 8, 8), 10, seed=0)
-    with pytest.raises(ConfigError, match="no option 'depth'"):
-        build_al_blocks(ModelConfig(name="cnn", depth=3), (1, 8, 8), 10, seed=0)
+    with pytest.raises(ConfigError, match="model 'cnn' has 4 blocks, the config asks for 8"):
+        build_al_blocks(ModelConfig(name="cnn", depth=8), (1, 8, 8), 10, seed=0)
+    assert len(build_al_blocks(ModelConfig(name="cnn", depth=4, d=4), (1, 8, 8), 10, seed=0)) == 4
     with pytest.raises(ConfigError, match="does not fit the model"):
         build_al_blocks(ModelConfig(name="cnn"), (1, 1, 1, 1), 10, seed=0)

@@ -38,7 +38,11 @@ def build_architecture(name: str, input_shape: tuple[int, ...], num_classes: int
     builder = _BUILDERS[name]
     accepted = inspect.signature(builder).parameters
     given = {k: v for k, v in knobs.items() if v is not None}
+    depth = given.pop("depth") if "depth" in given and "depth" not in accepted else None
     for key in given:
         if key not in accepted:
             raise ConfigError(f"model '{name}' has no option '{key}'")
-    return builder(tuple(input_shape), num_classes, act, **given)
+    arch = builder(tuple(input_shape), num_classes, act, **given)
+    if depth is not None and depth != len(arch.stages):  # fixed-depth models only accept their own
+        raise ConfigError(f"model '{name}' has {len(arch.stages)} blocks, the config asks for {depth}")
+    return arch

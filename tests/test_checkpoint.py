@@ -1,0 +1,100 @@
+"""Checkpoints and exact resume, in one process (the Ray variants are in test_faults.py)."""
+import json
+import shutil
+
+import pytest
+import torch
+
+from ray_al import checkpoint as ckpt
+from ray_al.data import load_dataset
+from ray_al.errors import CheckpointError, TrainingError
+from ray_al.evaluate import load_run, run_config
+from ray_al.run import train
+from tests.conftest import assert_states_equal, tiny_config
+
+QUIET = dict(log=lambda line: None)
+
+
+def _cfg(tmp_path, **train_over):
+    return tiny_config(tmp_path, train={"trainer": "al_local", "epochs": 3, **train_over},
+                       checkpoint={"enabled": True, "every_steps": 10, "keep": 50}, name="run")
+
+
+def _states(result):
+    return result.trainer.state_dicts()
+
+
+def test_resume_from_a_mid_epoch_checkpoint_is_bitwise_exact(tmp_path):
+    torch.set_num_threads(1)
+    full = train(_cfg(tmp_path / "a"), keep_trainer=True, **QUIET)
+    steps = ckpt.complete_checkpoints(str(full.run_dir))
+    # step 0, every 10 steps rounded up to a chunk of 4 within the epoch (44 batches), epoch ends
+    assert steps[:7] == [0, 12, 20, 32, 40, 44, 52] and steps[-1] == 132
+    # a crash right after step 52 was saved (mid epoch 2): newer checkpoints never got their manifest
+    crashed = tmp_path / "b" / "run"
+    shutil.copytree(full.run_dir, crashed)
+    for step in steps:
+        if step > 52:
+            (crashed / "checkpoints" / f"step-{step:09d}" / "manifest.json").unlink()
+    lines = []
+    resumed = train(run_config(crashed), resume_dir=crashed, keep_trainer=True, log=lines.append)
+    assert "resumed from checkpoint step 52 (epoch 2, batch 8)" in lines
+    for a, b in zip(_states(full), _states(resumed)):
+        assert_states_equal(a, b)
+    history = [json.loads(x) for x in (crashed / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in history] == [1, 2, 3]
+    assert history[-1]["test_acc"] == full.final["test_acc"]
+
+
+def test_keep_prunes_to_the_newest_complete(tmp_path):
+    cfg = tiny_config(tmp_path, train={"trainer": "al_local", "epochs": 2},
+                      checkpoint={"enabled": True, "every_steps": 8, "keep": 2})
+    result = train(cfg, **QUIET)
+    assert ckpt.complete_checkpoints(str(result.run_dir)) == [80, 88]
+    assert len(list((result.run_dir / "checkpoints").iterdir())) == 2
+
+
+def test_checkpoints_to_a_pyarrow_uri(tmp_path):
+    uri = f"file://{tmp_path / 'remote'}"
+    cfg = tiny_config(tmp_path / "runs", train={"trainer": "bp"}, checkpoint={"enabled": True, "uri": uri},
+                      name="bp-run")
+    result = train(cfg, **QUIET)
+    assert ckpt.complete_checkpoints(f"{uri}/bp-run") == [0, 44]
+    _, trainer, manifest = load_run(result.run_dir)
+    data = load_dataset(cfg.data)
+    assert trainer.evaluate(data.test_x, data.test_y)["test_acc"] == result.final["test_acc"]
+
+
+def test_truncated_and_foreign_checkpoints_are_refused_and_kept(tmp_path):
+    result = train(_cfg(tmp_path, epochs=1), **QUIET)
+    newest = ckpt.complete_checkpoints(str(result.run_dir))[-1]
+    block = result.run_dir / "checkpoints" / f"step-{newest:09d}" / "block-2.pt"
+    size = block.stat().st_size
+    block.write_bytes(block.read_bytes()[: size // 2])
+    with pytest.raises(CheckpointError, match="block-2.pt is damaged or truncated"):
+        train(run_config(result.run_dir), resume_dir=result.run_dir, **QUIET)
+    with pytest.raises(CheckpointError, match="checkpoint was made for model="):
+        train(run_config(result.run_dir, ["model.d=64"]), resume_dir=result.run_dir, **QUIET)
+    with pytest.raises(CheckpointError, match="checkpoint was made for kind="):
+        train(run_config(result.run_dir, ["train.trainer=bp"]), resume_dir=result.run_dir, **QUIET)
+    assert block.stat().st_size == size // 2  # nothing was overwritten or deleted
+    assert ckpt.complete_checkpoints(str(result.run_dir))[-1] == newest
+
+
+def test_nan_loss_names_block_and_step_and_keeps_the_last_good_checkpoint(tmp_path):
+    cfg = _cfg(tmp_path, epochs=3)
+    data = load_dataset(cfg.data)
+
+    def poison(record):  # after epoch 1, one training image turns NaN
+        if record["epoch"] == 1:
+            data.train_x[7] = float("nan")
+
+    with pytest.raises(TrainingError, match=r"block 1: non-finite loss at step (4[5-9]|[5-8]\d)") as err:
+        train(cfg, data=data, on_epoch=poison, **QUIET)
+    assert "\n" not in str(err.value)
+    run_dir = tmp_path / "run"
+    good = ckpt.complete_checkpoints(str(run_dir))
+    assert 44 in good and max(good) < int(str(err.value).rsplit(" ", 1)[1])
+    manifest = ckpt.read_manifest(str(run_dir))
+    state = ckpt.read_block(str(run_dir), manifest, 0)
+    assert all(torch.isfinite(v).all() for v in state["block"].values())

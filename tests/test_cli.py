@@ -1,0 +1,115 @@
+"""The bad-input catalogue: each gets one line naming the problem, a non-zero exit, and
+leaves earlier checkpoints as they were."""
+import hashlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from ray_al.cli import main
+from tests.conftest import REPO
+from tests.test_data import write_parquet
+
+FAST = ["train.epochs=1", "train.log_every_s=0"]
+
+
+def _digest(folder):
+    h = hashlib.sha256()
+    for f in sorted(folder.rglob("*")):
+        if f.is_file():
+            h.update(f.name.encode() + f.read_bytes())
+    return h.hexdigest()
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """A small finished local run with checkpoints, shared by the checkpoint cases."""
+    root = tmp_path_factory.mktemp("runs")
+    assert main(["train", "train.trainer=al_local", "model.d=16", f"run_dir={root}", "name=done", *FAST]) == 0
+    return root / "done"
+
+
+@pytest.fixture(scope="module")
+def data_folders(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    rng = np.random.default_rng(0)
+    img = lambda n, s: rng.integers(0, 256, (n, s, s), dtype=np.uint8)  # noqa: E731
+    write_parquet(root / "shapes", "train", img(40, 8), rng.integers(0, 3, 40))
+    write_parquet(root / "shapes", "test", img(10, 6), rng.integers(0, 3, 10))
+    write_parquet(root / "labels", "train", img(40, 8), np.r_[rng.integers(0, 3, 39), -1])
+    write_parquet(root / "labels", "test", img(10, 8), rng.integers(0, 3, 10))
+    (root / "corrupt").mkdir()
+    (root / "corrupt" / "train-00000-of-00001.parquet").write_bytes(b"PAR1 truncated")
+    (root / "corrupt" / "test-00000-of-00001.parquet").write_bytes(b"PAR1")
+    (root / "a_file").write_text("")
+    return root
+
+
+def _truncate(run):
+    newest = sorted((run / "checkpoints").iterdir())[-1] / "block-1.pt"
+    newest.write_bytes(newest.read_bytes()[:100])
+
+
+CASES = {
+    # name: (argv maker, expected text, needs the finished run)
+    "malformed yaml": (lambda t, r, d: ["train", str(t / "c.yaml")], "malformed YAML"),
+    "unknown key": (lambda t, r, d: ["train", "train.epochz=2"], "unknown config key 'train.epochz'"),
+    "wrong type": (lambda t, r, d: ["train", "data.batch_size=big"], "data.batch_size: expected int"),
+    "negative lr": (lambda t, r, d: ["train", "optim.lr=-1"], "optim.lr must be positive"),
+    "chunk size 0": (lambda t, r, d: ["train", "train.chunk_size=0"], "train.chunk_size must be positive"),
+    "unknown model": (lambda t, r, d: ["train", "model.name=transformer"], "unknown model 'transformer'"),
+    "more blocks than the model has": (lambda t, r, d: ["train", "model.name=cnn", "model.depth=9",
+                                                       f"run_dir={t}"], "model 'cnn' has 4 blocks"),
+    "missing dataset folder": (lambda t, r, d: ["train", "data.source=parquet", f"data.path={t}/none"],
+                               "dataset folder not found"),
+    "corrupt parquet": (lambda t, r, d: ["train", "data.source=parquet", f"data.path={d}/corrupt",
+                                         f"data.cache_dir={t}"], "cannot read Parquet file"),
+    "images of different shapes": (lambda t, r, d: ["train", "data.source=parquet", f"data.path={d}/shapes",
+                                                    f"data.cache_dir={t}"], "test images are"),
+    "images of the wrong shape for the model": (lambda t, r, d: ["train", "model.name=cnn", "data.source=synthetic",
+                                                                 "data.synthetic_shape=[8,8]", f"run_dir={t}"],
+                                                "images must be (C, H, W), got shape (8, 8)"),
+    "labels out of range": (lambda t, r, d: ["train", "data.source=parquet", f"data.path={d}/labels",
+                                             f"data.cache_dir={t}"], "train labels out of range"),
+    "truncated checkpoint": (lambda t, r, d: (_truncate(r), ["train", "--resume", str(r)])[1],
+                             "damaged or truncated"),
+    "checkpoint of another model": (lambda t, r, d: ["train", "--resume", str(r), "model.d=99"],
+                                    "checkpoint was made for model="),
+    "not a run folder": (lambda t, r, d: ["eval", str(t)], "is not a run folder"),
+    "unwritable run folder": (lambda t, r, d: ["train", f"run_dir={d}/a_file/runs"], "is not writable"),
+    "config file not found": (lambda t, r, d: ["train", str(t / "missing.yaml")], "config file not found"),
+    "bad override": (lambda t, r, d: ["train", "configs/default.yaml", "train.epochs"], "not of the form"),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_bad_input_is_one_line_and_nonzero(case, tmp_path, finished_run, data_folders, capsys):
+    (tmp_path / "c.yaml").write_text("train: {epochs: [1,\n")
+    before = _digest(finished_run)
+    make_argv, expected = CASES[case]
+    argv = make_argv(tmp_path, finished_run, data_folders)
+    code = main(argv)
+    err = capsys.readouterr().err.strip()
+    assert code != 0
+    assert err.startswith("ray-al: error: ") and "\n" not in err, err
+    assert expected in err, err
+    if case != "truncated checkpoint":  # that case damages the file itself; nothing else may change
+        assert _digest(finished_run) == before
+
+
+def _cli(*args, timeout=120):
+    return subprocess.run([sys.executable, "-m", "ray_al", *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=REPO)
+
+
+def test_unreachable_ray_address_fails_fast_in_a_real_process():
+    proc = _cli("train", "ray.address=127.0.0.1:1", "train.epochs=1")
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith("ray-al: error: cannot reach the Ray cluster at 127.0.0.1:1")
+
+
+def test_gpu_requested_where_there_is_none(tmp_path):
+    proc = _cli("train", "ray.num_gpus_per_block=0.5", "ray.num_cpus=2", f"run_dir={tmp_path}", *FAST)
+    assert proc.returncode == 2
+    assert "ray.num_gpus_per_block=0.5 but the Ray cluster has no GPU" in proc.stderr.strip().splitlines()[-1]
