@@ -22,6 +22,7 @@ RESULTS: dict[tuple[str, str], dict[str, float]] = {
     ("cifar100", "vgg"): {"bp": 70.8, "al": 67.5},
 }
 PAPER_EPOCHS = 200
+PAPER_DEPTH = {"mlp": 2, "cnn": 4, "vgg": 4, "resnet20": 4, "resnet32": 4}  # AL blocks
 TABLES = {"mnist": "Table 1", "cifar10": "Table 2", "cifar100": "Table 3"}
 DATASETS = {"mnist": ((1, 28, 28), 10), "cifar10": ((3, 32, 32), 10), "cifar100": ((3, 32, 32), 100)}
 NAMES = {"mnist": "MNIST", "cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "mlp": "MLP", "cnn": "CNN",
@@ -50,7 +51,7 @@ def method(cfg: Config) -> str:
 def paper_result(cfg: Config) -> float | None:
     """The paper's test accuracy (%) for this run's cell, or None where the paper has none
     (another dataset, a changed depth or activation)."""
-    if cfg.model.depth is not None or cfg.model.act is not None:
+    if cfg.model.act is not None or cfg.model.depth not in (None, PAPER_DEPTH.get(cfg.model.name)):
         return None
     cell = RESULTS.get((dataset_key(cfg), cfg.model.name))
     return cell[method(cfg)] if cell else None

@@ -45,3 +45,14 @@ def test_config_loads_and_builds(path):
         assert cfg.data.limit_train and cfg.train.epochs <= 2
         if cfg.model.d is not None:
             assert f"d={cfg.model.d}" in text  # a smaller d is stated in the file
+
+
+def test_paper_cell_only_for_the_paper_model():
+    base = CONFIGS / "paper" / "mnist_mlp_al.yaml"
+    assert paper_result(load_config(base, ["model.depth=2"])) == 98.7
+    assert paper_result(load_config(base, ["model.depth=8"])) is None
+    assert paper_result(load_config(base, ["model.act=sigmoid"])) is None
+    assert paper_result(load_config(base, ["data.source=digits"])) is None
+    assert paper_result(load_config(CONFIGS / "paper" / "cifar100_cnn_bp.yaml")) == 51.0
+    assert paper_result(load_config(CONFIGS / "paper" / "cifar100_cnn_bp.yaml",
+                                    ["data.source=parquet", "data.path=/x/CIFAR-100"])) == 51.0
