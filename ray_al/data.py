@@ -176,6 +176,15 @@ def _check_labels(y: np.ndarray, num_classes: int, split: str) -> None:
         raise DataError(f"{split} labels out of range: found {y.min()}..{y.max()}, expected 0..{num_classes - 1}")
 
 
+def _subset(x: np.ndarray, y: np.ndarray, n: int):
+    """n samples drawn at random (fixed seed, original order kept), not the first n: some splits are
+    sorted by class (CIFAR-10's Parquet test split starts with 1000 airplanes)."""
+    if n >= len(x):
+        return x, y
+    keep = np.sort(np.random.default_rng(0).permutation(len(x))[:n])
+    return x[keep], y[keep]
+
+
 def load_dataset(cfg: DataConfig) -> Dataset:
     if cfg.source == "parquet":
         tr_x, tr_y, te_x, te_y, names, name = load_parquet(cfg)
@@ -195,9 +204,9 @@ def load_dataset(cfg: DataConfig) -> Dataset:
     _check_labels(tr_y, num_classes, "train")
     _check_labels(te_y, num_classes, "test")
     if cfg.limit_train:
-        tr_x, tr_y = tr_x[:cfg.limit_train], tr_y[:cfg.limit_train]
+        tr_x, tr_y = _subset(tr_x, tr_y, cfg.limit_train)
     if cfg.limit_test:
-        te_x, te_y = te_x[:cfg.limit_test], te_y[:cfg.limit_test]
+        te_x, te_y = _subset(te_x, te_y, cfg.limit_test)
     train_x = torch.from_numpy(np.ascontiguousarray(tr_x)).float().div_(255)
     test_x = torch.from_numpy(np.ascontiguousarray(te_x)).float().div_(255)
     if cfg.normalize:

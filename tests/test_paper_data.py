@@ -125,3 +125,23 @@ def test_torchvision_cifar100_gives_fine_labels(tmp_path, monkeypatch):
     data = load_dataset(DataConfig(source="torchvision", name="cifar100", path=str(tmp_path)))
     assert data.num_classes == 100 and data.input_shape == (3, 32, 32)
     assert data.train_y[:3].tolist() == [99, 98, 97] and data.class_names[5] == "c5"
+
+
+def test_limits_sample_every_class_of_a_sorted_split(tmp_path):
+    """CIFAR-10's Parquet test split is sorted by class: the first 1000 are all airplanes."""
+    folder = tmp_path / "sorted"
+    folder.mkdir()
+    for split, n in (("train", 200), ("test", 200)):
+        labels = np.repeat(np.arange(10), n // 10)  # sorted by class
+        table = pa.table({"image": [{"bytes": _png(np.full((4, 4), i, np.uint8)), "path": None} for i in range(n)],
+                          "label": labels})
+        pq.write_table(table, folder / f"{split}-0.parquet")
+    cfg = DataConfig(source="parquet", path=str(folder), cache_dir=str(tmp_path / "c"), limit_train=50,
+                     limit_test=40, normalize=False)
+    a, b = load_dataset(cfg), load_dataset(cfg)
+    assert len(a.train_y) == 50 and len(a.test_y) == 40
+    assert len(a.train_y.unique()) == 10 and len(a.test_y.unique()) >= 8
+    assert torch.equal(a.train_x, b.train_x) and torch.equal(a.test_y, b.test_y)  # the same subset every time
+    # each image stays with its label (image value i belongs to sample i, label i // 20)
+    idx = (a.train_x[:, 0, 0, 0] * 255).round().long()
+    assert torch.equal(a.train_y, idx // 20) and bool((idx.diff() > 0).all())
