@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ray_al.config import load_config
 from ray_al.data import load_dataset
-from ray_al.metrics import al_features, bp_features, class_distances, layer_names
+from ray_al.metrics import al_features, bp_features, class_distances, layer_names, sample_indices
 from ray_al.report import load_model
 from ray_al.run import train
 
@@ -37,7 +37,8 @@ def main() -> int:
         data = data or load_dataset(cfg.data)
         result = train(cfg, data=data, log=lambda line: print(f"[{kind}] {line}", flush=True))
         model = load_model(result.run_dir, [])
-        x, y = data.test_x[:args.samples], data.test_y[:args.samples]
+        idx = sample_indices(len(data.test_x), args.samples)
+        x, y = data.test_x[idx], data.test_y[idx]
         names = layer_names(4)
         feats = al_features(model, x, names) if kind == "al" else bp_features(model, x, names)
         rows[kind] = (result.final, {name: class_distances(f, y) for name, f in feats.items()}, cfg)

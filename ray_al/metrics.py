@@ -41,6 +41,12 @@ def class_distances(features: torch.Tensor, labels: torch.Tensor) -> dict[str, f
 # same names pick the same layer in both: s1..sN (after f_i), bridge (b_N(s_N), width d),
 # dec{k} (after h_k, k = N..2), out (logits). AL also has b{i} (block i's bridge: its exit's
 # target estimate); the BP twin also takes a module index ("3": the output of net[3]).
+def sample_indices(n_total: int, n: int, seed: int = 0) -> torch.Tensor:
+    """n indices drawn at random with a fixed seed: test splits may be sorted by class, so the first n
+    would hold few classes; any prefix of the result is a random sample too (t-SNE takes fewer)."""
+    return torch.randperm(n_total, generator=torch.Generator().manual_seed(seed))[:n]
+
+
 def layer_names(n_blocks: int) -> list[str]:
     return [f"s{i}" for i in range(1, n_blocks + 1)] + ["bridge"] + \
         [f"dec{k}" for k in range(n_blocks, 1, -1)] + ["out"]
@@ -177,7 +183,9 @@ def tsne_figure(rows: list[tuple[str, dict[str, torch.Tensor]]], labels: torch.T
                 continue
             layer, f = list(feats.items())[c]
             xy = tsne_embed(f, seed, max_iter)
-            ax.scatter(xy[:, 0], xy[:, 1], c=y, cmap="tab10" if y.max() < 10 else "nipy_spectral", s=4)
+            k = int(y.max()) + 1  # the same colour for a class in every panel
+            ax.scatter(xy[:, 0], xy[:, 1], c=y, cmap="tab10" if k <= 10 else "nipy_spectral", vmin=0,
+                       vmax=9 if k <= 10 else k - 1, s=4)
             titles.append(f"{model}: {layer}")
             ax.set_title(titles[-1])
     fig.tight_layout()

@@ -17,7 +17,8 @@ import torch
 
 from ray_al.config import Config, apply_overrides, config_from_dict, read_yaml
 from ray_al.errors import ConfigError, RayALError
-from ray_al.metrics import al_features, bp_features, class_distances, layer_names, paper_layers, tsne_figure
+from ray_al.metrics import (al_features, bp_features, class_distances, layer_names, paper_layers, sample_indices,
+                            tsne_figure)
 from ray_al.paper import NAMES, PAPER_EPOCHS, RESULTS, TABLES, dataset_key, method, paper_result
 
 Log = Callable[[str], None]
@@ -174,7 +175,7 @@ def distance_section(runs: list[Run]) -> list[str]:
         if not ready:
             continue
         n = len(ready[0].labels)
-        lines += [f"{n} test samples.", "",
+        lines += [f"{n} test samples (a seeded random draw).", "",
                   "| layer | " + " | ".join(f"{r.method.upper()} {k}" for r in ready
                                           for k in ("intra", "inter", "ratio")) + " |",
                   "|---|" + "---|" * (3 * len(ready))]
@@ -239,7 +240,8 @@ def analyse(run: Run, overrides: list[str], samples: int, datasets: dict, log: L
         run.note = str(e)
         log(f"report: {run.label}: {e}")
         return
-    x, y = data.test_x[:samples], data.test_y[:samples]
+    idx = sample_indices(len(data.test_x), samples)
+    x, y = data.test_x[idx], data.test_y[idx]
     n = len(model) if isinstance(model, list) else len(model) // 3
     names = layer_names(n)
     feats = al_features(model, x, names) if isinstance(model, list) else bp_features(model, x, names)

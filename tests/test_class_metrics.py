@@ -74,3 +74,11 @@ def test_tsne_figure_is_a_png_with_one_panel_per_model_and_layer(tmp_path):
     assert titles == ["BP: s1", "BP: s2", "BP: out", "AL: s1", "AL: s2", "AL: out"]
     width, height = _png_size(path)
     assert width == 3 * 4 * 80 and height == 2 * 4 * 80  # 4-inch panels at 80 dpi
+
+
+def test_sample_indices_are_a_seeded_random_draw():
+    from ray_al.metrics import sample_indices
+    y = torch.arange(1000) // 100  # sorted by class, like CIFAR-10's test split
+    idx = sample_indices(1000, 300)
+    assert torch.equal(idx, sample_indices(1000, 300)) and len(idx.unique()) == 300
+    assert len(y[idx[:50]].unique()) >= 8  # even a short prefix spans the classes
