@@ -34,10 +34,19 @@ def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
 
 
 def _write_atomic(fs: pafs.FileSystem, path: str, data: bytes) -> None:
+    """Write to a temporary name, then rename: a full disk or a crash leaves the old files as they were."""
     tmp = f"{path}.tmp"
-    with fs.open_output_stream(tmp) as f:
-        f.write(data)
-    fs.move(tmp, path)
+    try:
+        fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+        with fs.open_output_stream(tmp) as f:
+            f.write(data)
+        fs.move(tmp, path)
+    except OSError as e:
+        try:
+            fs.delete_file(tmp)
+        except OSError:
+            pass
+        raise CheckpointError(f"cannot write checkpoint file {path}: {getattr(e, 'strerror', None) or e}") from None
 
 
 def _read(fs: pafs.FileSystem, path: str) -> bytes:
@@ -55,7 +64,6 @@ def write_block(ckpt_uri: str, index: int, state: dict) -> str:
     torch.save(state, buf)
     data = buf.getvalue()
     fs, path = filesystem(ckpt_uri)
-    fs.create_dir(path, recursive=True)
     _write_atomic(fs, f"{path}/block-{index + 1}.pt", data)
     return hashlib.sha256(data).hexdigest()
 

@@ -44,6 +44,24 @@ def _report(args) -> int:
     return 0
 
 
+def _bench(args) -> int:
+    import json
+
+    from ray_al.bench import throughput
+    from ray_al.config import load_config
+    from ray_al.data import load_dataset
+
+    cfg = load_config(args.config, args.overrides)
+    data = load_dataset(cfg.data)
+    print(f"throughput: {cfg.model.name} on {data.name}, batch {cfg.data.batch_size}, {args.batches} batches each, "
+          f"{args.cores} cores in total")
+    results = throughput(cfg, data, args.batches, tuple(args.chunk_sizes), args.cores)
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(results, f, indent=1)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ray-al", description="Associated Learning on Ray")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -57,6 +75,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. data.path=... for moved data")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.set_defaults(fn=_eval)
+    p = sub.add_parser("bench", help="samples/s: sequential AL, Ray pipeline at chunk sizes K, BP twin, ideal")
+    p.add_argument("config", nargs="?", default=None)
+    p.add_argument("overrides", nargs="*")
+    p.add_argument("--batches", type=int, default=400)
+    p.add_argument("--chunk-sizes", type=int, nargs="+", default=[1, 16])
+    p.add_argument("--cores", type=int, default=2, help="cores the comparison may use in total")
+    p.add_argument("--out", help="write the figures as JSON here")
+    p.set_defaults(fn=_bench)
     p = sub.add_parser("report", help="runs -> Markdown report with the paper's tables and figures beside ours")
     p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders (config.yaml, metrics.jsonl, checkpoints/)")
     p.add_argument("--out", default="report", help="folder for report.md and its PNG figures (default: report)")

@@ -70,6 +70,17 @@ def _unwrap(e: Exception) -> RayALError:
     return TrainingError(f"a block actor failed: {str(e).strip().splitlines()[-1]}")
 
 
+def _settle(refs: list, timeout: float = 10.0) -> None:
+    """Collect the failures of chunks still in flight after one failed, so Ray does not log
+    each of them as an unhandled error."""
+    ready, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout)
+    for ref in ready:
+        try:
+            ray.get(ref)
+        except ray.exceptions.RayError:
+            pass
+
+
 class ALPipeline:
     def __init__(self, cfg: Config, input_shape: tuple, num_classes: int, total_steps: int):
         connect(cfg.ray)
@@ -124,13 +135,18 @@ class ALPipeline:
     def train_epoch(self, chunks: Iterable[Chunk], on_chunk: Callable[[list[dict]], None]) -> None:
         """on_chunk gets every block's stats of a chunk, in chunk order, as the chunk completes."""
         inflight: collections.deque = collections.deque()
-        for chunk in chunks:
-            inflight.append(self.submit(chunk))
-            self.peak_inflight = max(self.peak_inflight, len(inflight))
-            if len(inflight) >= self.cfg.train.max_inflight_chunks:
+        try:
+            for chunk in chunks:
+                inflight.append(self.submit(chunk))
+                self.peak_inflight = max(self.peak_inflight, len(inflight))
+                if len(inflight) >= self.cfg.train.max_inflight_chunks:
+                    on_chunk(self._get(inflight.popleft()))
+            while inflight:
                 on_chunk(self._get(inflight.popleft()))
-        while inflight:
-            on_chunk(self._get(inflight.popleft()))
+        except RayALError:
+            _settle([ref for refs in inflight for ref in refs])
+            raise
+
 
     # -- inference -------------------------------------------------------------------------
     def _submit_predict(self, x: torch.Tensor):

@@ -98,3 +98,14 @@ def test_nan_loss_names_block_and_step_and_keeps_the_last_good_checkpoint(tmp_pa
     manifest = ckpt.read_manifest(str(run_dir))
     state = ckpt.read_block(str(run_dir), manifest, 0)
     assert all(torch.isfinite(v).all() for v in state["block"].values())
+
+
+def test_an_unwritable_checkpoint_location_is_one_line(tmp_path):
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(CheckpointError, match="cannot write checkpoint file") as err:
+        ckpt.write_block(str(tmp_path / "a_file" / "step-000000001"), 0, {"x": torch.zeros(2)})
+    assert "\n" not in str(err.value)
+    cfg = tiny_config(tmp_path / "runs", train={"trainer": "al_local"},
+                      checkpoint={"enabled": True, "uri": f"file://{tmp_path / 'a_file'}"})
+    with pytest.raises(CheckpointError, match="cannot write checkpoint file"):
+        train(cfg, **QUIET)
