@@ -163,7 +163,7 @@ def distance_section(runs: list[Run]) -> list[str]:
              "intra = mean over classes of the mean pairwise distance inside a class; inter = mean pairwise "
              "distance between class centroids; ratio = inter / intra (higher: classes better separated). "
              "Layers of the prediction path f_1..f_N, b_N, h_N..h_1: s_i after f_i, bridge = b_N(s_N), "
-             "dec_k after h_k, out = logits.", ""]
+             "dec_k after h_k, out = logits. Ours only: the paper's Table 4 values are not stored here.", ""]
     for bp, al in _pairs(runs):
         shown = [r for r in (bp, al) if r is not None]
         head = shown[0]
