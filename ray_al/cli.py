@@ -2,11 +2,37 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 
 from ray_al.errors import ConfigError, RayALError
 
 DEFAULT_CONFIG = None  # no file: the embedded digits dataset, a small MLP, through Ray actors
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt(ray_cfg=None):
+    """`ray job stop` sends SIGTERM, which makes a Ray driver abort (Ray's own handler). Join
+    Ray first, then turn SIGTERM into KeyboardInterrupt: the run closes its actors and placement
+    group and exits 130 within the job server's grace period."""
+    import signal
+    import threading
+
+    if ray_cfg is not None:
+        from ray_al.pipeline import connect
+        connect(ray_cfg)
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _train(args) -> int:
@@ -17,9 +43,20 @@ def _train(args) -> int:
         from ray_al.evaluate import run_config
         if args.config:
             raise ConfigError("give either a config or --resume RUN_DIR, not both")
-        train(run_config(args.resume, args.overrides), resume_dir=args.resume)
+        cfg = run_config(args.resume, args.overrides)
     else:
-        train(load_config(args.config, args.overrides))
+        cfg = load_config(args.config, args.overrides)
+    with sigterm_as_interrupt(cfg.ray if cfg.train.trainer == "al" else None):
+        train(cfg, resume_dir=args.resume) if args.resume else train(cfg)
+    return 0
+
+
+def _tune(args) -> int:
+    from ray_al.tune import Sweep, run_sweep
+
+    sweep = Sweep(args.sweep, args.overrides)
+    with sigterm_as_interrupt(sweep.base_cfg.ray):
+        run_sweep(sweep)
     return 0
 
 
@@ -70,6 +107,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.epochs=3 optim.lr=1e-3")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its newest complete checkpoint")
     p.set_defaults(fn=_train)
+    p = sub.add_parser("tune", help="a Ray Tune sweep (see ray_al/tune.py for the sweep file)")
+    p.add_argument("sweep", help="sweep YAML: base/config, param_space over dotted keys, tune options")
+    p.add_argument("overrides", nargs="*", help="dotted overrides of the base config, e.g. data.path=...")
+    p.set_defaults(fn=_tune)
     p = sub.add_parser("eval", help="test accuracy of every exit of a run's newest checkpoint")
     p.add_argument("run_dir")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. data.path=... for moved data")

@@ -21,6 +21,7 @@ from ray_al.errors import ConfigError
 @dataclass
 class DataConfig:
     source: str = "digits"            # digits | parquet | torchvision | synthetic
+    loader: str = "memory"            # memory (whole split as tensors) | ray_data (parquet streamed by Ray Data)
     path: str | None = None           # parquet folder, or torchvision root folder
     name: str | None = None           # torchvision: mnist | cifar10 | cifar100
     download: bool = False            # torchvision only; off so that offline runs fail clearly
@@ -74,6 +75,7 @@ class RayConfig:
     num_gpus_per_block: float = 0.0   # fractional shares one GPU between blocks
     placement_strategy: str = "PACK"  # PACK | SPREAD | STRICT_PACK | STRICT_SPREAD
     placement_timeout_s: float = 60.0
+    block_resources: dict[str, float] = field(default_factory=dict)  # custom resources per block, e.g. {worker: 0.01}
 
 
 @dataclass
@@ -103,6 +105,7 @@ class Config:
 CHOICES = {
     "data.source": {"digits", "parquet", "torchvision", "synthetic"},
     "data.augment": {"none", "jitter", "crop_flip"},
+    "data.loader": {"memory", "ray_data"},
     "model.act": {None, "elu", "relu", "sigmoid", "tanh"},
     "optim.schedule": {"constant", "paper"},
     "train.trainer": {"al", "al_local", "bp"},
@@ -132,6 +135,11 @@ def _check_type(key: str, value: Any, tp: Any) -> Any:
             except ConfigError as e:
                 errors.append(e)
         raise errors[0]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        _, item = typing.get_args(tp)
+        return {str(k): _check_type(f"{key}.{k}", v, item) for k, v in value.items()}
     if origin is list:
         if not isinstance(value, list):
             raise ConfigError(f"{key}: expected a list, got {value!r}")
@@ -191,6 +199,9 @@ def validate(cfg: Config) -> Config:
     if cfg.ray.num_cpus_per_block is not None and cfg.ray.num_cpus_per_block > 1 \
             and cfg.ray.num_cpus_per_block != int(cfg.ray.num_cpus_per_block):
         raise ConfigError("ray.num_cpus_per_block above 1 must be a whole number")
+    if cfg.data.loader == "ray_data" and (cfg.data.source != "parquet" or cfg.train.trainer != "al"):
+        raise ConfigError("data.loader=ray_data streams Parquet shards into the Ray pipeline: "
+                          "it needs data.source=parquet and train.trainer=al")
     if cfg.data.source in ("parquet",) and not cfg.data.path:
         raise ConfigError("data.path is required when data.source is parquet")
     if cfg.data.source == "torchvision" and not cfg.data.name:

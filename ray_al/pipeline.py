@@ -15,8 +15,6 @@ from typing import Callable, Iterable, Iterator
 
 import ray
 import torch
-from ray.util.placement_group import placement_group, remove_placement_group
-from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from ray_al.actors import BlockActor
 from ray_al.batches import Chunk, eval_batches
@@ -24,6 +22,7 @@ from ray_al.config import Config, RayConfig
 from ray_al.errors import BlockLost, ConfigError, RayALError, TrainingError
 from ray_al.metrics import exit_accuracies
 from ray_al.models import block_count
+from ray_al.placement import cpus_per_block, reserve  # noqa: F401  (cpus_per_block: re-exported)
 
 
 def connect(ray_cfg: RayConfig) -> None:
@@ -54,13 +53,6 @@ def _check_reachable(address: str, timeout: float = 5.0) -> None:
         raise ConfigError(f"cannot reach the Ray cluster at {address}: {e.strerror or e}") from None
 
 
-def cpus_per_block(ray_cfg: RayConfig, n_blocks: int) -> float:
-    if ray_cfg.num_cpus_per_block is not None:
-        return ray_cfg.num_cpus_per_block
-    total = ray.cluster_resources().get("CPU", 1.0)
-    return max(0.01, min(1.0, int(100 * total / n_blocks) / 100))
-
-
 def _unwrap(e: Exception) -> RayALError:
     if isinstance(e, (ray.exceptions.RayActorError, ray.exceptions.ObjectLostError)):
         return BlockLost(str(e).strip().splitlines()[0][:300])
@@ -82,31 +74,25 @@ def _settle(refs: list, timeout: float = 10.0) -> None:
 
 
 class ALPipeline:
-    def __init__(self, cfg: Config, input_shape: tuple, num_classes: int, total_steps: int):
+    def __init__(self, cfg: Config, input_shape: tuple, num_classes: int, total_steps: int,
+                 pg=None):
+        """pg: the placement group to place the blocks in (default: the current one, e.g. a Tune
+        trial's, else a new one); see ray_al/placement.py."""
         connect(cfg.ray)
         self.cfg, self.input_shape, self.num_classes = cfg, tuple(input_shape), num_classes
         self.total_steps = total_steps
         self.peak_inflight = 0  # most chunks ever between submission and completion
         self.n = block_count(cfg.model, input_shape, num_classes)
+        self._given_pg = pg
         self._start()
 
     def _start(self) -> None:
         cfg = self.cfg
-        cpus, gpus = cpus_per_block(cfg.ray, self.n), cfg.ray.num_gpus_per_block
-        if gpus and ray.cluster_resources().get("GPU", 0) == 0:
-            raise ConfigError(f"ray.num_gpus_per_block={gpus} but the Ray cluster has no GPU")
-        bundle = {"CPU": cpus, **({"GPU": gpus} if gpus else {})}
-        self.pg = placement_group([dict(bundle) for _ in range(self.n)], strategy=cfg.ray.placement_strategy)
-        ready, _ = ray.wait([self.pg.ready()], timeout=cfg.ray.placement_timeout_s)
-        if not ready:
-            remove_placement_group(self.pg)
-            raise ConfigError(f"cannot place {self.n} blocks of {bundle} ({cfg.ray.placement_strategy}) within "
-                              f"{cfg.ray.placement_timeout_s:.0f}s; cluster has {ray.cluster_resources()}")
+        self.slots = reserve(cfg.ray, self.n, self._given_pg)  # block i -> bundle slots.offset + i
+        self.pg = self.slots.pg
         self.actors = [
-            BlockActor.options(
-                num_cpus=cpus, num_gpus=gpus,
-                scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=i),
-            ).remote(cfg.to_dict(), self.input_shape, self.num_classes, i, self.n, self.total_steps)
+            BlockActor.options(**self.slots.options(i))
+            .remote(cfg.to_dict(), self.input_shape, self.num_classes, i, self.n, self.total_steps)
             for i in range(self.n)
         ]
         self.placement = self._get([a.where.remote() for a in self.actors])
@@ -126,7 +112,8 @@ class ALPipeline:
     # -- training ------------------------------------------------------------------------
     def submit(self, chunk: Chunk) -> list:
         """Send one chunk down the chain; returns the ObjectRefs of every block's stats."""
-        ref, stats = (chunk.x, chunk.y), []
+        ref = chunk.ref if hasattr(chunk, "ref") else (chunk.x, chunk.y)  # ray_data: a ref of (x, y)
+        stats = []
         for actor in self.actors:
             ref, stat = actor.train_chunk.remote(ref)
             stats.append(stat)
@@ -197,6 +184,6 @@ class ALPipeline:
             except Exception:
                 pass  # already gone
         try:
-            remove_placement_group(self.pg)
+            self.slots.release()  # only a group we made; a Tune trial's stays with the trial
         except Exception:
             pass

@@ -165,6 +165,9 @@ def train(cfg: Config, log: Log = print, on_epoch: Callable[[dict], None] | None
           data: Dataset | None = None, keep_trainer: bool = False, resume_dir: str | Path | None = None) -> RunResult:
     """Train as configured; `on_epoch` receives each epoch's record (Ray Tune reports from it).
     With `resume_dir`, continue that run from its newest complete checkpoint."""
+    if cfg.data.loader == "ray_data":  # the training split never enters this process
+        from ray_al.ray_data import train_streaming
+        return train_streaming(cfg, log, on_epoch, keep_trainer, resume_dir)
     data = data or load_dataset(cfg.data)
     n_batches = batches_per_epoch(len(data.train_x), cfg.data.batch_size)
     if n_batches == 0:

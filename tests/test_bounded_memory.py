@@ -1,4 +1,5 @@
-"""With block 2 made slow, chunks in flight and object-store use stay bounded."""
+"""With block 1 made slow (the input chunks wait for it), chunks in flight and object-store
+use stay bounded."""
 import os
 import re
 
@@ -12,7 +13,7 @@ from tests.conftest import tiny_config
 
 @pytest.fixture(scope="module")
 def slow_cluster():
-    os.environ["RAY_AL_SLOW_BLOCK"] = "2:0.05"  # read by the block actors the cluster starts
+    os.environ["RAY_AL_SLOW_BLOCK"] = "1:0.05"  # read by the block actors the cluster starts
     # the raylet deletes unreferenced objects in batches, every second by default: measure liveness
     ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING",
              _system_config={"free_objects_period_milliseconds": 20})

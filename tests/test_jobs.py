@@ -1,0 +1,98 @@
+"""`ray job submit --working-dir . -- python -m ray_al train ...` against a real head node
+(`ray start --head` on loopback, its own ports and temp dir), and `ray job stop` mid-run."""
+import json
+import re
+import time
+from pathlib import Path
+
+import pytest
+
+from headnode import HeadNode
+
+pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parents[1]
+TINY = ["data.source=synthetic", "data.synthetic_size=256", "data.batch_size=32", "model.d=32",
+        "train.chunk_size=2", "ray.num_cpus_per_block=0.5"]
+
+
+@pytest.fixture(scope="module")
+def head():
+    node = HeadNode(num_cpus=2)
+    try:
+        node.wait_ready()
+        yield node
+    finally:
+        node.stop()
+    assert not node.leftover_pids()
+
+
+def submit(head, job_id: str, args: list[str]) -> None:
+    head.ray("job", "submit", "--no-wait", "--submission-id", job_id, "--working-dir", str(REPO),
+             "--", "python", "-m", "ray_al", "train", *args, cwd=REPO)
+
+
+def status(head, job_id: str) -> str:
+    out = head.ray("job", "status", job_id).stdout
+    found = re.search(r"Status for job '[^']+': (\w+)", out)  # pending / running
+    if found:
+        return found.group(1)
+    for word, state in (("was stopped", "STOPPED"), ("succeeded", "SUCCEEDED"), ("failed", "FAILED")):
+        if word in out:  # finished jobs are reported in a sentence
+            return state
+    return "?"
+
+
+def wait_for(head, job_id: str, states: set[str], timeout: float) -> str:
+    deadline, state = time.time() + timeout, "?"
+    while time.time() < deadline:
+        state = status(head, job_id)
+        if state in states:
+            return state
+        time.sleep(1.0)
+    raise AssertionError(f"job {job_id} still {state} after {timeout}s; logs:\n{logs(head, job_id)[-3000:]}")
+
+
+def logs(head, job_id: str) -> str:
+    return head.ray("job", "logs", job_id, check=False).stdout
+
+
+def alive_actors(head) -> list[dict]:
+    out = head.ray("list", "actors", "--address", head.address, "--format", "json", "--limit", "1000",
+                   "--filter", "state=ALIVE", check=False)
+    if out.returncode != 0:
+        return [{"error": out.stderr[-500:]}]
+    return [] if out.stdout.startswith("No resource") else json.loads(out.stdout)
+
+
+def test_job_stop_ends_a_run_cleanly_and_the_head_survives(head, tmp_path):
+    submit(head, "al-stop", [*TINY, "train.epochs=100000", f"run_dir={tmp_path}", "name=long"])
+    metrics = tmp_path / "long" / "metrics.jsonl"
+    deadline = time.time() + 120
+    while not (metrics.is_file() and metrics.read_text().strip()) and time.time() < deadline:
+        assert status(head, "al-stop") in ("PENDING", "RUNNING"), logs(head, "al-stop")[-3000:]
+        time.sleep(1.0)
+    assert metrics.is_file(), logs(head, "al-stop")[-3000:]  # it trained at least one epoch
+    head.ray("job", "stop", "al-stop")
+    assert wait_for(head, "al-stop", {"STOPPED", "FAILED", "SUCCEEDED"}, 60) == "STOPPED"
+    assert "ray-al: interrupted" in logs(head, "al-stop")  # SIGTERM became a clean exit, not a kill
+    deadline = time.time() + 30
+    while [a for a in alive_actors(head) if a.get("class_name") == "BlockActor"] and time.time() < deadline:
+        time.sleep(1.0)
+    assert not [a for a in alive_actors(head) if a.get("class_name") == "BlockActor" or "error" in a]
+    assert head.ray("job", "list").returncode == 0
+
+
+def test_submitted_run_succeeds_and_writes_its_metrics(head, tmp_path):
+    submit(head, "al-ok", [*TINY, "train.epochs=2", f"run_dir={tmp_path}", "name=tiny"])
+    assert wait_for(head, "al-ok", {"SUCCEEDED", "FAILED", "STOPPED"}, 180) == "SUCCEEDED", logs(head, "al-ok")
+    records = [json.loads(line) for line in (tmp_path / "tiny" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2] and 0 <= records[-1]["test_acc"] <= 1
+    text = logs(head, "al-ok")
+    assert "block 1: node" in text and "block 2: node" in text  # where each block ran, printed at start
+    assert json.loads((tmp_path / "tiny" / "summary.json").read_text())["final"]["epoch"] == 2
+
+
+def test_bad_config_fails_the_job_with_one_line(head, tmp_path):
+    submit(head, "al-bad", ["optim.lr=-1", f"run_dir={tmp_path}"])
+    assert wait_for(head, "al-bad", {"SUCCEEDED", "FAILED", "STOPPED"}, 120) == "FAILED"
+    assert "ray-al: error: optim.lr must be positive" in logs(head, "al-bad")
