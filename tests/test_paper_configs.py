@@ -9,7 +9,7 @@ from ray_al.models import parameter_counts
 from ray_al.paper import DATASETS, RESULTS, dataset_key, paper_result
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
-FILES = sorted(CONFIGS.rglob("*.yaml"))
+FILES = sorted(p for p in CONFIGS.rglob("*.yaml") if p.parent.name != "sweeps")  # sweeps: tests/test_tune.py
 
 
 def test_there_is_an_al_and_a_bp_config_per_paper_cell():
