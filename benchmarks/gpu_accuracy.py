@@ -52,7 +52,7 @@ def equivalence(data, run_dir) -> dict:
         states[trainer] = result.trainer.state_dicts()
         where = result.trainer.describe()
         result.trainer.close()
-    diffs = [max((a - b).abs().max().item() for a, b in zip(sa["block"].values(), sb["block"].values())
+    diffs = [max((a.cpu() - b.cpu()).abs().max().item() for a, b in zip(sa["block"].values(), sb["block"].values())
                  if a.is_floating_point()) for sa, sb in zip(states["al"], states["al_local"])]
     return {"placement": where, "max_abs_param_diff_per_block": diffs,
             "bitwise_equal": all(d == 0 for d in diffs)}
@@ -83,8 +83,8 @@ def main() -> int:
     print("== equivalence: Ray actors on cuda vs one process on cuda (MNIST MLP, 300 steps, K=16)")
     report["equivalence"] = equivalence(data, out / "eq")
     print(json.dumps(report["equivalence"], indent=1))
-    runs = [("mlp", "al", args.epochs), ("mlp", "bp", args.epochs), ("cnn", "al", args.cnn_epochs),
-            ("cnn", "bp", args.cnn_epochs)]
+    runs = [(m, t, e) for m, t, e in (("mlp", "bp", args.epochs), ("mlp", "al", args.epochs),
+                                      ("cnn", "bp", args.cnn_epochs), ("cnn", "al", args.cnn_epochs)) if e > 0]
     for model, trainer, epochs in runs:
         print(f"== MNIST {model} {trainer} {epochs} epochs, batch 32, Adam 1e-4, on the GPU")
         start = time.time()
@@ -95,7 +95,7 @@ def main() -> int:
                                         "samples_per_s": [round(r["samples_per_s"]) for r in result.history],
                                         "wall_s": round(time.time() - start, 1)}
     print("== summary")
-    for key in ("mlp_al", "mlp_bp", "cnn_al", "cnn_bp"):
+    for key in [f"{m}_{t}" for m, t, _ in runs]:
         r = report[key]
         print(f"  MNIST {key:<7} epochs={r['epochs']} test_acc={r['test_acc_per_epoch']} "
               f"samples/s={r['samples_per_s']} exits={r['exits_last']}")

@@ -78,6 +78,14 @@ def _eval(args) -> int:
     return 0
 
 
+def _report(args) -> int:
+    from ray_al.report import parse_data_paths, write_report
+
+    write_report(args.runs, args.out, args.set, samples=args.samples, tsne_samples=args.tsne_samples,
+                 data_paths=parse_data_paths(args.data))
+    return 0
+
+
 def _bench(args) -> int:
     import json
 
@@ -121,6 +129,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cores", type=int, default=2, help="cores the comparison may use in total")
     p.add_argument("--out", help="write the figures as JSON here")
     p.set_defaults(fn=_bench)
+    p = sub.add_parser("report", help="runs -> Markdown report with the paper's tables and figures beside ours")
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders (config.yaml, metrics.jsonl, checkpoints/)")
+    p.add_argument("--out", default="report", help="folder for report.md and its PNG figures (default: report)")
+    p.add_argument("--data", action="append", default=[], metavar="NAME=PATH",
+                   help="where a dataset lives here, for the runs on it, e.g. --data cifar10=/data/cifar10")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override applied to every run's config before loading it, e.g. --set data.cache_dir=/tmp")
+    p.add_argument("--samples", type=int, default=1000, help="test samples for class distances (default 1000)")
+    p.add_argument("--tsne-samples", type=int, default=500, help="test samples per t-SNE panel (default 500)")
+    p.set_defaults(fn=_report)
     return parser
 
 

@@ -28,7 +28,7 @@ class DataConfig:
     batch_size: int = 32
     augment: str = "none"             # none | jitter (paper: 2-pixel shifts) | crop_flip (reference code)
     normalize: bool = True            # per-channel mean/std of the training split
-    limit_train: int | None = None    # keep the first n training samples (quick runs)
+    limit_train: int | None = None    # keep n training samples, drawn with a fixed seed (quick runs)
     limit_test: int | None = None
     cache_dir: str | None = None      # where decoded Parquet arrays are cached (default: beside the data or ~/.cache)
     synthetic_shape: list[int] = field(default_factory=lambda: [1, 8, 8])

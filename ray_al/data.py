@@ -55,10 +55,13 @@ def _decode_parquet(files: list[Path]) -> tuple[np.ndarray, np.ndarray, list[str
     images, labels, names = [], [], []
     for f in files:
         try:
-            table = pq.read_table(f, columns=["image", "label"])
+            label = _label_column(pq.read_schema(f).names, f)
+            table = pq.read_table(f, columns=["image", label])
+        except DataError:
+            raise
         except Exception as e:  # pyarrow raises several types for a damaged file
             raise DataError(f"cannot read Parquet file {f}: {str(e).splitlines()[0]}") from None
-        names = names or _class_names(table.schema.metadata)
+        names = names or _class_names(table.schema.metadata, label)
         for cell in table.column("image").to_pylist():
             raw = cell["bytes"] if isinstance(cell, dict) else cell
             try:
@@ -66,17 +69,25 @@ def _decode_parquet(files: list[Path]) -> tuple[np.ndarray, np.ndarray, list[str
             except Exception as e:
                 raise DataError(f"cannot decode an image in {f}: {e}") from None
             images.append(img if img.ndim == 3 else img[:, :, None])
-        labels.extend(table.column("label").to_pylist())
+        labels.extend(table.column(label).to_pylist())
     if len({im.shape for im in images}) > 1:
         raise DataError(f"images of different shapes in {files[0].parent}")
     return np.stack(images).transpose(0, 3, 1, 2), np.asarray(labels, dtype=np.int64), names
 
 
-def _class_names(metadata) -> list[str]:
+def _label_column(columns: list[str], f: Path) -> str:
+    """`label`, or CIFAR-100's `fine_label` (the paper's 100 classes) where a folder has no `label`."""
+    for name in ("label", "fine_label"):
+        if name in columns:
+            return name
+    raise DataError(f"{f}: no 'label' or 'fine_label' column (columns: {', '.join(columns)})")
+
+
+def _class_names(metadata, label: str = "label") -> list[str]:
     import json
     try:
         info = json.loads(metadata[b"huggingface"])
-        return list(info["info"]["features"]["label"]["names"])
+        return list(info["info"]["features"][label]["names"])
     except Exception:
         return []
 
@@ -165,6 +176,15 @@ def _check_labels(y: np.ndarray, num_classes: int, split: str) -> None:
         raise DataError(f"{split} labels out of range: found {y.min()}..{y.max()}, expected 0..{num_classes - 1}")
 
 
+def _subset(x: np.ndarray, y: np.ndarray, n: int):
+    """n samples drawn at random (fixed seed, original order kept), not the first n: some splits are
+    sorted by class (CIFAR-10's Parquet test split starts with 1000 airplanes)."""
+    if n >= len(x):
+        return x, y
+    keep = np.sort(np.random.default_rng(0).permutation(len(x))[:n])
+    return x[keep], y[keep]
+
+
 def load_dataset(cfg: DataConfig) -> Dataset:
     if cfg.source == "parquet":
         tr_x, tr_y, te_x, te_y, names, name = load_parquet(cfg)
@@ -184,9 +204,9 @@ def load_dataset(cfg: DataConfig) -> Dataset:
     _check_labels(tr_y, num_classes, "train")
     _check_labels(te_y, num_classes, "test")
     if cfg.limit_train:
-        tr_x, tr_y = tr_x[:cfg.limit_train], tr_y[:cfg.limit_train]
+        tr_x, tr_y = _subset(tr_x, tr_y, cfg.limit_train)
     if cfg.limit_test:
-        te_x, te_y = te_x[:cfg.limit_test], te_y[:cfg.limit_test]
+        te_x, te_y = _subset(te_x, te_y, cfg.limit_test)
     train_x = torch.from_numpy(np.ascontiguousarray(tr_x)).float().div_(255)
     test_x = torch.from_numpy(np.ascontiguousarray(te_x)).float().div_(255)
     if cfg.normalize:

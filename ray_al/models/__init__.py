@@ -14,7 +14,7 @@ from ray_al.blocks import ALBlock, BlockOptions
 from ray_al.config import ModelConfig
 from ray_al.errors import ConfigError
 from ray_al.models.registry import Architecture, build_architecture, model_names, register
-from ray_al.models import cnn, mlp  # noqa: F401  (registers the builders)
+from ray_al.models import cnn, mlp, resnet, vgg  # noqa: F401  (registers the builders)
 
 ACTIVATIONS = {"elu": nn.ELU, "relu": nn.ReLU, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh}
 

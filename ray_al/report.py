@@ -1,0 +1,310 @@
+"""`ray-al report RUN_DIR...`: runs -> a Markdown report with the paper's figures beside ours.
+
+Sections: accuracy in the layout of the paper's Tables 1-3 (with the epochs each run had),
+early-exit accuracy of every block, class-distance metafeatures (paper Table 4), t-SNE of the
+paper's layers (Figures 3-4, BP and AL side by side) and training curves. Accuracies come
+from each run's metrics.jsonl; distances and t-SNE need the run's newest checkpoint and its
+dataset (`--data cifar10=/data/cifar10` where the run's relative path does not resolve from here).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from ray_al.config import Config, apply_overrides, config_from_dict, read_yaml
+from ray_al.errors import ConfigError, RayALError
+from ray_al.metrics import (al_features, bp_features, class_distances, layer_names, paper_layers, sample_indices,
+                            tsne_figure)
+from ray_al.paper import NAMES, PAPER_EPOCHS, RESULTS, TABLES, dataset_key, method, paper_result
+
+Log = Callable[[str], None]
+
+
+@dataclass
+class Run:
+    path: Path
+    cfg: Config
+    history: list[dict]
+    label: str = ""
+    model: object = None          # list[ALBlock] or the BP twin, once loaded
+    features: dict = field(default_factory=dict)  # layer -> class distances
+    tsne: dict = field(default_factory=dict)      # layer -> features of the paper's t-SNE layers
+    labels: torch.Tensor | None = None
+    note: str = ""                # why distances / t-SNE are missing
+
+    @property
+    def final(self) -> dict:
+        return self.history[-1] if self.history else {}
+
+    @property
+    def method(self) -> str:
+        return method(self.cfg)
+
+    @property
+    def dataset(self) -> str:
+        return dataset_key(self.cfg) or self.cfg.data.name or self.cfg.data.source
+
+    @property
+    def cell(self) -> tuple:
+        m = self.cfg.model
+        return (self.dataset, m.name, m.d, m.depth, m.act)
+
+
+def read_run(path: Path) -> Run:
+    path = Path(path)
+    if not (path / "config.yaml").is_file():
+        raise ConfigError(f"not a run folder (no config.yaml): {path}")
+    cfg = config_from_dict(read_yaml(path / "config.yaml"))
+    history = []
+    metrics = path / "metrics.jsonl"
+    if metrics.is_file():
+        for n, line in enumerate(metrics.read_text().splitlines(), start=1):
+            if line.strip():
+                try:
+                    history.append(json.loads(line))
+                except ValueError:
+                    raise ConfigError(f"{metrics}: line {n} is not JSON") from None
+    return Run(path, cfg, history)
+
+
+def _labels(runs: list[Run]) -> None:
+    """Short unique names: the run folder, prefixed by its parent where two folders share a name."""
+    names = [r.path.name for r in runs]
+    for r in runs:
+        r.label = r.path.name if names.count(r.path.name) == 1 else f"{r.path.parent.name}/{r.path.name}"
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.1f}"
+
+
+def _reduced(run: Run) -> bool:
+    """A run on fewer samples or a narrower model than the paper's (the quick configs)."""
+    d = run.cfg.data
+    return bool(d.limit_train or d.limit_test or run.cfg.model.d is not None)
+
+
+def _epochs(run: Run) -> str:
+    return f"{run.final.get('epoch', 0)}/{run.cfg.train.epochs}"
+
+
+# -- sections -------------------------------------------------------------------------------
+def accuracy_section(runs: list[Run]) -> list[str]:
+    lines = ["## Test accuracy (%)", "",
+             f"Paper: Kao & Chen 2021, {PAPER_EPOCHS} epochs. Ours: the last evaluated epoch of each run "
+             "(epochs done / planned). A paper figure is never ours.", ""]
+    cells = {}
+    for r in runs:
+        if paper_result(r.cfg) is not None:
+            cells.setdefault((r.dataset, r.cfg.model.name), {}).setdefault(r.method, []).append(r)
+    for ds, table in TABLES.items():
+        rows = [(m, cells[(d, m)]) for (d, m) in RESULTS if d == ds and (d, m) in cells]
+        if not rows:
+            continue
+        lines += [f"### {NAMES[ds]} (paper {table})", "",
+                  "| model | BP paper | BP ours | epochs | AL paper | AL ours | epochs |",
+                  "|---|---|---|---|---|---|---|"]
+        for model, by in rows:
+            paper = RESULTS[(ds, model)]
+            cols = []
+            for m in ("bp", "al"):
+                found = by.get(m, [])
+                ours = "; ".join(_pct(r.final.get("test_acc")) + ("*" if _reduced(r) else "") for r in found) or "-"
+                eps = "; ".join(_epochs(r) for r in found) or "-"
+                cols += [f"{paper[m]:.1f}", ours, eps]
+            lines.append(f"| {NAMES[model]} | " + " | ".join(cols) + " |")
+        lines.append("")
+        if any(_reduced(r) for _, by in rows for found in by.values() for r in found):
+            lines += ["\\* fewer samples (data.limit_train / limit_test) or another d than the paper's.", ""]
+    others = [r for r in runs if paper_result(r.cfg) is None]
+    if others:
+        lines += ["### Runs without a paper figure", "", "| run | data | model | trainer | epochs | test acc |",
+                  "|---|---|---|---|---|---|"]
+        for r in others:
+            m = r.cfg.model
+            desc = m.name + (f" depth={m.depth}" if m.depth else "") + (f" act={m.act}" if m.act else "")
+            lines.append(f"| {r.label} | {r.dataset} | {desc} | {r.cfg.train.trainer} | {_epochs(r)} | "
+                         f"{_pct(r.final.get('test_acc'))} |")
+        lines.append("")
+    return lines
+
+
+def exits_section(runs: list[Run]) -> list[str]:
+    al = [r for r in runs if r.method == "al" and r.history]
+    lines = ["## Early exits (%)", "",
+             "Exit k predicts with h_1(...h_k(b_k(s_k))): every block can answer; the last exit is the paper's "
+             "prediction.", ""]
+    if not al:
+        return lines + ["No AL run with an evaluated epoch.", ""]
+    width = max(sum(k.startswith("exit_") for k in r.final) for r in al)
+    lines += ["| run | data | model | epochs | " + " | ".join(f"exit {k}" for k in range(1, width + 1)) + " |",
+              "|---|---|---|---|" + "---|" * width]
+    for r in al:
+        exits = [_pct(r.final.get(f"exit_{k}")) for k in range(1, width + 1)]
+        lines.append(f"| {r.label} | {r.dataset} | {r.cfg.model.name} | {_epochs(r)} | " + " | ".join(exits) + " |")
+    return lines + [""]
+
+
+def _pairs(runs: list[Run]) -> list[tuple[Run | None, Run | None]]:
+    """(BP, AL) runs of the same cell side by side; a run without a partner stands alone."""
+    from itertools import zip_longest
+    by_cell: dict[tuple, dict[str, list[Run]]] = {}
+    for r in runs:
+        by_cell.setdefault(r.cell, {"bp": [], "al": []})[r.method].append(r)
+    return [pair for c in by_cell.values() for pair in zip_longest(c["bp"], c["al"])]
+
+
+def distance_section(runs: list[Run]) -> list[str]:
+    lines = ["## Class distances (paper Table 4)", "",
+             "intra = mean over classes of the mean pairwise distance inside a class; inter = mean pairwise "
+             "distance between class centroids; ratio = inter / intra (higher: classes better separated). "
+             "Layers of the prediction path f_1..f_N, b_N, h_N..h_1: s_i after f_i, bridge = b_N(s_N), "
+             "dec_k after h_k, out = logits. Ours only: the paper's Table 4 values are not stored here.", ""]
+    for bp, al in _pairs(runs):
+        shown = [r for r in (bp, al) if r is not None]
+        head = shown[0]
+        who = " vs ".join(f"{r.method.upper()} {r.label}" for r in shown)
+        lines += [f"### {head.dataset} {head.cfg.model.name}: {who}", ""]
+        missing = [f"{r.label}: {r.note}" for r in shown if r.note]
+        lines += [f"- skipped {m}" for m in missing] + ([""] if missing else [])
+        ready = [r for r in shown if r.features]
+        if not ready:
+            continue
+        n = len(ready[0].labels)
+        lines += [f"{n} test samples (a seeded random draw).", "",
+                  "| layer | " + " | ".join(f"{r.method.upper()} {k}" for r in ready
+                                          for k in ("intra", "inter", "ratio")) + " |",
+                  "|---|" + "---|" * (3 * len(ready))]
+        for layer in ready[0].features:
+            cells = []
+            for r in ready:
+                d = r.features.get(layer)
+                cells += ["-"] * 3 if d is None else [f"{d['intra']:.3f}", f"{d['inter']:.3f}", f"{d['ratio']:.3f}"]
+            lines.append(f"| {layer} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return lines
+
+
+# -- figures --------------------------------------------------------------------------------
+def curves_figure(run: Run, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [h["epoch"] for h in run.history]
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    for key in sorted({k for h in run.history for k in h if k.endswith("loss")}):
+        ax_loss.plot(epochs, [h.get(key, float("nan")) for h in run.history], marker="o", label=key)
+    ax_loss.set(xlabel="epoch", ylabel="mean training loss", yscale="log", title=f"{run.label}: losses per block")
+    ax_loss.legend(fontsize=7)
+    ax_acc.plot(epochs, [h.get("test_acc", float("nan")) for h in run.history], marker="o", label="test acc", color="k")
+    for key in sorted({k for h in run.history for k in h if k.startswith("exit_")}, key=lambda k: int(k[5:])):
+        ax_acc.plot(epochs, [h.get(key, float("nan")) for h in run.history], linestyle="--", label=key)
+    ax_acc.set(xlabel="epoch", ylabel="test accuracy", title="test accuracy per epoch")
+    ax_acc.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)
+
+
+# -- models and features --------------------------------------------------------------------
+def load_model(run_dir: Path, overrides: list[str]):
+    """The run's newest checkpoint as a list of ALBlocks (AL) or the BP twin's nn.Sequential."""
+    from ray_al.evaluate import load_run
+    _, trainer, _ = load_run(run_dir, overrides, device="cpu")
+    return trainer.blocks if hasattr(trainer, "blocks") else trainer.net
+
+
+def analyse(run: Run, overrides: list[str], samples: int, datasets: dict, log: Log,
+            loader: Callable = load_model) -> None:
+    """Loads the run's model and data; computes class distances of every path layer on `samples`
+    test samples and keeps the paper's t-SNE layers."""
+    try:
+        model = loader(run.path, list(overrides))
+        values = apply_overrides(run.cfg.to_dict(), list(overrides))
+        cfg = config_from_dict(values)
+        key = json.dumps(values["data"], sort_keys=True)
+        if key not in datasets:
+            from ray_al.data import load_dataset
+            datasets[key] = load_dataset(cfg.data)
+        data = datasets[key]
+    except RayALError as e:
+        run.note = str(e)
+        log(f"report: {run.label}: {e}")
+        return
+    idx = sample_indices(len(data.test_x), samples)
+    x, y = data.test_x[idx], data.test_y[idx]
+    n = len(model) if isinstance(model, list) else len(model) // 3
+    names = layer_names(n)
+    feats = al_features(model, x, names) if isinstance(model, list) else bp_features(model, x, names)
+    run.features = {name: class_distances(f, y) for name, f in feats.items()}
+    run.model, run.labels = model, y
+    run.tsne = {name: feats[name] for name in paper_layers(run.cfg.model.name, n)}
+
+
+def tsne_section(runs: list[Run], out: Path, samples: int, log: Log) -> list[str]:
+    lines = ["## t-SNE (paper Figures 3-4)", "",
+             "The paper's layers (MLP: hidden 2 = s2, hidden 4 = bridge, output; CNN: hidden 4 = s2, hidden 8 = s4, "
+             "hidden 12 = dec3), BP above AL, test samples coloured by class.", ""]
+    for bp, al in _pairs(runs):
+        rows = [(f"{r.method.upper()} {r.label}", {k: v[:samples] for k, v in r.tsne.items()})
+                for r in (bp, al) if r is not None and r.features]
+        if not rows:
+            continue
+        labels = next(r for r in (bp, al) if r is not None and r.features).labels[:samples]
+        head = rows[0][0].split(" ", 1)[1]
+        name = f"tsne-{_slug(head)}.png"
+        log(f"report: t-SNE of {', '.join(r[0] for r in rows)}")
+        tsne_figure(rows, labels, out / name)
+        lines += [f"![t-SNE {head}]({name})", ""]
+    return lines
+
+
+def parse_data_paths(items: list[str]) -> dict[str, str]:
+    """["mnist=/data/mnist", ...] -> {"mnist": "/data/mnist"}: where each dataset lives on this machine."""
+    paths = {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise ConfigError(f"--data '{item}' is not of the form NAME=PATH (e.g. cifar10=/data/cifar10)")
+        paths[name.strip().lower()] = path
+    return paths
+
+
+def write_report(run_dirs: list[str | Path], out: str | Path, overrides: list[str] = (), samples: int = 1000,
+                 tsne_samples: int = 500, log: Log = print, loader: Callable = load_model,
+                 data_paths: dict[str, str] | None = None) -> Path:
+    """`overrides` apply to every run's config; `data_paths` set data.path for the runs of one dataset."""
+    out = Path(out)
+    if not run_dirs:
+        raise ConfigError("report needs at least one run folder")
+    runs = [read_run(Path(p)) for p in run_dirs]
+    _labels(runs)
+    out.mkdir(parents=True, exist_ok=True)
+    datasets: dict = {}
+    for r in runs:
+        path = (data_paths or {}).get(r.dataset)
+        analyse(r, list(overrides) + ([f"data.path={path}"] if path else []), samples, datasets, log, loader)
+    lines = ["# ray_al report", "", "Runs: " + ", ".join(f"`{r.label}`" for r in runs), ""]
+    lines += accuracy_section(runs) + exits_section(runs) + distance_section(runs)
+    lines += tsne_section(runs, out, tsne_samples, log)
+    lines += ["## Training curves", ""]
+    for r in runs:
+        if not r.history:
+            lines += [f"- {r.label}: no evaluated epoch yet", ""]
+            continue
+        name = f"curves-{_slug(r.label)}.png"
+        curves_figure(r, out / name)
+        lines += [f"### {r.label}", "", f"![curves {r.label}]({name})", ""]
+    path = out / "report.md"
+    path.write_text("\n".join(lines))
+    log(f"report: {path}")
+    return path
