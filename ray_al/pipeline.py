@@ -33,10 +33,10 @@ def connect(ray_cfg: RayConfig) -> None:
     address = ray_cfg.address or os.environ.get("RAY_ADDRESS")
     if address:
         _check_reachable(address)
-    kwargs = {} if address else {"address": "local", "num_cpus": ray_cfg.num_cpus, "include_dashboard": False}
+    kwargs = {"address": address} if address else {"address": "local", "num_cpus": ray_cfg.num_cpus,
+                                                   "include_dashboard": False}
     try:
-        ray.init(address=address, logging_level="WARNING", **kwargs) if address else ray.init(
-            logging_level="WARNING", **kwargs)
+        ray.init(logging_level="WARNING", **kwargs)
     except (ConnectionError, TimeoutError, ValueError, RuntimeError) as e:
         raise ConfigError(f"cannot reach the Ray cluster at {address}: {str(e).splitlines()[0]}") from None
 
@@ -133,7 +133,6 @@ class ALPipeline:
         except RayALError:
             _settle([ref for refs in inflight for ref in refs])
             raise
-
 
     # -- inference -------------------------------------------------------------------------
     def _submit_predict(self, x: torch.Tensor):
