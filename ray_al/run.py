@@ -207,6 +207,8 @@ def train(cfg: Config, log: Log = print, on_epoch: Callable[[dict], None] | None
                     raise TrainingError(f"block lost and no restart left ({restarts - 1} made): {e}") from None
                 log(f"block lost: {e}; restart {restarts}/{cfg.checkpoint.max_restarts}")
                 trainer.restart()
+                for line in trainer.describe():  # where the blocks went this time
+                    log(line)
                 manifest = checkpointer.restore(trainer)
                 position = (manifest["epoch"], manifest["batch"])
                 result.history = _read_history(run_dir, position[0])
