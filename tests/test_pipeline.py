@@ -1,4 +1,4 @@
-"""The Ray pipeline computes exactly what the sequential algorithm computes (DESIGN section 3)."""
+"""The Ray pipeline computes exactly what the sequential algorithm computes (docs/design.md, "The invariant")."""
 import pytest
 import torch
 
