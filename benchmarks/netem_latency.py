@@ -38,7 +38,7 @@ def drive(address: str, args) -> None:
     from ray_al.bench import _timed
     from ray_al.config import load_config
     from ray_al.data import load_dataset
-    from ray_al.pipeline import ALPipeline
+    from ray_al.trainers.pipeline import ALPipeline
 
     for k in args.chunks:
         cfg = load_config(None, [*driver_config(k, args), f"ray.address={address}"])
@@ -78,8 +78,10 @@ def main() -> None:
             for host in (hosts.head, *hosts.worker_hosts):
                 how = hosts.delay(host, delay / 2) if delay else how
             started = time.time()
-            out = subprocess.run(hosts.head.cmd(sys.executable, str(Path(__file__).resolve()), *inner, "--driver", hosts.gcs_address),
-                                 env=hosts.env, cwd=REPO, capture_output=True, text=True, timeout=1800, check=False)
+            driver = hosts.head.cmd(sys.executable, str(Path(__file__).resolve()), *inner,
+                                    "--driver", hosts.gcs_address)
+            out = subprocess.run(driver, env=hosts.env, cwd=REPO, capture_output=True, text=True, timeout=1800,
+                                 check=False)
             if out.returncode != 0:
                 raise SystemExit(f"netem_latency: driver failed at D={delay} ms: {out.stderr[-2000:]}")
             for line in out.stdout.splitlines():

@@ -29,7 +29,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.helpers import REPO
+
 BIN = Path(sys.executable).parent
 GCS_PORT, DASHBOARD_PORT = 6379, 8265  # every host has its own ports: Ray's defaults never collide
 _SEQ = itertools.count()
@@ -246,7 +247,8 @@ class Hosts:
         while time.time() < deadline:
             if host.proc.poll() is not None:
                 raise HostsError(f"ray start on {host.role} exited: {self.start_log(host)[-1500:]}")
-            if subprocess.run(self.client.cmd(sys.executable, "-c", probe), capture_output=True, check=False).returncode == 0:
+            probed = subprocess.run(self.client.cmd(sys.executable, "-c", probe), capture_output=True, check=False)
+            if probed.returncode == 0:
                 return
             time.sleep(0.3)
         raise HostsError(f"{host.role}:{port} not listening after {timeout}s: {self.start_log(host)[-1500:]}")

@@ -17,13 +17,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_jobs import logs, status, submit, wait_for
 
 from ray_al.checkpoint import complete_checkpoints, read_block, read_manifest
 from ray_al.config import load_config
 from ray_al.run import train
-from tests.conftest import assert_states_equal
-from tests.faults import FaultInjector
+from tests.headnode import logs, status, submit, wait_for
+from tests.helpers import FaultInjector, assert_states_equal
 from tests.hosts import FAST_FAILURE_DETECTION, hosts_for_tests
 
 pytestmark = pytest.mark.slow
@@ -60,8 +59,8 @@ def reference(tmp_path_factory):
     def states(epochs: int):
         if epochs not in cache:
             torch.set_num_threads(1)  # the actors use train.threads=1 too
-            cfg = load_config(None, [*RUN, "train.trainer=al_local", f"train.epochs={epochs}", "checkpoint.enabled=false",
-                                     f"run_dir={tmp_path_factory.mktemp('local')}", "name=local"])
+            cfg = load_config(None, [*RUN, "train.trainer=al_local", f"train.epochs={epochs}",
+                                     "checkpoint.enabled=false", f"run_dir={tmp_path_factory.mktemp('local')}"])
             result = train(cfg, log=lambda line: None, keep_trainer=True)
             cache[epochs] = (result.trainer.state_dicts(), result.history)
         return cache[epochs]
