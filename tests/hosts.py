@@ -197,21 +197,20 @@ class Hosts:
         sh("ip", "link", "set", host.veth, "up" if up else "down")
 
     def delay(self, host: Host, ms: float) -> str:
-        """Every packet to or from `host` waits `ms` more (0 removes the delay). Uses `tc netem`
-        where the kernel has it, else a user-space delay line (tests/delay_link.py). Returns which."""
-        self._undelay(host)
-        if ms <= 0:
-            return "none"
+        """Every packet to or from `host` waits `ms` more, until `undelay`. Uses `tc netem` where the
+        kernel has it, else a user-space delay line (tests/delay_link.py; at 0 ms it shows the line's
+        own cost). Returns which."""
+        self.undelay(host)
         if netem_available():
             sh("tc", "qdisc", "add", "dev", host.veth, "root", "netem", "delay", f"{ms}ms")
             sh("tc", "-n", host.netns, "qdisc", "add", "dev", "eth0", "root", "netem", "delay", f"{ms}ms")
             self.delays[host.role] = None
             return "tc netem"
         from tests.delay_link import insert
-        self.delays[host.role] = insert(host.veth, self.bridge, f"rd{self.tag}{host.role}", ms)
+        self.delays[host.role] = insert(host.veth, self.bridge, f"rd{host.veth[2:]}", ms)
         return "user-space delay line (this kernel has no netem)"
 
-    def _undelay(self, host: Host) -> None:
+    def undelay(self, host: Host) -> None:
         if host.role not in self.delays:
             return
         proc = self.delays.pop(host.role)
@@ -316,7 +315,7 @@ class Hosts:
         for host in self.hosts.values():
             if host.role in self.delays:
                 try:
-                    self._undelay(host)
+                    self.undelay(host)
                 except HostsError:
                     pass
             if Path(f"/run/netns/{host.netns}").exists():

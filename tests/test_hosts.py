@@ -134,20 +134,24 @@ def test_one_block_per_host_trains_bitwise_as_one_process(hosts, reference, tmp_
 def test_job_from_a_client_host_runs_and_job_stop_ends_one(hosts, tmp_path):
     tiny = [*RUN, "ray.num_cpus_per_block=0.5", f"run_dir={tmp_path}"]  # two runs at once
     submit(hosts, "hosts-long", [*tiny, "train.epochs=100000", "name=long"])
-    submit(hosts, "hosts-ok", [*tiny, "train.epochs=1", "name=ok"])
-    # the shared filesystem says when to look (each `ray job` call costs seconds of CPU): a run
-    # writes summary.json when it ends, and its step-0 checkpoint once its blocks are up
-    started = tmp_path / "long" / "checkpoints" / "step-000000000" / "manifest.json"
-    deadline = time.time() + 240
-    while not ((tmp_path / "ok" / "summary.json").is_file() and started.is_file()) and time.time() < deadline:
-        time.sleep(0.5)
-    assert wait_for(hosts, "hosts-ok", {"SUCCEEDED", "FAILED", "STOPPED"}, 60) == "SUCCEEDED", logs(hosts, "hosts-ok")
-    ok = logs(hosts, "hosts-ok")
-    assert len({ip for _, ip in placements(ok)}) == 2 and "run folder:" in ok  # run on the head, written here
-    assert started.is_file() and status(hosts, "hosts-long") == "RUNNING", logs(hosts, "hosts-long")[-3000:]
-    hosts.ray("job", "stop", "hosts-long")
-    assert wait_for(hosts, "hosts-long", {"STOPPED", "FAILED", "SUCCEEDED"}, 60) == "STOPPED"
-    assert "ray-al: interrupted" in logs(hosts, "hosts-long")  # SIGTERM became a clean exit
+    try:
+        submit(hosts, "hosts-ok", [*tiny, "train.epochs=1", "name=ok"])
+        # the shared filesystem says when to look (each `ray job` call costs seconds of CPU): a run
+        # writes summary.json when it ends, and a line to metrics.jsonl per epoch
+        ended, trained = tmp_path / "ok" / "summary.json", tmp_path / "long" / "metrics.jsonl"
+        deadline = time.time() + 240
+        while not (ended.is_file() and trained.is_file()) and time.time() < deadline:
+            time.sleep(0.5)
+        assert wait_for(hosts, "hosts-ok", {"SUCCEEDED", "FAILED", "STOPPED"}, 60) == "SUCCEEDED", \
+            logs(hosts, "hosts-ok")
+        ok = logs(hosts, "hosts-ok")
+        assert len({ip for _, ip in placements(ok)}) == 2 and "run folder:" in ok  # run on the head, read here
+        assert trained.is_file() and status(hosts, "hosts-long") == "RUNNING", logs(hosts, "hosts-long")[-3000:]
+        hosts.ray("job", "stop", "hosts-long")
+        assert wait_for(hosts, "hosts-long", {"STOPPED", "FAILED", "SUCCEEDED"}, 60) == "STOPPED"
+        assert "ray-al: interrupted" in logs(hosts, "hosts-long")  # SIGTERM became a clean exit
+    finally:  # a failed test must not leave a run holding the workers' CPUs
+        hosts.ray("job", "stop", "hosts-long", check=False)
 
 
 def _http(hosts, method: str, path: str, token: str | None) -> int:
@@ -187,7 +191,7 @@ def test_slow_link_to_the_head_still_trains_bitwise(hosts, reference, tmp_path):
         assert_bitwise_equal_to_reference(reference, tmp_path / "slow", 2)
         print(f"\nslow link: head +25 ms each way ({how}), connect {rtt * 1000:.0f} ms; completed, state diff 0")
     finally:
-        hosts.delay(hosts.head, 0)
+        hosts.undelay(hosts.head)
 
 
 def _newest_checkpoint(run_dir: Path) -> int:
