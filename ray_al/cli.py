@@ -71,10 +71,42 @@ def _eval(args) -> int:
     from ray_al.data import load_dataset
     from ray_al.evaluate import load_run
 
+    if args.thresholds:
+        from ray_al.early_exit import format_tradeoff
+        from ray_al.predict import evaluate_thresholds
+        result = evaluate_thresholds(args.run_dir, args.thresholds, args.confidence, args.overrides)
+        print(f"early exit on {result['test_samples']} test inputs (step {result['step']}, confidence "
+              f"{result['measure']}): answer at the first exit whose confidence reaches the threshold")
+        print(format_tradeoff(result["rows"]))
+        return 0
+
     cfg, trainer, manifest = load_run(args.run_dir, args.overrides, device=args.device)
     data = load_dataset(cfg.data)
     accs = trainer.evaluate(data.test_x, data.test_y)
     print(json.dumps({"run_dir": args.run_dir, "step": manifest["step"], **accs}, indent=1))
+    return 0
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a comma-separated list of numbers") from None
+
+
+def _predict(args) -> int:
+    from ray_al import predict as p
+
+    if args.exit != "auto" and not args.exit.isdigit():
+        raise ConfigError(f"--exit must be a block number or auto, got '{args.exit}'")
+    run_cfg = None
+    if args.ray:
+        from ray_al.evaluate import run_config
+        run_cfg = run_config(args.run_dir).ray
+    with sigterm_as_interrupt(run_cfg):
+        records = p.predict(args.run_dir, args.inputs, args.exit, args.threshold, args.confidence,
+                            use_ray=args.ray, batch_size=args.batch_size)
+    p.write(records, args.out, args.format)
     return 0
 
 
@@ -120,7 +152,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. data.path=... for moved data")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--thresholds", type=_floats, metavar="T1,T2,..",
+                   help="early-exit trade-off: accuracy, share per exit, blocks per input at each threshold")
+    p.add_argument("--confidence", default="maxprob", choices=["maxprob", "entropy"],
+                   help="maxprob: top softmax probability; entropy: 1 - H(p)/log(classes)")
     p.set_defaults(fn=_eval)
+    p = sub.add_parser("predict", help="answer new inputs (images, folders, .npy, .parquet) with a run's model")
+    p.add_argument("run_dir")
+    p.add_argument("inputs", nargs="+", help="PNG/JPEG files, folders of them, .npy arrays, Parquet files")
+    p.add_argument("--exit", default="auto", help="exit number 1..N, or auto: the first confident exit")
+    p.add_argument("--threshold", type=float, default=0.9, help="confidence that answers (--exit auto)")
+    p.add_argument("--confidence", default="maxprob", choices=["maxprob", "entropy"])
+    p.add_argument("--ray", action="store_true", help="through the Ray block actors instead of this process")
+    p.add_argument("--out", help="write here (.csv or .json); default: CSV on stdout")
+    p.add_argument("--format", choices=["csv", "json"])
+    p.add_argument("--batch-size", type=int, default=1000)
+    p.set_defaults(fn=_predict)
     p = sub.add_parser("bench", help="samples/s: sequential AL, Ray pipeline at chunk sizes K, BP twin, ideal")
     p.add_argument("config", nargs="?", default=None)
     p.add_argument("overrides", nargs="*")

@@ -17,6 +17,8 @@ import torch
 
 from ray_al.config import DataConfig
 from ray_al.errors import DataError
+from ray_al.preprocess import channel_stats, to_float
+from ray_al.user_data import load_imagefolder, load_python
 
 
 @dataclass
@@ -28,6 +30,10 @@ class Dataset:
     num_classes: int
     name: str
     class_names: list[str] = field(default_factory=list)
+    val_x: torch.Tensor | None = None      # data.val_fraction of the training split, held out
+    val_y: torch.Tensor | None = None
+    mean: torch.Tensor | None = None       # the normalisation applied, [1, C, 1, 1] (None: none)
+    std: torch.Tensor | None = None
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -194,6 +200,10 @@ def load_dataset(cfg: DataConfig) -> Dataset:
         tr_x, tr_y, te_x, te_y, names, name = load_digits()
     elif cfg.source == "synthetic":
         tr_x, tr_y, te_x, te_y, names, name = load_synthetic(cfg)
+    elif cfg.source == "python":
+        tr_x, tr_y, te_x, te_y, names, name = load_python(cfg)
+    elif cfg.source == "imagefolder":
+        tr_x, tr_y, te_x, te_y, names, name = load_imagefolder(cfg)
     else:
         raise DataError(f"unknown data source '{cfg.source}'")
     if tr_x.ndim != 4:
@@ -207,10 +217,25 @@ def load_dataset(cfg: DataConfig) -> Dataset:
         tr_x, tr_y = _subset(tr_x, tr_y, cfg.limit_train)
     if cfg.limit_test:
         te_x, te_y = _subset(te_x, te_y, cfg.limit_test)
-    train_x = torch.from_numpy(np.ascontiguousarray(tr_x)).float().div_(255)
-    test_x = torch.from_numpy(np.ascontiguousarray(te_x)).float().div_(255)
-    if cfg.normalize:
-        mean = train_x.mean(dim=(0, 2, 3), keepdim=True)
-        std = train_x.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6)
+    val_x = val_y = None
+    if cfg.val_fraction:
+        tr_x, tr_y, val_x, val_y = _hold_out(tr_x, tr_y, cfg.val_fraction)
+    train_x, test_x = to_float(tr_x), to_float(te_x)  # uint8 / 255; floats as they are
+    val_x = None if val_x is None else to_float(val_x)
+    mean = std = None
+    if cfg.normalize:  # statistics of the training samples only (not the held-out ones)
+        mean, std = channel_stats(train_x)
         train_x, test_x = (train_x - mean) / std, (test_x - mean) / std
-    return Dataset(train_x, torch.from_numpy(tr_y), test_x, torch.from_numpy(te_y), num_classes, name, names)
+        val_x = None if val_x is None else (val_x - mean) / std
+    return Dataset(train_x, torch.from_numpy(tr_y), test_x, torch.from_numpy(te_y), num_classes, name, names,
+                   val_x, None if val_y is None else torch.from_numpy(val_y), mean, std)
+
+
+def _hold_out(x: np.ndarray, y: np.ndarray, fraction: float):
+    """A seeded validation split (seed 0: the same samples in every run on this data)."""
+    n_val = int(round(fraction * len(x)))
+    if n_val == 0 or n_val == len(x):
+        raise DataError(f"data.val_fraction={fraction} of {len(x)} training samples leaves an empty split")
+    order = np.random.default_rng(0).permutation(len(x))
+    val, train = np.sort(order[:n_val]), np.sort(order[n_val:])
+    return x[train], y[train], x[val], y[val]

@@ -137,6 +137,9 @@ def train_streaming(cfg: Config, log, on_epoch=None, keep_trainer: bool = False,
         raise DataError(f"{stream.rows} training samples do not fill one batch of {b}")
     run_dir = prepare_run_dir(cfg)
     save_config(cfg, run_dir / "config.yaml")
+    from ray_al.preprocess import Preprocess
+    flat = lambda a: None if a is None else [float(v) for v in a]  # noqa: E731
+    Preprocess(list(test_x.shape[1:]), flat(stream.mean), flat(stream.std), None, list(names)).save(run_dir)
     log(f"data: {folder.name} via Ray Data, train {stream.rows} rows in {len(stream.files)} shard(s) (streamed), "
         f"test {tuple(test_x.shape)} {num_classes} classes")
     if cfg.checkpoint.enabled:

@@ -19,7 +19,9 @@ from ray_al import checkpoint as ckpt_lib
 from ray_al.config import Config, save_config
 from ray_al.data import Dataset, load_dataset
 from ray_al.errors import BlockLost, ConfigError, DataError, TrainingError
+from ray_al.metrics import split_accuracies
 from ray_al.models import parameter_counts
+from ray_al.preprocess import Preprocess
 
 Log = Callable[[str], None]
 
@@ -96,13 +98,14 @@ def format_record(r: dict) -> str:
              if k.startswith("exit_")]
     losses = " ".join(f"{k}={v:.4f}" for k, v in r.items() if k.endswith("loss"))
     line = (f"epoch {r['epoch']}/{r['epochs']} train {r['train_time_s']:.1f}s ({r['samples_per_s']:,.0f} samples/s) "
-            f"{losses} test_acc={r['test_acc']:.4f}")
+            f"{losses}" + (f" val_acc={r['val_acc']:.4f}" if "val_acc" in r else "") + f" test_acc={r['test_acc']:.4f}")
     return line + (f" exits=[{' '.join(exits)}]" if len(exits) > 1 else "")
 
 
 def describe_run(cfg: Config, data: Dataset, log: Log) -> None:
     counts = parameter_counts(cfg.model, data.input_shape, data.num_classes)
-    log(f"data: {data.name} train {tuple(data.train_x.shape)} test {tuple(data.test_x.shape)} "
+    val = f" val {tuple(data.val_x.shape)}" if data.val_x is not None else ""
+    log(f"data: {data.name} train {tuple(data.train_x.shape)}{val} test {tuple(data.test_x.shape)} "
         f"{data.num_classes} classes")
     log(f"model: {cfg.model.name} trainer={cfg.train.trainer} params: AL total {counts['al_total']:,}, "
         f"AL effective {counts['al_effective']:,}, BP twin {counts['bp']:,}")
@@ -179,6 +182,7 @@ def train(cfg: Config, log: Log = print, on_epoch: Callable[[dict], None] | None
         ckpt_lib.check_compatible(ckpt_lib.read_manifest(checkpointer.uri), fp)
     else:
         save_config(cfg, run_dir / "config.yaml")
+        Preprocess.of(data, cfg.data.image_size).save(run_dir)  # what `ray-al predict` repeats on new inputs
     describe_run(cfg, data, log)
     total_steps = cfg.train.epochs * n_batches
     trainer = make_trainer(cfg, data.input_shape, data.num_classes, total_steps)
@@ -245,6 +249,8 @@ def _train_epochs(cfg, data, trainer, checkpointer, position, n_batches, result,
         record = {"epoch": epoch + 1, "epochs": cfg.train.epochs, "step": (epoch + 1) * n_batches,
                   "train_time_s": seconds, "samples_per_s": done * cfg.data.batch_size / max(seconds, 1e-9),
                   **progress.summary(), **trainer.evaluate(data.test_x, data.test_y)}
+        if data.val_x is not None:
+            record.update(split_accuracies("val", trainer.evaluate(data.val_x, data.val_y)))
         if cfg.checkpoint.enabled:
             checkpointer.save(trainer, (epoch + 1) * n_batches, epoch + 1, 0)
         with open(result.run_dir / "metrics.jsonl", "a") as f:
