@@ -1,4 +1,4 @@
-"""`ray-al train | eval | tune | report | bench`: every failure is one line and a non-zero exit."""
+"""`ray-al train | eval | predict | serve | export | tune | report | bench`: failures are one line, exit 2."""
 from __future__ import annotations
 
 import argparse
@@ -73,7 +73,7 @@ def _eval(args) -> int:
 
     if args.thresholds:
         from ray_al.early_exit import format_tradeoff
-        from ray_al.predict import evaluate_thresholds
+        from ray_al.prediction import evaluate_thresholds
         result = evaluate_thresholds(args.run_dir, args.thresholds, args.confidence, args.overrides)
         print(f"early exit on {result['test_samples']} test inputs (step {result['step']}, confidence "
               f"{result['measure']}): answer at the first exit whose confidence reaches the threshold")
@@ -95,7 +95,7 @@ def _floats(text: str) -> list[float]:
 
 
 def _predict(args) -> int:
-    from ray_al import predict as p
+    from ray_al import prediction as p
 
     if args.exit != "auto" and not args.exit.isdigit():
         raise ConfigError(f"--exit must be a block number or auto, got '{args.exit}'")
@@ -107,6 +107,25 @@ def _predict(args) -> int:
         records = p.predict(args.run_dir, args.inputs, args.exit, args.threshold, args.confidence,
                             use_ray=args.ray, batch_size=args.batch_size)
     p.write(records, args.out, args.format)
+    return 0
+
+
+def _serve(args) -> int:
+    from ray_al.evaluate import run_config
+    from ray_al.serve import serve_forever
+
+    replicas = [int(r) for r in args.replicas.split(",")] if args.replicas else None
+    with sigterm_as_interrupt(run_config(args.run_dir).ray):
+        serve_forever(args.run_dir, host=args.host, port=args.port, threshold=args.threshold, measure=args.confidence,
+                      replicas=replicas, cpus_per_block=args.cpus_per_block, gpus_per_block=args.gpus_per_block)
+    return 0
+
+
+def _export(args) -> int:
+    from ray_al.export import export_run
+
+    out = export_run(args.run_dir, args.out)
+    print(f"exported {args.run_dir} to {out}: stage-1..N.pt2 (torch.export), meta.json, al_exits.py (loader)")
     return 0
 
 
@@ -168,6 +187,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["csv", "json"])
     p.add_argument("--batch-size", type=int, default=1000)
     p.set_defaults(fn=_predict)
+    p = sub.add_parser("serve", help="serve a run over HTTP with Ray Serve (POST an image, get JSON)")
+    p.add_argument("run_dir")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--threshold", type=float, default=0.9, help="default confidence that answers (?threshold=)")
+    p.add_argument("--confidence", default="maxprob", choices=["maxprob", "entropy"])
+    p.add_argument("--replicas", help="replicas per block deployment: one count, or one per block (2,1)")
+    p.add_argument("--cpus-per-block", type=float, default=0.5)
+    p.add_argument("--gpus-per-block", type=float, default=0.0, help="GPU share of each block replica")
+    p.set_defaults(fn=_serve)
+    p = sub.add_parser("export", help="write the prediction path and every exit as torch.export programs")
+    p.add_argument("run_dir")
+    p.add_argument("--out", required=True, help="folder for stage-k.pt2, meta.json and the al_exits.py loader")
+    p.set_defaults(fn=_export)
     p = sub.add_parser("bench", help="samples/s: sequential AL, Ray pipeline at chunk sizes K, BP twin, ideal")
     p.add_argument("config", nargs="?", default=None)
     p.add_argument("overrides", nargs="*")

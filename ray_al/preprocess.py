@@ -93,7 +93,9 @@ def decode_image(raw: bytes, channels: int, size: tuple[int, int] | None = None,
     try:
         img = Image.open(io.BytesIO(raw))
         img = img.convert("L" if channels == 1 else "RGB")
-    except (UnidentifiedImageError, OSError, ValueError) as e:
+    except UnidentifiedImageError:
+        raise DataError(f"{name}: not an image (no PNG, JPEG or other format Pillow reads)") from None
+    except (OSError, ValueError) as e:
         raise DataError(f"{name}: not a readable image ({str(e).splitlines()[0]})") from None
     if size is not None and (img.height, img.width) != tuple(size):
         if not resize:

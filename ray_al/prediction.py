@@ -1,4 +1,4 @@
-"""`ray-al predict RUN INPUTS`: a run's newest checkpoint answers new inputs, at a fixed exit or at
+"""`ray-al predict RUN INPUTS` (and `ray_al.predict`): a run's newest checkpoint answers new inputs, at a fixed exit or at
 the first confident one, in this process or through the Ray block actors.
 
 Inputs: image files (PNG, JPEG, ...), folders of them, `.npy` arrays ([n, C, H, W], [n, H, W] or
@@ -36,6 +36,21 @@ class LoadedRun:
     @property
     def n(self) -> int:
         return len(self.blocks)
+
+    def predict(self, inputs, exit: int | str = "auto", threshold: float = 0.9, measure: str = "maxprob",
+                use_ray: bool = False, batch_size: int = 1000, overrides: list[str] | None = None) -> list[dict]:
+        """Answers for `inputs` (paths, or an array of raw inputs): one dict per input with `input`,
+        `prediction` (class index), `class` (its name), `confidence` and `exit`. `use_ray`: through
+        Ray block actors that load the checkpoint themselves, instead of this process."""
+        names, x = read_inputs(inputs, self.preprocess)
+        policy = ExitPolicy(None if exit == "auto" else int(exit), threshold, measure).check(self.n)
+        runner = ActorRunner(self, overrides) if use_ray else LocalRunner(stages_of(self.blocks))
+        try:
+            ans = predict_tensor(runner, x, policy, batch_size)
+        finally:
+            if use_ray:
+                runner.close()
+        return rows(names, ans, self.preprocess)
 
 
 def load(run_dir: str | Path, overrides: list[str] | None = None) -> LoadedRun:
@@ -159,18 +174,8 @@ def predict_tensor(runner, x: torch.Tensor, policy: ExitPolicy, batch_size: int 
 
 def predict(run_dir: str | Path, inputs, exit: int | str = "auto", threshold: float = 0.9, measure: str = "maxprob",
             use_ray: bool = False, batch_size: int = 1000, overrides: list[str] | None = None) -> list[dict]:
-    """Answers for `inputs` (paths, or an array of raw inputs): one dict per input with `input`,
-    `prediction` (class index), `class` (its name), `confidence` and `exit`."""
-    run = load(run_dir, overrides)
-    names, x = read_inputs(inputs, run.preprocess)
-    policy = ExitPolicy(None if exit == "auto" else int(exit), threshold, measure).check(run.n)
-    runner = ActorRunner(run, overrides) if use_ray else LocalRunner(stages_of(run.blocks))
-    try:
-        ans = predict_tensor(runner, x, policy, batch_size)
-    finally:
-        if use_ray:
-            runner.close()
-    return rows(names, ans, run.preprocess)
+    """LoadedRun.predict on the newest checkpoint of `run_dir`."""
+    return load(run_dir, overrides).predict(inputs, exit, threshold, measure, use_ray, batch_size, overrides)
 
 
 def rows(names: list[str], ans: Answers, pre: Preprocess) -> list[dict]:
