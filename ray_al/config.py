@@ -83,7 +83,8 @@ class RayConfig:
     placement_strategy: str = "PACK"  # PACK | SPREAD | STRICT_PACK | STRICT_SPREAD
     placement_timeout_s: float = 60.0
     block_resources: dict[str, float] = field(default_factory=dict)  # custom resources per block, e.g. {worker: 0.01}
-    runtime_env: dict[str, Any] = field(default_factory=dict)  # per block actor, e.g. {py_modules: [my_pkg]}
+    runtime_env: dict[str, Any] = field(default_factory=dict)  # of the job this driver starts or joins,
+                                      # e.g. {py_modules: [my_pkg]}: ships code to every worker
 
 
 @dataclass

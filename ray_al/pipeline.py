@@ -35,9 +35,13 @@ def connect(ray_cfg: RayConfig) -> None:
         _check_reachable(address)
     kwargs = {"address": address} if address else {"address": "local", "num_cpus": ray_cfg.num_cpus,
                                                    "include_dashboard": False}
+    if ray_cfg.runtime_env:  # this driver's job: local folders and files (py_modules, working_dir) are uploaded
+        kwargs["runtime_env"] = ray_cfg.runtime_env
     try:
         ray.init(logging_level="WARNING", **kwargs)
     except (ConnectionError, TimeoutError, ValueError, RuntimeError) as e:
+        if ray_cfg.runtime_env and isinstance(e, ValueError):
+            raise ConfigError(f"ray.runtime_env: {str(e).splitlines()[0]}") from None
         raise ConfigError(f"cannot reach the Ray cluster at {address}: {str(e).splitlines()[0]}") from None
 
 
@@ -103,9 +107,8 @@ class ALPipeline:
         cfg = self.cfg
         self.slots = reserve(cfg.ray, self.n, self._given_pg)  # block i -> bundle slots.offset + i
         self.pg = self.slots.pg
-        env = {"runtime_env": cfg.ray.runtime_env} if cfg.ray.runtime_env else {}
         self.actors = [
-            BlockActor.options(**self.slots.options(i), **env)
+            BlockActor.options(**self.slots.options(i))
             .remote(cfg.to_dict(), self.input_shape, self.num_classes, i, self.n, self.total_steps)
             for i in range(self.n)
         ]
