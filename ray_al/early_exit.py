@@ -193,6 +193,22 @@ def stage_costs(stages: list[Stage], input_shape: tuple) -> dict:
     return {"f": f_cost, "head": head_cost, "cumulative": cumulative, "last_exit_only": sum(f_cost) + head_cost[-1]}
 
 
+DEFAULT_THRESHOLDS = [0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99]
+
+
+def measure_tradeoff(blocks: list, x: torch.Tensor, y: torch.Tensor, thresholds: list[float],
+                     measure: str = "maxprob", batch_size: int = 1000) -> dict:
+    """Every exit's logits on (x, y) once, then `tradeoff` at each threshold, with FLOPs."""
+    from ray_al.blocks import predict_all_exits
+
+    with torch.no_grad():
+        parts = [predict_all_exits(blocks, x[i:i + batch_size]) for i in range(0, len(x), batch_size)]
+    exit_logits = [torch.cat([p[k] for p in parts]) for k in range(len(blocks))]
+    costs = stage_costs(stages_of(blocks), tuple(x.shape[1:]))
+    return {"measure": measure, "test_samples": len(y), "costs": costs,
+            "rows": tradeoff(exit_logits, y, thresholds, measure, costs)}
+
+
 def format_tradeoff(rows: list[dict]) -> str:
     n = sum(1 for k in rows[0] if k.startswith("exit_"))
     head = ["threshold", "accuracy", *[f"exit {k}" for k in range(1, n + 1)], "blocks/input"]

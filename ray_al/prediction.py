@@ -202,24 +202,16 @@ def write(records: list[dict], out: str | None, fmt: str | None = None) -> None:
 # -- the early-exit trade-off on the test split ---------------------------------------------------------
 def evaluate_thresholds(run_dir: str | Path, thresholds: list[float], measure: str = "maxprob",
                         overrides: list[str] | None = None, data=None) -> dict:
-    """Every exit's logits on the run's test split once, then each threshold's accuracy, share of
-    inputs per exit, blocks per input and FLOPs against the plain last-exit path. Saved as
-    `early_exit.json` in the run folder, where `ray-al report` finds it."""
-    from ray_al.blocks import predict_all_exits
+    """The early-exit trade-off on the run's test split (early_exit.measure_tradeoff), saved as
+    `early_exit.json` in the run folder."""
     from ray_al.data import load_dataset
-    from ray_al.early_exit import stage_costs, tradeoff
+    from ray_al.early_exit import measure_tradeoff
 
     run = load(run_dir, overrides)
     ExitPolicy(None, max(thresholds), measure).check(run.n)
     data = data or load_dataset(run.cfg.data)
-    stages = stages_of(run.blocks)  # eval mode for the blocks too: stages share their modules
-    batch = run.cfg.train.eval_batch_size
-    with torch.no_grad():
-        parts = [predict_all_exits(run.blocks, data.test_x[i:i + batch]) for i in range(0, len(data.test_x), batch)]
-    exit_logits = [torch.cat([p[k] for p in parts]) for k in range(run.n)]
-    result = {"run_dir": str(run_dir), "step": run.manifest["step"], "measure": measure,
-              "test_samples": len(data.test_y), "costs": stage_costs(stages, tuple(data.input_shape)),
-              "rows": None}
-    result["rows"] = tradeoff(exit_logits, data.test_y, thresholds, measure, result["costs"])
+    result = {"run_dir": str(run_dir), "step": run.manifest["step"],
+              **measure_tradeoff(run.blocks, data.test_x, data.test_y, thresholds, measure,
+                                 run.cfg.train.eval_batch_size)}
     Path(run_dir, "early_exit.json").write_text(json.dumps(result, indent=1))
     return result
