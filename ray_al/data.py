@@ -17,7 +17,6 @@ import torch
 
 from ray_al.config import DataConfig
 from ray_al.errors import DataError
-from ray_al.preprocess import channel_stats, to_float
 from ray_al.user_data import load_imagefolder, load_python
 
 
@@ -32,7 +31,7 @@ class Dataset:
     class_names: list[str] = field(default_factory=list)
     val_x: torch.Tensor | None = None      # data.val_fraction of the training split, held out
     val_y: torch.Tensor | None = None
-    mean: torch.Tensor | None = None       # the normalisation applied, [1, C, 1, 1] (None: none)
+    mean: torch.Tensor | None = None       # the normalisation applied, per channel [C] (None: none)
     std: torch.Tensor | None = None
 
     @property
@@ -54,9 +53,35 @@ def _cache_path(folder: Path, files: list[Path], cache_dir: str | None) -> Path:
     return base / f"{folder.name}-{key.hexdigest()[:16]}.npz"
 
 
+def decode_png(cell) -> np.ndarray:
+    """One Parquet image cell ({bytes, path} or raw bytes) -> uint8 [H, W, C]."""
+    from PIL import Image
+
+    raw = cell["bytes"] if isinstance(cell, dict) else cell
+    img = np.asarray(Image.open(io.BytesIO(raw)))
+    return img if img.ndim == 3 else img[:, :, None]
+
+
+def to_float(images) -> torch.Tensor:
+    """uint8 pixels [n, C, H, W] -> float32 in [0, 1]; float data (a user's factory) is taken as it is."""
+    if isinstance(images, np.ndarray):
+        images = np.ascontiguousarray(images)
+        images = torch.from_numpy(images if images.flags.writeable else images.copy())
+    images = torch.as_tensor(images)
+    if images.dtype == torch.uint8:
+        return images.float().div_(255)
+    if not images.is_floating_point():
+        raise DataError(f"inputs must be uint8 pixels or floats, got {images.dtype}")
+    return images.float()
+
+
+def normalise(x, mean, std):
+    """Per-channel (x - mean) / std for [n, C, H, W] (torch or NumPy), with the training split's mean and std [C]."""
+    return (x - mean[None, :, None, None]) / std[None, :, None, None]
+
+
 def _decode_parquet(files: list[Path]) -> tuple[np.ndarray, np.ndarray, list[str]]:
     import pyarrow.parquet as pq
-    from PIL import Image
 
     images, labels, names = [], [], []
     for f in files:
@@ -69,12 +94,10 @@ def _decode_parquet(files: list[Path]) -> tuple[np.ndarray, np.ndarray, list[str
             raise DataError(f"cannot read Parquet file {f}: {str(e).splitlines()[0]}") from None
         names = names or _class_names(table.schema.metadata, label)
         for cell in table.column("image").to_pylist():
-            raw = cell["bytes"] if isinstance(cell, dict) else cell
             try:
-                img = np.asarray(Image.open(io.BytesIO(raw)))
+                images.append(decode_png(cell))
             except Exception as e:
                 raise DataError(f"cannot decode an image in {f}: {e}") from None
-            images.append(img if img.ndim == 3 else img[:, :, None])
         labels.extend(table.column(label).to_pylist())
     if len({im.shape for im in images}) > 1:
         raise DataError(f"images of different shapes in {files[0].parent}")
@@ -220,13 +243,13 @@ def load_dataset(cfg: DataConfig) -> Dataset:
     val_x = val_y = None
     if cfg.val_fraction:
         tr_x, tr_y, val_x, val_y = _hold_out(tr_x, tr_y, cfg.val_fraction)
-    train_x, test_x = to_float(tr_x), to_float(te_x)  # uint8 / 255; floats as they are
+    train_x, test_x = to_float(tr_x), to_float(te_x)
     val_x = None if val_x is None else to_float(val_x)
     mean = std = None
     if cfg.normalize:  # statistics of the training samples only (not the held-out ones)
-        mean, std = channel_stats(train_x)
-        train_x, test_x = (train_x - mean) / std, (test_x - mean) / std
-        val_x = None if val_x is None else (val_x - mean) / std
+        mean, std = train_x.mean(dim=(0, 2, 3)), train_x.std(dim=(0, 2, 3)).clamp_min(1e-6)
+        train_x, test_x = normalise(train_x, mean, std), normalise(test_x, mean, std)
+        val_x = None if val_x is None else normalise(val_x, mean, std)
     return Dataset(train_x, torch.from_numpy(tr_y), test_x, torch.from_numpy(te_y), num_classes, name, names,
                    val_x, None if val_y is None else torch.from_numpy(val_y), mean, std)
 

@@ -34,7 +34,8 @@ class ExportedAL:
         if x.ndim == 3:
             x = x[:, None]
         if self.meta["mean"] is not None:
-            x = (x - torch.tensor(self.meta["mean"]).view(1, -1, 1, 1)) / torch.tensor(self.meta["std"]).view(1, -1, 1, 1)
+            mean, std = (torch.tensor(self.meta[k]).view(1, -1, 1, 1) for k in ("mean", "std"))
+            x = (x - mean) / std
         return x
 
     @torch.no_grad()

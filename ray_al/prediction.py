@@ -1,5 +1,5 @@
-"""`ray-al predict RUN INPUTS` (and `ray_al.predict`): a run's newest checkpoint answers new inputs, at a fixed exit or at
-the first confident one, in this process or through the Ray block actors.
+"""`ray-al predict RUN INPUTS` (and `ray_al.predict`): a run's newest checkpoint answers new inputs, at a
+fixed exit or at the first confident one, in this process or through the Ray block actors.
 
 Inputs: image files (PNG, JPEG, ...), folders of them, `.npy` arrays ([n, C, H, W], [n, H, W] or
 one [C, H, W]) and Parquet files in the datasets' layout (an `image` column of PNG bytes). They
@@ -21,8 +21,8 @@ import torch
 
 from ray_al.early_exit import Answers, ExitPolicy, LocalRunner, answer, stages_of
 from ray_al.errors import CheckpointError, DataError
-from ray_al.preprocess import Preprocess, decode_image
-from ray_al.user_data import IMAGE_SUFFIXES
+from ray_al.images import IMAGE_SUFFIXES, decode_image
+from ray_al.preprocess import Preprocess
 
 
 @dataclass
@@ -55,7 +55,7 @@ class LoadedRun:
 
 def load(run_dir: str | Path, overrides: list[str] | None = None) -> LoadedRun:
     """The run's newest checkpoint in this process, with the preprocessing its inputs need."""
-    from ray_al.evaluate import load_run
+    from ray_al.trainers import load_run
 
     cfg, trainer, manifest = load_run(run_dir, overrides, device="cpu")
     if not hasattr(trainer, "blocks"):
@@ -138,16 +138,15 @@ class ActorRunner:
     (and b_k); exit k decodes through actors k, k-1, .., 1, each applying its own h."""
 
     def __init__(self, run: LoadedRun, overrides: list[str] | None = None):
-        from ray_al.evaluate import run_config
-        from ray_al.pipeline import ALPipeline
-        from ray_al.run import checkpoint_uri
+        from ray_al.storage import open_run
+        from ray_al.trainers.pipeline import ALPipeline
 
-        cfg = run_config(run.run_dir, overrides)
+        cfg, storage = open_run(run.run_dir, overrides)
         cfg.train.trainer = "al"
         fp = run.manifest["fingerprint"]
         self.pipeline = ALPipeline(cfg, tuple(fp["input_shape"]), fp["num_classes"], total_steps=1)
         try:
-            self.pipeline.load_blocks(checkpoint_uri(cfg, run.run_dir), run.manifest)
+            self.pipeline.load_blocks(storage.checkpoint_uri, run.manifest)
         except BaseException:
             self.pipeline.close()
             raise

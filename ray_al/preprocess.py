@@ -7,36 +7,16 @@ run folder keeps those statistics in `preprocess.json` with the input shape, the
 """
 from __future__ import annotations
 
-import io
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 
+from ray_al.data import normalise, to_float
 from ray_al.errors import DataError
 
 FILE = "preprocess.json"
-GRAY_MODES = ("1", "L", "LA", "I", "I;16")  # decoded as one channel; everything else as RGB
-
-
-def to_float(x) -> torch.Tensor:
-    """uint8 pixels -> [0, 1]; float data is the user's own scale and stays as it is."""
-    if isinstance(x, np.ndarray):
-        x = np.ascontiguousarray(x)
-        x = torch.from_numpy(x if x.flags.writeable else x.copy())
-    x = torch.as_tensor(x)
-    if x.dtype == torch.uint8:
-        return x.float().div_(255)
-    if not x.is_floating_point():
-        raise DataError(f"inputs must be uint8 pixels or floats, got {x.dtype}")
-    return x.float()
-
-
-def channel_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-channel mean and std of [n, C, H, W], shaped [1, C, 1, 1]."""
-    return x.mean(dim=(0, 2, 3), keepdim=True), x.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6)
 
 
 @dataclass
@@ -50,14 +30,12 @@ class Preprocess:
     @classmethod
     def of(cls, data, image_size=None) -> "Preprocess":
         """From a loaded ray_al.data.Dataset."""
-        flat = lambda t: None if t is None else [float(v) for v in t.flatten()]  # noqa: E731
+        flat = lambda t: None if t is None else [float(v) for v in t]  # noqa: E731
         return cls(list(data.input_shape), flat(data.mean), flat(data.std),
                    list(image_size) if image_size else None, list(data.class_names))
 
     def normalise(self, x: torch.Tensor) -> torch.Tensor:
-        if self.mean is None:
-            return x
-        return (x - torch.tensor(self.mean).view(1, -1, 1, 1)) / torch.tensor(self.std).view(1, -1, 1, 1)
+        return x if self.mean is None else normalise(x, torch.tensor(self.mean), torch.tensor(self.std))
 
     def __call__(self, x) -> torch.Tensor:
         """[n, C, H, W] (or [n, H, W] for one channel) uint8 or float -> the model's input."""
@@ -80,26 +58,3 @@ class Preprocess:
     def load(cls, run_dir: str | Path) -> "Preprocess | None":
         path = Path(run_dir, FILE)
         return cls(**json.loads(path.read_text())) if path.is_file() else None
-
-
-def decode_image(raw: bytes, channels: int, size: tuple[int, int] | None = None, resize: bool = False,
-                 name: str = "image") -> np.ndarray:
-    """PNG/JPEG/... bytes -> uint8 [C, H, W]: grey or RGB as the model takes, resized when the run
-    resized its images, otherwise checked against (H, W)."""
-    from PIL import Image, UnidentifiedImageError
-
-    if not raw:
-        raise DataError(f"{name}: empty")
-    try:
-        img = Image.open(io.BytesIO(raw))
-        img = img.convert("L" if channels == 1 else "RGB")
-    except UnidentifiedImageError:
-        raise DataError(f"{name}: not an image (no PNG, JPEG or other format Pillow reads)") from None
-    except (OSError, ValueError) as e:
-        raise DataError(f"{name}: not a readable image ({str(e).splitlines()[0]})") from None
-    if size is not None and (img.height, img.width) != tuple(size):
-        if not resize:
-            raise DataError(f"{name}: image is {img.height}x{img.width}, expected {size[0]}x{size[1]}")
-        img = img.resize((size[1], size[0]), Image.BILINEAR)
-    arr = np.asarray(img)
-    return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)

@@ -64,8 +64,8 @@ class ALIngress:
         from starlette.responses import JSONResponse
 
         from ray_al.early_exit import ExitPolicy, confidence
+        from ray_al.images import decode_image
         from ray_al.prediction import _image_args
-        from ray_al.preprocess import decode_image
 
         try:
             exit_q = request.query_params.get("exit", "auto")

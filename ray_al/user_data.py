@@ -20,9 +20,7 @@ import torch
 
 from ray_al.config import DataConfig
 from ray_al.errors import DataError
-from ray_al.preprocess import GRAY_MODES, decode_image
-
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+from ray_al.images import GRAY_MODES, IMAGE_SUFFIXES, decode_image
 
 
 # -- python factory -------------------------------------------------------------------------------

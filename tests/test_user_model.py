@@ -7,7 +7,7 @@ import torch
 from ray_al.api import train
 from ray_al.errors import ConfigError
 from ray_al.prediction import load
-from tests.conftest import tiny_config, write_user_models
+from tests.helpers import tiny_config, write_user_models
 
 QUIET = dict(log=lambda line: None)
 
@@ -19,7 +19,7 @@ def user_cluster(tmp_path_factory):
     import ray
 
     from ray_al.config import RayConfig
-    from ray_al.pipeline import connect
+    from ray_al.session import connect
 
     shipped = write_user_models(tmp_path_factory.mktemp("shipped"), "my_user_models")
     local_only = write_user_models(tmp_path_factory.mktemp("local"), "unshipped_models")
