@@ -28,7 +28,8 @@ def decode_image(raw: bytes, channels: int, size: tuple[int, int] | None = None,
         raise DataError(f"{name}: not a readable image ({str(e).splitlines()[0]})") from None
     if size is not None and (img.height, img.width) != tuple(size):
         if not resize:
-            raise DataError(f"{name}: image is {img.height}x{img.width}, expected {size[0]}x{size[1]}")
+            raise DataError(f"{name}: image is {img.height}x{img.width}, expected {size[0]}x{size[1]} "
+                            f"(set data.image_size to resize)")
         img = img.resize((size[1], size[0]), Image.BILINEAR)
     arr = np.asarray(img)
     return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
