@@ -39,7 +39,8 @@ def run(tmp_path_factory):
 def test_exported_stages_answer_without_ray(run, tmp_path):
     out = tmp_path / "exported"
     assert main(["export", str(run), "--out", str(out)]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["al_exits.py", "meta.json", *[f"stage-{k}.pt2" for k in range(1, 5)]]
+    stages = [f"stage-{k}.pt2" for k in range(1, 5)]
+    assert sorted(p.name for p in out.iterdir()) == ["al_exits.py", "meta.json", *stages]
     assert json.loads((out / "meta.json").read_text())["n_blocks"] == 4
     raw = (load_dataset(load(run).cfg.data.__class__(normalize=False)).test_x[:50, 0] * 255).round()
     np.save(tmp_path / "x.npy", raw.to(torch.uint8).numpy())
