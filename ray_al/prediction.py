@@ -153,7 +153,7 @@ class ActorRunner:
         self.actors, self.n, self._bridged = self.pipeline.actors, self.pipeline.n, None
 
     def forward(self, k: int, s: torch.Tensor) -> torch.Tensor:
-        s_ref, self._bridged = self.actors[k - 1].forward.remote(s)
+        s_ref, self._bridged = self.actors[k - 1].infer.remote(s)
         return self.pipeline._get(s_ref)
 
     def exit_logits(self, k: int, s: torch.Tensor) -> torch.Tensor:

@@ -73,7 +73,7 @@ class BlockActor:
 
     def decode_one(self, t: torch.Tensor) -> torch.Tensor:
         """h_i of one exit's target estimate: a step of exit k's decode chain k, k-1, .., 1 (early exit)."""
-        return self.trainer.decode([t], logits=self.trainer.index == 0)[0].cpu()
+        return self.trainer.decode_exits([t], logits=self.trainer.index == 0)[0].cpu()
 
     def get_state(self) -> dict:
         return _to_cpu(self.trainer.state_dict())
