@@ -16,7 +16,7 @@ import torch
 
 from ray_al.batches import Chunk, eval_batches
 from ray_al.config import Config
-from ray_al.errors import BlockLost, RayALError, TrainingError
+from ray_al.errors import BlockLost, ConfigError, RayALError, TrainingError
 from ray_al.metrics import exit_accuracies
 from ray_al.models import block_count
 from ray_al.session import connect
@@ -32,6 +32,19 @@ def _unwrap(e: Exception) -> RayALError:
     if isinstance(cause, RayALError):
         return type(cause)(str(cause))
     return TrainingError(f"a block actor failed: {str(e).strip().splitlines()[-1]}")
+
+
+def _startup_error(e: Exception) -> RayALError:
+    """A block actor that never ran our code (runtime_env set-up, its process dying, ray_al missing
+    on the node): the cause in one line, not a restartable BlockLost."""
+    if isinstance(e, ray.exceptions.RuntimeEnvSetupError):
+        return ConfigError(f"ray.runtime_env of the block actors could not be set up: {_last_line(e)}")
+    return TrainingError(f"a block actor could not start: {_last_line(e)}")
+
+
+def _last_line(e: Exception) -> str:
+    lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()]
+    return lines[-1][:300] if lines else type(e).__name__
 
 
 def _settle(refs: list, timeout: float = 10.0) -> None:
@@ -68,7 +81,14 @@ class ALPipeline:
                     i, self.n, self.total_steps)
             for i in range(self.n)
         ]
-        self.placement = self._get([a.where.remote() for a in self.actors])
+        try:
+            self.placement = ray.get([a.where.remote() for a in self.actors])
+            failed = next((p for p in self.placement if "error" in p), None)
+            if failed:
+                raise ConfigError(f"block {failed['block']} could not start: {failed['error']}")
+        except (RayALError, ray.exceptions.RayError) as e:
+            self.close()  # no half-started chain left holding the placement group
+            raise (e if isinstance(e, RayALError) else _startup_error(e)) from None
 
     def restart(self) -> None:
         """Replace every block actor (after a loss): fresh processes, a fresh placement group."""
@@ -111,11 +131,11 @@ class ALPipeline:
     def _submit_predict(self, x: torch.Tensor):
         s, bridged = x, []
         for actor in self.actors:
-            s, b = actor.forward.remote(s)
+            s, b = actor.infer.remote(s)
             bridged.append(b)
         carried = []
         for actor, b in zip(reversed(self.actors), reversed(bridged)):
-            carried = actor.decode.remote(carried, b)
+            carried = actor.decode_exits.remote(carried, b)
         return carried  # exits N..1
 
     def predict_exits(self, x: torch.Tensor, batch_size: int) -> Iterator[list[torch.Tensor]]:
