@@ -11,6 +11,7 @@ import torch
 from ray_al.block_trainer import BlockTrainer
 from ray_al.checkpoint import read_block, write_block
 from ray_al.config import config_from_dict
+from ray_al.errors import TrainingError
 from ray_al.models import build_al_block
 
 
@@ -18,6 +19,16 @@ from ray_al.models import build_al_block
 class BlockActor:
     def __init__(self, cfg: dict, input_shape: tuple, num_classes: int, index: int, n_blocks: int,
                  total_steps: int):
+        # A constructor that raises makes Ray print its traceback and answer every call with a long,
+        # coloured "died in its creation task"; keep the cause and report it from where() in one line.
+        self.start_error = None
+        try:
+            self._start(cfg, input_shape, num_classes, index, n_blocks, total_steps)
+        except Exception as e:
+            self.start_error = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+
+    def _start(self, cfg: dict, input_shape: tuple, num_classes: int, index: int, n_blocks: int,
+               total_steps: int) -> None:
         cfg = config_from_dict(cfg)
         ctx = ray.get_runtime_context()
         cpus = ctx.get_assigned_resources().get("CPU", 1.0)
@@ -32,6 +43,8 @@ class BlockActor:
         self.delay = float(seconds) if block_no == str(index + 1) else 0.0
 
     def where(self) -> dict:
+        if self.start_error:
+            raise TrainingError(f"a block actor failed to start: {self.start_error}")
         ctx = ray.get_runtime_context()
         device = str(self.device)
         if self.device.type == "cuda":

@@ -14,8 +14,12 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
+import posixpath
 import re
+from dataclasses import dataclass
 
+import pyarrow as pa
 import pyarrow.fs as pafs
 import torch
 
@@ -25,12 +29,43 @@ MANIFEST = "manifest.json"
 _STEP_DIR = re.compile(r"^step-(\d{9})$")
 
 
-def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
-    """A pyarrow filesystem and the path inside it, for a local path or a URI."""
-    if "://" in uri:
-        return pafs.FileSystem.from_uri(uri)
-    import os
-    return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(uri))
+@dataclass(frozen=True)
+class Location:
+    """A filesystem resolved once from a local path or a URI, and a path inside it. Paths are joined
+    inside the filesystem, never appended to the URI: the query of `s3://bucket/runs?endpoint_override=
+    ...&region=...` configures the filesystem, and a name appended after it would land in the query."""
+    fs: pafs.FileSystem
+    path: str
+    scheme: str = ""  # for messages only: the query (which may hold credentials) is never shown
+
+    def join(self, *parts: str) -> "Location":
+        return Location(self.fs, posixpath.join(self.path, *parts), self.scheme)
+
+    @property
+    def parent(self) -> "Location":
+        return Location(self.fs, posixpath.dirname(self.path.rstrip("/")), self.scheme)
+
+    def __str__(self) -> str:
+        return f"{self.scheme}://{self.path}" if self.scheme else self.path
+
+
+def location(where: "str | Location") -> Location:
+    if isinstance(where, Location):
+        return where
+    if "://" in where:
+        try:
+            fs, path = pafs.FileSystem.from_uri(where)
+        except (pa.ArrowInvalid, OSError, ValueError) as e:
+            raise CheckpointError(f"cannot use checkpoint location {where.split('?')[0]}: "
+                                  f"{str(e).splitlines()[0]}") from None
+        return Location(fs, path.rstrip("/") or path, where.split("://", 1)[0])
+    return Location(pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(where)))
+
+
+def filesystem(where: "str | Location") -> tuple[pafs.FileSystem, str]:
+    """A pyarrow filesystem and the path inside it, for a local path, a URI or a Location."""
+    loc = location(where)
+    return loc.fs, loc.path
 
 
 def _write_atomic(fs: pafs.FileSystem, path: str, data: bytes) -> None:
@@ -54,11 +89,11 @@ def _read(fs: pafs.FileSystem, path: str) -> bytes:
         return f.read()
 
 
-def step_dir(run_uri: str, step: int) -> str:
-    return f"{run_uri.rstrip('/')}/checkpoints/step-{step:09d}"
+def step_dir(run: "str | Location", step: int) -> Location:
+    return location(run).join("checkpoints", f"step-{step:09d}")
 
 
-def write_block(ckpt_uri: str, index: int, state: dict) -> str:
+def write_block(ckpt_uri: "str | Location", index: int, state: dict) -> str:
     """Save one block's state as block-{index+1}.pt; returns its sha256 for the manifest."""
     buf = io.BytesIO()
     torch.save(state, buf)
@@ -68,14 +103,14 @@ def write_block(ckpt_uri: str, index: int, state: dict) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def write_manifest(ckpt_uri: str, manifest: dict, keep: int) -> None:
-    fs, path = filesystem(ckpt_uri)
-    _write_atomic(fs, f"{path}/{MANIFEST}", json.dumps(manifest, indent=1).encode())
-    _prune(ckpt_uri.rsplit("/checkpoints/", 1)[0], keep)
+def write_manifest(ckpt_uri: "str | Location", manifest: dict, keep: int) -> None:
+    ckpt = location(ckpt_uri)
+    _write_atomic(ckpt.fs, f"{ckpt.path}/{MANIFEST}", json.dumps(manifest, indent=1).encode())
+    _prune(ckpt.parent.parent, keep)  # .../RUN/checkpoints/step-N -> .../RUN
 
 
-def _steps(run_uri: str) -> list[tuple[int, str]]:
-    fs, path = filesystem(f"{run_uri.rstrip('/')}/checkpoints")
+def _steps(run_uri: "str | Location") -> list[tuple[int, str]]:
+    fs, path = filesystem(location(run_uri).join("checkpoints"))
     try:
         infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
     except OSError:
@@ -85,13 +120,13 @@ def _steps(run_uri: str) -> list[tuple[int, str]]:
     return sorted(steps)
 
 
-def complete_checkpoints(run_uri: str) -> list[int]:
+def complete_checkpoints(run_uri: "str | Location") -> list[int]:
     fs, _ = filesystem(run_uri)
     return [step for step, path in _steps(run_uri)
             if fs.get_file_info(f"{path}/{MANIFEST}").type == pafs.FileType.File]
 
 
-def _prune(run_uri: str, keep: int) -> None:
+def _prune(run_uri: "str | Location", keep: int) -> None:
     complete = complete_checkpoints(run_uri)
     fs, _ = filesystem(run_uri)
     newest = complete[-1] if complete else None
@@ -101,10 +136,10 @@ def _prune(run_uri: str, keep: int) -> None:
             fs.delete_dir(path)
 
 
-def read_manifest(run_uri: str, step: int | None = None) -> dict:
+def read_manifest(run_uri: "str | Location", step: int | None = None) -> dict:
     complete = complete_checkpoints(run_uri)
     if not complete:
-        raise CheckpointError(f"no complete checkpoint under {run_uri}")
+        raise CheckpointError(f"no complete checkpoint under {location(run_uri)}")
     step = complete[-1] if step is None else step
     fs, path = filesystem(step_dir(run_uri, step))
     try:
@@ -113,7 +148,7 @@ def read_manifest(run_uri: str, step: int | None = None) -> dict:
         raise CheckpointError(f"unreadable checkpoint manifest at step {step}: {e}") from None
 
 
-def read_block(run_uri: str, manifest: dict, index: int) -> dict:
+def read_block(run_uri: "str | Location", manifest: dict, index: int) -> dict:
     """Load block index (0-based) of a checkpoint, checking its digest against the manifest."""
     fs, path = filesystem(step_dir(run_uri, manifest["step"]))
     name = f"block-{index + 1}.pt"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import os
+import re
 import socket
 from typing import Callable, Iterable, Iterator
 
@@ -53,13 +54,25 @@ def _check_reachable(address: str, timeout: float = 5.0) -> None:
         raise ConfigError(f"cannot reach the Ray cluster at {address}: {e.strerror or e}") from None
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+def last_line(text: str) -> str:
+    """The line of a Ray error that names the exception (its traceback's last), without colour codes."""
+    lines = [ln.strip() for ln in _ANSI.sub("", text).splitlines() if ln.strip()]
+    return lines[-1][:300] if lines else "unknown error"
+
+
 def _unwrap(e: Exception) -> RayALError:
+    if isinstance(e, ray.exceptions.RayActorError) and getattr(e, "actor_init_failed", False):
+        # the cause is the last line of the creation task's traceback; a restart would fail again
+        return TrainingError(f"a block actor failed to start: {last_line(str(e))}")
     if isinstance(e, (ray.exceptions.RayActorError, ray.exceptions.ObjectLostError)):
-        return BlockLost(str(e).strip().splitlines()[0][:300])
+        return BlockLost(last_line(str(e).strip().splitlines()[0]))
     cause = getattr(e, "cause", None)
     if isinstance(cause, RayALError):
         return type(cause)(str(cause))
-    return TrainingError(f"a block actor failed: {str(e).strip().splitlines()[-1]}")
+    return TrainingError(f"a block actor failed: {last_line(str(e))}")
 
 
 def _settle(refs: list, timeout: float = 10.0) -> None:
@@ -95,7 +108,13 @@ class ALPipeline:
             .remote(cfg.to_dict(), self.input_shape, self.num_classes, i, self.n, self.total_steps)
             for i in range(self.n)
         ]
-        self.placement = self._get([a.where.remote() for a in self.actors])
+        self.placement = []
+        for i, ref in enumerate([a.where.remote() for a in self.actors]):
+            try:
+                self.placement.append(self._get(ref))
+            except RayALError as e:  # name the block; release what started
+                self.close()
+                raise type(e)(f"block {i + 1}: {e}") from None
 
     def restart(self) -> None:
         """Replace every block actor (after a loss): fresh processes, a fresh placement group."""

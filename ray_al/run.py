@@ -115,8 +115,9 @@ def fingerprint(cfg: Config, data: Dataset) -> dict:
             "batch_size": cfg.data.batch_size, "seed": cfg.train.seed}
 
 
-def checkpoint_uri(cfg: Config, run_dir: Path) -> str:
-    return f"{cfg.checkpoint.uri.rstrip('/')}/{run_dir.name}" if cfg.checkpoint.uri else str(run_dir)
+def checkpoint_uri(cfg: Config, run_dir: Path) -> "str | ckpt_lib.Location":
+    """Where a run's checkpoints live: its folder, or checkpoint.uri resolved once, joined with the run's name."""
+    return ckpt_lib.location(cfg.checkpoint.uri).join(run_dir.name) if cfg.checkpoint.uri else str(run_dir)
 
 
 class Checkpointer:
