@@ -9,34 +9,32 @@ import ray
 import torch
 
 from ray_al.block_trainer import BlockTrainer
-from ray_al.checkpoint import read_block, write_block
-from ray_al.config import config_from_dict
+from ray_al.checkpoint.files import read_block, write_block
+from ray_al.config import ModelConfig, OptimConfig
 from ray_al.errors import TrainingError
 from ray_al.models import build_al_block
 
 
 @ray.remote
 class BlockActor:
-    def __init__(self, cfg: dict, input_shape: tuple, num_classes: int, index: int, n_blocks: int,
-                 total_steps: int):
+    def __init__(self, model: ModelConfig, optim: OptimConfig, seed: int, threads: int | None,
+                 input_shape: tuple, num_classes: int, index: int, n_blocks: int, total_steps: int):
         # A constructor that raises makes Ray print its traceback and answer every call with a long,
         # coloured "died in its creation task"; keep the cause and report it from where() in one line.
         self.start_error = None
         try:
-            self._start(cfg, input_shape, num_classes, index, n_blocks, total_steps)
+            self._start(model, optim, seed, threads, input_shape, num_classes, index, n_blocks, total_steps)
         except Exception as e:
             self.start_error = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
 
-    def _start(self, cfg: dict, input_shape: tuple, num_classes: int, index: int, n_blocks: int,
-               total_steps: int) -> None:
-        cfg = config_from_dict(cfg)
-        ctx = ray.get_runtime_context()
-        cpus = ctx.get_assigned_resources().get("CPU", 1.0)
-        torch.set_num_threads(cfg.train.threads or max(1, int(cpus)))
+    def _start(self, model: ModelConfig, optim: OptimConfig, seed: int, threads: int | None,
+               input_shape: tuple, num_classes: int, index: int, n_blocks: int, total_steps: int) -> None:
+        cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
+        torch.set_num_threads(threads or max(1, int(cpus)))
         # Ray sets CUDA_VISIBLE_DEVICES to the GPUs it assigned, so cuda:0 is ours.
         self.device = torch.device("cuda:0" if ray.get_gpu_ids() and torch.cuda.is_available() else "cpu")
-        block = build_al_block(cfg.model, input_shape, num_classes, index, cfg.train.seed, self.device)
-        self.trainer = BlockTrainer(block, cfg.optim, total_steps, index)
+        block = build_al_block(model, input_shape, num_classes, index, seed, self.device)
+        self.trainer = BlockTrainer(block, optim, total_steps, index)
         self.is_last = index == n_blocks - 1
         # fault-injection hook for tests and demos: RAY_AL_SLOW_BLOCK="2:0.05" sleeps 50 ms per chunk in block 2
         block_no, _, seconds = os.environ.get("RAY_AL_SLOW_BLOCK", "").partition(":")
@@ -54,7 +52,8 @@ class BlockActor:
 
     @ray.method(num_returns=2)
     def train_chunk(self, inputs: tuple):
-        """K steps on (s_{i-1}, t_{i-1}) stacked [K, B, ...]; block 1 gets (x, labels)."""
+        """K steps on (s_{i-1}, t_{i-1}) stacked [K, B, ...]; block 1 gets (x, labels).
+        Returns (the inputs of the next block, this block's loss stats)."""
         if self.delay:
             time.sleep(self.delay)
         s, t, stats = self.trainer.train_chunk(*inputs)
@@ -62,14 +61,14 @@ class BlockActor:
         return out, stats
 
     @ray.method(num_returns=2)
-    def forward(self, s_prev: torch.Tensor):
+    def infer(self, s_prev: torch.Tensor):
         """Inference: (s_i for the next block, b_i(s_i) for this block's exit)."""
-        s, bridged = self.trainer.forward(s_prev)
+        s, bridged = self.trainer.infer(s_prev)
         return (None if self.is_last else s.cpu()), bridged.cpu()
 
-    def decode(self, carried: list, own_bridge: torch.Tensor) -> list:
+    def decode_exits(self, carried: list, own_bridge: torch.Tensor) -> list:
         """Apply h_i to the exits coming down from later blocks and to this block's own exit."""
-        outs = self.trainer.decode([*carried, own_bridge], logits=self.trainer.index == 0)
+        outs = self.trainer.decode_exits([*carried, own_bridge], logits=self.trainer.index == 0)
         return [o.cpu() for o in outs]
 
     def get_state(self) -> dict:
@@ -78,19 +77,12 @@ class BlockActor:
     def set_state(self, state: dict) -> None:
         self.trainer.load_state_dict(state)
 
-    def step_count(self) -> int:
-        return self.trainer.step_count
-
     def save(self, ckpt_uri: str) -> str:
         """Write this block's checkpoint file from this process (no trip through the driver)."""
         return write_block(ckpt_uri, self.trainer.index, _to_cpu(self.trainer.state_dict()))
 
-    def load(self, run_uri: str, manifest: dict) -> int:
+    def load(self, run_uri: str, manifest: dict) -> None:
         self.trainer.load_state_dict(read_block(run_uri, manifest, self.trainer.index))
-        return self.trainer.step_count
-
-    def pid(self) -> int:
-        return os.getpid()
 
 
 def _to_cpu(obj):
