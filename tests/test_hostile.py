@@ -417,7 +417,7 @@ def ray_data_default_share_leaves_the_reader_cpus(c):
                        .splitlines()] == [4]  # limit_train=32 of 64 rows, batches of 8
     return ["train", *FAST, "data.source=parquet", "data.loader=ray_data", f"data.path={folder}", "model.d=16",
             "data.batch_size=8", "data.limit_train=32", f"data.cache_dir={c.tmp}/cache", "train.chunk_size=2",
-            f"run_dir={c.tmp}/runs", "name=rd"], "train 32 rows in 1 shard(s)"
+            "train.epochs=1", f"run_dir={c.tmp}/runs", "name=rd"], "train 32 rows in 1 shard(s)"
 
 
 RECOVERED = [
