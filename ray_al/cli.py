@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from ray_al.errors import ConfigError, RayALError
@@ -131,13 +132,20 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides.insert(0, args.config)
         args.config = None
     try:
-        return args.fn(args)
+        code = args.fn(args)
     except RayALError as e:
         print(f"ray-al: error: {e}", file=sys.stderr)
-        return 2
+        code = 2
     except KeyboardInterrupt:
         print("ray-al: interrupted", file=sys.stderr)
-        return 130
+        code = 130
+    if "ray_al.session" in sys.modules and sys.modules["ray_al.session"].Lost.cluster:
+        # the cluster died after the work: Ray's own exit would wait for it, then exit 1
+        print("ray-al: the Ray cluster stopped answering at the end; the run's files are written", file=sys.stderr)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
 
 
 if __name__ == "__main__":

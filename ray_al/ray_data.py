@@ -47,7 +47,7 @@ from ray_al.data import (
 from ray_al.errors import ConfigError, DataError
 from ray_al.labels import Origin, column_labels, count_classes
 from ray_al.models import block_count
-from ray_al.session import connect
+from ray_al.session import connect, gcs_reachable
 from ray_al.trainers.placement import cpus_per_block, wait_for_group
 
 DATA_TASK_CPUS = 0.25  # per shard task
@@ -233,6 +233,8 @@ class RayDataSource:
             yield Chunk(epoch * self.n_batches + first, None, None, ref=self.reader.next_chunk.remote(size))
 
     def close(self) -> None:
+        if (self.reader is not None or self.data_pg is not None) and not gcs_reachable():
+            self.reader = self.data_pg = None  # the cluster is gone, and with it what we held
         if self.reader is not None:
             ray.kill(self.reader)
             self.reader = None

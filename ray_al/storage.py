@@ -91,7 +91,7 @@ class RunStorage:
         """Hold the run folder (and a local checkpoint location) for this process, or say who holds it."""
         places = [self.run_dir]
         loc = location(self.checkpoint_uri)
-        if isinstance(loc.fs, pafs.LocalFileSystem) and Path(loc.path) != self.run_dir:
+        if isinstance(loc.fs, pafs.LocalFileSystem) and Path(loc.path).resolve() != self.run_dir.resolve():
             places.append(Path(loc.path))
         for place in places:
             try:

@@ -562,3 +562,37 @@ def test_unreachable_cluster_leaves_no_run_folder(tmp_path):
     assert proc.stderr.strip().splitlines()[-1].startswith("ray-al: error: cannot reach the Ray cluster")
     assert not any(tmp_path.iterdir())
 
+
+
+GCS_KILLED_AFTER_THE_RUN = """
+import sys, time
+import ray  # noqa: F401  (puts the psutil that Ray ships on the path)
+import psutil
+from ray_al import storage
+from ray_al.cli import main
+
+write_summary = storage.RunStorage.write_summary
+
+def write_then_kill_the_gcs(self, summary):  # the run's last file is written, then the cluster dies
+    write_summary(self, summary)
+    for child in psutil.Process().children(recursive=True):
+        if "gcs_server" in child.name():
+            child.kill()
+    time.sleep(1)
+
+storage.RunStorage.write_summary = write_then_kill_the_gcs
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.slow
+def test_a_gcs_killed_after_a_finished_run_does_not_turn_it_into_a_failure(tmp_path):
+    script = tmp_path / "kill_gcs.py"
+    script.write_text(GCS_KILLED_AFTER_THE_RUN)
+    proc = subprocess.run([sys.executable, str(script), "train", "ray.num_cpus=2", "train.epochs=1", "model.d=16",
+                           "checkpoint.enabled=false", f"run_dir={tmp_path}/runs", "name=r", *FAST],
+                          capture_output=True, text=True, timeout=240, cwd=REPO,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "the Ray cluster stopped answering at the end; the run's files are written" in proc.stderr
+    assert json.loads((tmp_path / "runs" / "r" / "summary.json").read_text())["final"]["epoch"] == 1

@@ -20,7 +20,7 @@ from ray_al.config import Config
 from ray_al.errors import BlockLost, RayALError, TrainingError
 from ray_al.metrics import exit_accuracies
 from ray_al.models import block_count
-from ray_al.session import connect
+from ray_al.session import connect, gcs_reachable
 from ray_al.trainers.actors import BlockActor
 from ray_al.trainers.base import OnChunk
 from ray_al.trainers.placement import reserve
@@ -168,6 +168,9 @@ class ALPipeline:
                 f"{p['threads']} thread(s)" for p in self.placement]
 
     def close(self) -> None:
+        if self.actors and not gcs_reachable():  # the cluster is gone, and with it what we held
+            self.actors = []
+            return
         for actor in self.actors:
             try:
                 ray.kill(actor)
