@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from ray_al.errors import ConfigError, RayALError
@@ -14,15 +15,21 @@ def _train(args) -> int:
     from ray_al.run import train
     from ray_al.session import ray_session, sigterm_raises_interrupt
 
+    changes = {}
     if args.resume:
-        from ray_al.storage import run_config
+        from ray_al.storage import resume_config
         if args.config:
             raise ConfigError("give either a config or --resume RUN_DIR, not both")
-        cfg = run_config(args.resume, args.overrides)
+        cfg, changes = resume_config(args.resume, args.overrides, args.allow_change)
     else:
+        if args.step is not None or args.allow_change:
+            raise ConfigError("--step and --allow-change go with --resume RUN_DIR")
         cfg = load_config(args.config, args.overrides)
     with ray_session(cfg.ray if cfg.train.trainer == "al" else None), sigterm_raises_interrupt():
-        train(cfg, resume_dir=args.resume) if args.resume else train(cfg)
+        if args.resume:
+            train(cfg, resume_dir=args.resume, resume_step=args.step, config_changes=changes)
+        else:
+            train(cfg)
     return 0
 
 
@@ -135,7 +142,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a model (default: the embedded digits MLP through Ray actors)")
     p.add_argument("config", nargs="?", default=DEFAULT_CONFIG, help="YAML config (default: built-in defaults)")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.epochs=3 optim.lr=1e-3")
-    p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its newest complete checkpoint")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its newest usable checkpoint")
+    p.add_argument("--step", type=int, metavar="N", help="with --resume: continue from the checkpoint of step N "
+                   "(later ones are set aside, not deleted)")
+    p.add_argument("--allow-change", action="store_true", help="with --resume: accept overrides that change what "
+                   "the run learns (data, optimizer, ...); recorded in config.yaml and run.json")
     p.set_defaults(fn=_train)
     p = sub.add_parser("tune", help="a Ray Tune sweep (see ray_al/tune.py for the sweep file)")
     p.add_argument("sweep", help="sweep YAML: base/config, param_space over dotted keys, tune options")
@@ -204,13 +215,20 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides.insert(0, args.config)
         args.config = None
     try:
-        return args.fn(args)
+        code = args.fn(args)
     except RayALError as e:
         print(f"ray-al: error: {e}", file=sys.stderr)
-        return 2
+        code = 2
     except KeyboardInterrupt:
         print("ray-al: interrupted", file=sys.stderr)
-        return 130
+        code = 130
+    if "ray_al.session" in sys.modules and sys.modules["ray_al.session"].Lost.cluster:
+        # the cluster died after the work: Ray's own exit would wait for it, then exit 1
+        print("ray-al: the Ray cluster stopped answering at the end; the run's files are written", file=sys.stderr)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
 
 
 if __name__ == "__main__":

@@ -7,6 +7,8 @@ Every error is a ConfigError whose message names the offending key in one line.
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -30,6 +32,7 @@ class DataConfig:
     normalize: bool = True            # per-channel mean/std of the training split
     limit_train: int | None = None    # keep n training samples, drawn with a fixed seed (quick runs)
     limit_test: int | None = None
+    num_classes: int | None = None    # None: from the class names in the data, else max label + 1 with no gaps
     cache_dir: str | None = None      # where decoded Parquet arrays are cached (default: beside the data or ~/.cache)
     synthetic_shape: list[int] = field(default_factory=lambda: [1, 8, 8])
     synthetic_classes: int = 10
@@ -123,8 +126,10 @@ CHOICES = {
 }
 POSITIVE = {"data.batch_size", "train.chunk_size", "train.max_inflight_chunks", "train.eval_batch_size",
             "optim.lr", "optim.target_lr_scale", "checkpoint.keep", "data.synthetic_classes",
-            "data.synthetic_size", "model.d", "model.depth", "train.threads", "ray.num_cpus",
-            "ray.num_cpus_per_block", "data.limit_train", "data.limit_test"}
+            "data.synthetic_size", "data.num_classes", "model.d", "model.depth", "train.threads", "ray.num_cpus",
+            "ray.num_cpus_per_block", "data.limit_train", "data.limit_test", "ray.placement_timeout_s"}
+MAX_SEED = 10 ** 8 - 1  # (seed * 100_003 + epoch) * 1_000_003 + batch must fit a 64-bit generator seed
+RUN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,199}")  # one folder, never `..` or a path
 NON_NEGATIVE = {"train.epochs", "optim.weight_decay", "checkpoint.every_steps", "ray.num_gpus_per_block",
                 "train.log_every_s", "checkpoint.max_restarts"}
 
@@ -156,13 +161,15 @@ def _check_type(key: str, value: Any, tp: Any) -> Any:
             raise ConfigError(f"{key}: expected a list, got {value!r}")
         (item,) = typing.get_args(tp)
         return [_check_type(f"{key}[{i}]", v, item) for i, v in enumerate(value)]
-    if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if tp is float and isinstance(value, str):
+    if tp is float and isinstance(value, (int, float, str)) and not isinstance(value, bool):
         try:  # YAML reads 1e-4 (no dot) as a string
-            return float(value)
-        except ValueError:
-            pass
+            number = float(value)
+        except (ValueError, OverflowError):
+            number = None
+        if number is not None:
+            if not math.isfinite(number):  # NaN passes every `<= 0` check, inf reaches the optimizers
+                raise ConfigError(f"{key} must be a finite number, got {value!r}")
+            return number
     if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
         raise ConfigError(f"{key}: expected {tp.__name__}, got {value!r}")
     return value
@@ -207,9 +214,22 @@ def validate(cfg: Config) -> Config:
         value = _get(cfg, key)
         if value < 0:
             raise ConfigError(f"{key} must not be negative, got {value}")
-    if cfg.ray.num_cpus_per_block is not None and cfg.ray.num_cpus_per_block > 1 \
-            and cfg.ray.num_cpus_per_block != int(cfg.ray.num_cpus_per_block):
-        raise ConfigError("ray.num_cpus_per_block above 1 must be a whole number")
+    for key in ("ray.num_cpus_per_block", "ray.num_gpus_per_block"):  # Ray's rule for fractional resources
+        value = _get(cfg, key)
+        if value is not None and value > 1 and value != int(value):
+            raise ConfigError(f"{key} above 1 must be a whole number, got {value}")
+    if not 0 <= cfg.train.seed <= MAX_SEED:  # mixed with epoch and batch into 64-bit generator seeds
+        raise ConfigError(f"train.seed must be in 0..{MAX_SEED}, got {cfg.train.seed}")
+    for name, amount in cfg.ray.block_resources.items():
+        if amount <= 0:
+            raise ConfigError(f"ray.block_resources.{name} must be positive, got {amount}")
+    if not 1 <= len(cfg.data.synthetic_shape) <= 3 or min(cfg.data.synthetic_shape) <= 0:
+        raise ConfigError(f"data.synthetic_shape must be 1 to 3 positive sizes, got {cfg.data.synthetic_shape}")
+    if cfg.name is not None and not RUN_NAME.fullmatch(cfg.name):
+        raise ConfigError(f"name: '{cfg.name}' is not a plain folder name (letters, digits, . _ - ; "
+                          f"not starting with a dot)")
+    if not cfg.run_dir:
+        raise ConfigError("run_dir must not be empty")
     if cfg.data.loader == "ray_data" and (cfg.data.source != "parquet" or cfg.train.trainer != "al"):
         raise ConfigError("data.loader=ray_data streams Parquet shards into the Ray pipeline: "
                           "it needs data.source=parquet and train.trainer=al")

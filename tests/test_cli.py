@@ -45,9 +45,11 @@ def data_folders(tmp_path_factory):
     return root
 
 
-def _truncate(run):
-    newest = sorted((run / "checkpoints").iterdir())[-1] / "block-1.pt"
-    newest.write_bytes(newest.read_bytes()[:100])
+def _truncate(run) -> str:
+    """Damage the newest checkpoint; its step (chosen with --step: unchosen, a run falls back past it)."""
+    step = sorted((run / "checkpoints").iterdir())[-1]
+    (step / "block-1.pt").write_bytes((step / "block-1.pt").read_bytes()[:100])
+    return str(int(step.name.split("-")[1]))
 
 
 CASES = {
@@ -70,10 +72,11 @@ CASES = {
                                                                  "data.synthetic_shape=[8,8]", f"run_dir={t}"],
                                                 "images must be (C, H, W), got shape (8, 8)"),
     "labels out of range": (lambda t, r, d: ["train", "data.source=parquet", f"data.path={d}/labels",
-                                             f"data.cache_dir={t}"], "train labels out of range"),
-    "truncated checkpoint": (lambda t, r, d: (_truncate(r), ["train", "--resume", str(r)])[1],
+                                             f"data.cache_dir={t}"],
+                            "train-00000-of-00001.parquet row 39: label -1 is negative"),
+    "truncated checkpoint": (lambda t, r, d: ["train", "--resume", str(r), "--step", _truncate(r)],
                              "damaged or truncated"),
-    "checkpoint of another model": (lambda t, r, d: ["train", "--resume", str(r), "model.d=99"],
+    "checkpoint of another model": (lambda t, r, d: ["train", "--resume", str(r), "--allow-change", "model.d=99"],
                                     "checkpoint was made for model="),
     "not a run folder": (lambda t, r, d: ["eval", str(t)], "is not a run folder"),
     "unwritable run folder": (lambda t, r, d: ["train", f"run_dir={d}/a_file/runs"], "is not writable"),

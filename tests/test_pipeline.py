@@ -30,8 +30,8 @@ def test_pipeline_equals_sequential_reference_bitwise(ray_cluster, tmp_path, cas
         assert [s["step_count"] for s in ray_states] == [steps] * piped.trainer.n
         for i, (a, b) in enumerate(zip(ray_states, local_states)):
             assert_states_equal(a, b, f"block {i + 1}")  # parameters, both optimizers, step counts
-        assert piped.history == [{**r, "train_time_s": p["train_time_s"], "samples_per_s": p["samples_per_s"]}
-                                 for r, p in zip(local.history, piped.history)]
+        assert piped.history == [{**r, "train_time_s": p["train_time_s"], "samples_per_s": p["samples_per_s"],
+                                  "run_id": p["run_id"]} for r, p in zip(local.history, piped.history)]
     finally:
         piped.trainer.close()
 
