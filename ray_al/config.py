@@ -34,6 +34,7 @@ class DataConfig:
     synthetic_shape: list[int] = field(default_factory=lambda: [1, 8, 8])
     synthetic_classes: int = 10
     synthetic_size: int = 512
+    synthetic_noise: float = 40.0     # std of the pixel noise around each class's mean image (0..255 scale)
 
 
 @dataclass
@@ -44,6 +45,14 @@ class ModelConfig:
     act: str | None = None            # f activation; None: elu for AL, relu for the BP twin
     bridge_grad_to_g: bool = False
     first_decoder_ce: bool = False
+    linear_decoders: bool = False     # blocks after the first decode without a sigmoid
+    target_init_scale: float = 1.0    # g_i's He-initialised weights times this
+    # target-path warm-up (ray_al/target_path.py): g and h alone on the C class points, through
+    # the chain, before the first data step; 0 = the paper's algorithm, untouched
+    target_warmup_steps: int = 0
+    target_warmup_lr: float = 1e-3
+    target_warmup_batch: str = "classes"     # classes (all C once per step) | random (batch_size seeded labels)
+    target_warmup_optimizer: str = "own"     # own (an Adam discarded after warm-up) | target (g and h's Adam)
 
 
 @dataclass
@@ -107,6 +116,8 @@ CHOICES = {
     "data.augment": {"none", "jitter", "crop_flip"},
     "data.loader": {"memory", "ray_data"},
     "model.act": {None, "elu", "relu", "sigmoid", "tanh"},
+    "model.target_warmup_batch": {"classes", "random"},
+    "model.target_warmup_optimizer": {"own", "target"},
     "optim.schedule": {"constant", "paper"},
     "train.trainer": {"al", "al_local", "bp"},
     "train.device": {"auto", "cpu", "cuda"},
@@ -115,9 +126,10 @@ CHOICES = {
 POSITIVE = {"data.batch_size", "train.chunk_size", "train.max_inflight_chunks", "train.eval_batch_size",
             "optim.lr", "optim.target_lr_scale", "checkpoint.keep", "data.synthetic_classes",
             "data.synthetic_size", "model.d", "model.depth", "train.threads", "ray.num_cpus",
-            "ray.num_cpus_per_block", "data.limit_train", "data.limit_test"}
+            "ray.num_cpus_per_block", "data.limit_train", "data.limit_test", "model.target_init_scale",
+            "model.target_warmup_lr"}
 NON_NEGATIVE = {"train.epochs", "optim.weight_decay", "checkpoint.every_steps", "ray.num_gpus_per_block",
-                "train.log_every_s", "checkpoint.max_restarts"}
+                "train.log_every_s", "checkpoint.max_restarts", "model.target_warmup_steps", "data.synthetic_noise"}
 
 
 def _check_type(key: str, value: Any, tp: Any) -> Any:

@@ -147,6 +147,9 @@ def train_streaming(cfg: Config, log, on_epoch=None, keep_trainer: bool = False,
     try:
         for line in trainer.describe():
             log(line)
+        if cfg.model.target_warmup_steps:
+            from ray_al.target_path import warm_up
+            warm_up(trainer, cfg.model, num_classes, b, k, cfg.train.seed, log)
         for epoch in range(cfg.train.epochs):
             ray.get(reader.start_epoch.remote(epoch))
             progress = Progress(epoch + 1, cfg.train.epochs, n_batches, b, log, cfg.train.log_every_s)

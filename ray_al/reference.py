@@ -11,6 +11,7 @@ from ray_al.blocks import decode_exits
 from ray_al.checkpoint import read_block, write_block
 from ray_al.config import Config
 from ray_al.metrics import exit_accuracies
+from ray_al.target_path import class_points, separability
 from ray_al.models import block_count, build_al_block
 
 
@@ -31,7 +32,8 @@ class LocalAL:
         self.device = resolve_device(cfg.train.device)
         n = block_count(cfg.model, input_shape, num_classes)
         self.trainers = [BlockTrainer(build_al_block(cfg.model, input_shape, num_classes, i, cfg.train.seed,
-                                                     self.device), cfg.optim, total_steps, i) for i in range(n)]
+                                                     self.device), cfg.optim, total_steps, i, cfg.model)
+                         for i in range(n)]
         self.n = n
 
     @property
@@ -50,6 +52,25 @@ class LocalAL:
         for chunk in chunks:
             on_chunk(self.train_chunk(chunk))
 
+    def warmup(self, chunks: Iterable[torch.Tensor], on_chunk: Callable[[list[dict]], None]) -> None:
+        """Target-path warm-up: label chunks down the chain, each block passing t_i on."""
+        for labels in chunks:
+            t, stats = labels, []
+            for trainer in self.trainers:
+                t, st = trainer.warmup_chunk(t)
+                stats.append(st)
+            on_chunk(stats)
+        for trainer in self.trainers:
+            trainer.end_warmup()
+
+    def target_separability(self) -> dict[str, float]:
+        t, targets = class_points(self.trainers[0].block.num_classes), []
+        for trainer in self.trainers:
+            t = trainer.encode_targets(t)
+            targets.append(t)
+        with torch.no_grad():
+            return separability(targets, decode_exits(self.blocks, targets))
+
     def predict_exits(self, x: torch.Tensor, batch_size: int):
         for xb in eval_batches(x, batch_size):
             s, bridged = xb, []
@@ -60,7 +81,8 @@ class LocalAL:
                 yield decode_exits(self.blocks, bridged)
 
     def evaluate(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
-        return exit_accuracies(self.predict_exits(x, self.cfg.train.eval_batch_size), y)
+        return {**exit_accuracies(self.predict_exits(x, self.cfg.train.eval_batch_size), y),
+                **self.target_separability()}
 
     def state_dicts(self) -> list[dict]:
         return [t.state_dict() for t in self.trainers]

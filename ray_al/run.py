@@ -20,6 +20,7 @@ from ray_al.config import Config, save_config
 from ray_al.data import Dataset, load_dataset
 from ray_al.errors import BlockLost, ConfigError, DataError, TrainingError
 from ray_al.models import parameter_counts
+from ray_al.target_path import format_separability, warm_up
 
 Log = Callable[[str], None]
 
@@ -29,6 +30,7 @@ class RunResult:
     run_dir: Path
     history: list[dict] = field(default_factory=list)
     restarts: list[dict] = field(default_factory=list)
+    warmup: dict = field(default_factory=dict)
     trainer: object = None
 
     @property
@@ -97,7 +99,9 @@ def format_record(r: dict) -> str:
     losses = " ".join(f"{k}={v:.4f}" for k, v in r.items() if k.endswith("loss"))
     line = (f"epoch {r['epoch']}/{r['epochs']} train {r['train_time_s']:.1f}s ({r['samples_per_s']:,.0f} samples/s) "
             f"{losses} test_acc={r['test_acc']:.4f}")
-    return line + (f" exits=[{' '.join(exits)}]" if len(exits) > 1 else "")
+    line += f" exits=[{' '.join(exits)}]" if len(exits) > 1 else ""
+    sep = format_separability(r)
+    return line + (f" {sep}" if sep else "")
 
 
 def describe_run(cfg: Config, data: Dataset, log: Log) -> None:
@@ -175,9 +179,12 @@ def train(cfg: Config, log: Log = print, on_epoch: Callable[[dict], None] | None
     fp = fingerprint(cfg, data)
     run_dir = Path(resume_dir) if resume_dir else prepare_run_dir(cfg)
     checkpointer = Checkpointer(cfg, run_dir, fp)
-    if resume_dir:  # check before starting any actor: a wrong checkpoint costs nothing
+    resume_from = resume_dir and ckpt_lib.complete_checkpoints(checkpointer.uri)
+    if resume_dir and not resume_from and _read_history(run_dir, cfg.train.epochs):
+        raise ckpt_lib.CheckpointError(f"no complete checkpoint under {checkpointer.uri}")
+    if resume_from:  # check before starting any actor: a wrong checkpoint costs nothing
         ckpt_lib.check_compatible(ckpt_lib.read_manifest(checkpointer.uri), fp)
-    else:
+    elif not resume_dir:
         save_config(cfg, run_dir / "config.yaml")
     describe_run(cfg, data, log)
     total_steps = cfg.train.epochs * n_batches
@@ -186,19 +193,21 @@ def train(cfg: Config, log: Log = print, on_epoch: Callable[[dict], None] | None
     try:
         for line in trainer.describe():
             log(line)
-        if resume_dir:
+        position = None  # None: a fresh start (warm-up, then the step-0 checkpoint)
+        if resume_from:
             manifest = checkpointer.restore(trainer)
             log(f"resumed from checkpoint step {manifest['step']} (epoch {manifest['epoch'] + 1}, "
                 f"batch {manifest['batch']})")
             position = (manifest["epoch"], manifest["batch"])
-        else:
-            position = (0, 0)
-            if cfg.checkpoint.enabled:  # step 0: a block lost before the first save restarts from here
-                checkpointer.save(trainer, 0, 0, 0)
-        result.history = _read_history(run_dir, position[0])
+        elif resume_dir:  # stopped before its first checkpoint (e.g. during warm-up): nothing saved to lose
+            log("no checkpoint yet: starting this run from step 0")
         restarts = 0
         while True:
             try:
+                if position is None:
+                    result.warmup = _fresh_start(cfg, data, trainer, checkpointer, log)
+                    position = (0, 0)
+                result.history = _read_history(run_dir, position[0])
                 _train_epochs(cfg, data, trainer, checkpointer, position, n_batches, result, log, on_epoch)
                 break
             except BlockLost as e:
@@ -207,13 +216,18 @@ def train(cfg: Config, log: Log = print, on_epoch: Callable[[dict], None] | None
                     raise TrainingError(f"block lost and no restart left ({restarts - 1} made): {e}") from None
                 log(f"block lost: {e}; restart {restarts}/{cfg.checkpoint.max_restarts}")
                 trainer.restart()
+                if not ckpt_lib.complete_checkpoints(checkpointer.uri):  # lost during warm-up: redo it
+                    position = None
+                    result.restarts.append({"step": None, "error": str(e)})
+                    log("rebuilt every block from its seed; warming up again")
+                    continue
                 manifest = checkpointer.restore(trainer)
                 position = (manifest["epoch"], manifest["batch"])
-                result.history = _read_history(run_dir, position[0])
                 result.restarts.append({"step": manifest["step"], "error": str(e)})
                 log(f"rebuilt every block from checkpoint step {manifest['step']}; replaying from there")
         (run_dir / "summary.json").write_text(json.dumps(
-            {"final": result.final, "run_dir": str(run_dir), "restarts": result.restarts}, indent=1))
+            {"final": result.final, "run_dir": str(run_dir), "restarts": result.restarts,
+             **({"warmup": result.warmup} if result.warmup else {})}, indent=1))
         log(f"run folder: {run_dir}")
     except BaseException:
         trainer.close()
@@ -223,6 +237,18 @@ def train(cfg: Config, log: Log = print, on_epoch: Callable[[dict], None] | None
     else:
         trainer.close()
     return result
+
+
+def _fresh_start(cfg, data, trainer, checkpointer, log) -> dict:
+    """Target-path warm-up (if configured), then the step-0 checkpoint: a block lost after it
+    restarts from there, one lost before it rebuilds every block from its seed and warms up again."""
+    warmup = {}
+    if cfg.model.target_warmup_steps and cfg.train.trainer != "bp":
+        warmup = warm_up(trainer, cfg.model, data.num_classes, cfg.data.batch_size, cfg.train.chunk_size,
+                         cfg.train.seed, log)
+    if cfg.checkpoint.enabled:
+        checkpointer.save(trainer, 0, 0, 0)
+    return warmup
 
 
 def _train_epochs(cfg, data, trainer, checkpointer, position, n_batches, result, log, on_epoch) -> None:
