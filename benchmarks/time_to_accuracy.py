@@ -25,8 +25,8 @@ import torch
 from ray_al.batches import batches_per_epoch, epoch_chunks
 from ray_al.config import apply_overrides, config_from_dict
 from ray_al.data import load_dataset
-from ray_al.run import make_trainer
 from ray_al.target_path import format_separability, warm_up, warmup_chunks
+from ray_al.trainers import make_trainer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import datasets_root  # noqa: E402

@@ -18,7 +18,7 @@ A sweep file:
 
 Each trial reserves its driver and its block actors as one placement group,
 `tune.with_resources(trainable, tune.PlacementGroupFactory([driver, block x N]))`; the
-pipeline finds that group and puts block i in bundle i + 1 (ray_al/placement.py).
+pipeline finds that group and puts block i in bundle i + 1 (ray_al/trainers/placement.py).
 Relative paths in the config (data.path, data.cache_dir, run_dir) are taken from the working
 directory, as in `ray-al train`, and made absolute before trials start (trials run elsewhere).
 The training data is loaded once here and shared through the object store, unless the sweep
@@ -31,7 +31,15 @@ import json
 from pathlib import Path
 from typing import Any, Callable
 
-from ray_al.config import Config, apply_overrides, config_from_dict, read_yaml
+from ray_al.config import (
+    Config,
+    apply_overrides,
+    config_from_dict,
+    merge_values,
+    read_config_file,
+    read_yaml,
+    set_dotted,
+)
 from ray_al.errors import ConfigError, TrainingError
 
 SEARCH_FORMS = {"grid_search", "choice", "uniform", "loguniform", "randint", "quniform", "qloguniform"}
@@ -44,14 +52,6 @@ Log = Callable[[str], None]
 
 
 # -- the sweep file ------------------------------------------------------------------------
-def _set(values: dict, dotted: str, value: Any) -> None:
-    node = values
-    *parents, last = dotted.split(".")
-    for part in parents:
-        node = node.setdefault(part, {})
-    node[last] = value
-
-
 def _search_form(key: str, spec: Any):
     """YAML {form: args} -> a ray.tune search object; anything else is a fixed value."""
     from ray import tune
@@ -90,15 +90,16 @@ class Sweep:
                               f"(known: {', '.join(sorted(SWEEP_KEYS))})")
         base = {}
         if raw.get("base"):
-            base = read_yaml((path.parent / raw["base"]).resolve())
-        _merge(base, raw.get("config") or {})
+            base = read_config_file((path.parent / raw["base"]).resolve())
+        merge_values(base, raw.get("config") or {})
         apply_overrides(base, overrides or [])
         self.name = raw.get("name") or path.stem
         self.base = _absolute_paths(base)
         self.tune = raw.get("tune") or {}
         bad = set(self.tune) - TUNE_KEYS
         if bad:
-            raise ConfigError(f"{path}: unknown tune key(s) {', '.join(sorted(bad))} (known: {', '.join(sorted(TUNE_KEYS))})")
+            raise ConfigError(f"{path}: unknown tune key(s) {', '.join(sorted(bad))} "
+                              f"(known: {', '.join(sorted(TUNE_KEYS))})")
         space = raw.get("param_space") or {}
         if not isinstance(space, dict) or not space:
             raise ConfigError(f"{path}: param_space must map dotted config keys to values or search forms")
@@ -120,15 +121,6 @@ class Sweep:
         self.shares_data = not any(k.startswith("data.") and k not in DATA_KEYS_SAFE_TO_SHARE for k in space)
 
 
-def _merge(into: dict, extra: dict) -> dict:
-    for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(into.get(key), dict):
-            _merge(into[key], value)
-        else:
-            into[key] = value
-    return into
-
-
 def _absolute_paths(values: dict) -> dict:
     data = values.get("data") or {}
     for key in ("path", "cache_dir"):
@@ -141,7 +133,7 @@ def _absolute_paths(values: dict) -> dict:
 def trial_config(base: dict, params: dict) -> Config:
     values = copy.deepcopy(base)
     for key, value in params.items():
-        _set(values, key, value)
+        set_dotted(values, key, value)
     try:
         return config_from_dict(values)
     except ConfigError as e:
@@ -168,10 +160,9 @@ def trial_resources(cfg: Config, n_blocks: int, driver_cpus: float):
     """One bundle for the trial's driver, one per block (CPU and optional GPU from cfg.ray)."""
     from ray import tune
 
-    block = {"CPU": cfg.ray.num_cpus_per_block if cfg.ray.num_cpus_per_block is not None else 1.0}
-    if cfg.ray.num_gpus_per_block:
-        block["GPU"] = cfg.ray.num_gpus_per_block
-    block.update(cfg.ray.block_resources)
+    from ray_al.trainers.placement import block_bundle
+
+    block = block_bundle(cfg.ray, n_blocks)
     bundles = [{"CPU": driver_cpus}] + [dict(block) for _ in range(n_blocks)]
     if cfg.train.trainer != "al":
         bundles = bundles[:1]  # in-process trainers start no actors
@@ -184,7 +175,7 @@ def run_sweep(sweep: Sweep, log: Log = print):
 
     from ray_al.data import load_dataset
     from ray_al.models import block_count
-    from ray_al.pipeline import connect
+    from ray_al.session import connect
 
     opts = {"num_samples": 1, "metric": "test_acc", "mode": "max", "scheduler": "none", "grace_period": 1,
             "reduction_factor": 2, "max_concurrent_trials": None, "driver_cpus": 1.0, "verbose": 1, **sweep.tune}
@@ -207,8 +198,6 @@ def run_sweep(sweep: Sweep, log: Log = print):
         from ray.tune.schedulers import ASHAScheduler
         scheduler = ASHAScheduler(time_attr="epoch", max_t=max(sweep.base_cfg.train.epochs, 1),
                                   grace_period=int(opts["grace_period"]), reduction_factor=opts["reduction_factor"])
-    elif opts["scheduler"] != "none":
-        raise ConfigError(f"tune.scheduler: '{opts['scheduler']}' is not one of none, asha")
     tuner = tune.Tuner(
         trainable, param_space=sweep.param_space,
         tune_config=tune.TuneConfig(metric=opts["metric"], mode=opts["mode"], num_samples=int(opts["num_samples"]),

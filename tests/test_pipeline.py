@@ -1,11 +1,11 @@
-"""The Ray pipeline computes exactly what the sequential algorithm computes (DESIGN section 3)."""
+"""The Ray pipeline computes exactly what the sequential algorithm computes (docs/design.md, "The invariant")."""
 import pytest
 import torch
 
 from ray_al.blocks import predict
 from ray_al.data import load_dataset
 from ray_al.run import train
-from tests.conftest import assert_states_equal, tiny_config
+from tests.helpers import assert_states_equal, tiny_config
 
 CASES = {
     "mlp-2-blocks": {"model": {"name": "mlp", "d": 32}},
@@ -43,8 +43,8 @@ def test_pipeline_equals_sequential_reference_bitwise(ray_cluster, tmp_path, cas
 def test_inference_through_actors_is_the_composed_function(ray_cluster, tmp_path):
     cfg, piped = _run(tmp_path, "al", "mlp-2-blocks")
     try:
-        from ray_al.reference import LocalAL
-        local = LocalAL(cfg, (1, 8, 8), 10, total_steps=1)
+        from ray_al.trainers.al_local import ALLocal
+        local = ALLocal(cfg, (1, 8, 8), 10, total_steps=1)
         local.load_state_dicts(piped.trainer.state_dicts())
         x = load_dataset(cfg.data).test_x[:300]
         for blk in local.blocks:

@@ -5,15 +5,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ray_al import checkpoint as ckpt
 from ray_al.blocks import decode_exits
+from ray_al.checkpoint import files as ckpt
 from ray_al.config import config_from_dict, load_config
 from ray_al.errors import ConfigError
-from ray_al.evaluate import run_config
-from ray_al.reference import LocalAL
-from ray_al.run import format_record, train
+from ray_al.progress import format_record
+from ray_al.run import train
+from ray_al.storage import run_config
 from ray_al.target_path import class_points, format_separability, separability, warmup_chunks
-from tests.conftest import REPO, assert_states_equal, tiny_config
+from ray_al.trainers.al_local import ALLocal
+from tests.helpers import REPO, assert_states_equal, tiny_config
 
 QUIET = dict(log=lambda line: None)
 
@@ -21,7 +22,7 @@ QUIET = dict(log=lambda line: None)
 def _target_path(classes, d, depth, **model):
     cfg = config_from_dict({"data": {"source": "synthetic", "synthetic_shape": [1, 2, 2], "synthetic_classes": classes},
                             "model": {"name": "mlp", "d": d, "depth": depth, **model}, "train": {"threads": 1}})
-    return cfg, LocalAL(cfg, (1, 2, 2), classes, total_steps=1)
+    return cfg, ALLocal(cfg, (1, 2, 2), classes, total_steps=1)
 
 
 # -- the metric ------------------------------------------------------------------------------
@@ -130,8 +131,9 @@ def test_paper_configs_with_warmup_0_are_the_paper_arithmetic_bitwise(tmp_path, 
     shape = [1, 28, 28] if paper.startswith("mnist") else [3, 32, 32]
     cfg = load_config(REPO / "configs" / "paper" / f"{paper}.yaml",
                       ["data.source=synthetic", f"data.synthetic_shape={shape}", "data.synthetic_size=96",
-                       "model.d=64", "train.epochs=1", "train.trainer=al_local", "train.threads=1", "train.chunk_size=2",
-                       "checkpoint.enabled=false", f"run_dir={tmp_path}", "optim.schedule=constant"])
+                       "model.d=64", "train.epochs=1", "train.trainer=al_local", "train.threads=1",
+                       "train.chunk_size=2", "checkpoint.enabled=false", f"run_dir={tmp_path}",
+                       "optim.schedule=constant"])
     assert cfg.model.target_warmup_steps == 0 and cfg.model.target_init_scale == 1.0
     ours = train(cfg, keep_trainer=True, **QUIET)
     data = load_dataset(cfg.data)
@@ -160,7 +162,7 @@ def test_step_0_checkpoint_is_after_warmup_and_resume_is_exact(tmp_path):
     assert {"sep_acc_1", "sep_dist_2"} <= set(full.history[0])
     # the step-0 checkpoint holds the warmed-up target path
     step0 = ckpt.read_block(str(full.run_dir), ckpt.read_manifest(str(full.run_dir), 0), 0)
-    fresh = LocalAL(_warm_cfg(tmp_path / "c"), (1, 8, 8), 10, total_steps=1)
+    fresh = ALLocal(_warm_cfg(tmp_path / "c"), (1, 8, 8), 10, total_steps=1)
     assert not torch.equal(step0["block"]["g.weight"], fresh.blocks[0].g.weight)
     # killed after warm-up, mid epoch 1: resumes from there with no second warm-up
     crashed = tmp_path / "b" / "run"
