@@ -8,8 +8,8 @@ After every evaluation (`--evals-per-epoch` per epoch) it prints the accuracy of
 the end, the steps and the training seconds (warm-up included, evaluation excluded) each variant
 needed to reach 90% of the BP twin's final accuracy, and it writes PREFIX.csv (every evaluation)
 and PREFIX.png (last-exit accuracy against steps and against seconds, every variant on one axis).
-`--variant NAME=key=value,key=value` adds a variant (dotted config overrides on the AL case);
-`concurrent=N` in it interleaves N warm-up steps with the first data chunks instead of before them.
+`--variant NAME=key=value,key=value` adds a variant (dotted config overrides on the AL case), e.g.
+`--variant ce=model.target_warmup_steps=300,model.first_decoder_ce=true`.
 """
 from __future__ import annotations
 
@@ -25,13 +25,17 @@ import torch
 from ray_al.batches import batches_per_epoch, epoch_chunks
 from ray_al.config import apply_overrides, config_from_dict
 from ray_al.data import load_dataset
-from ray_al.target_path import format_separability, warm_up, warmup_chunks
+from ray_al.target_path import format_separability, warm_up
 from ray_al.trainers import make_trainer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import datasets_root  # noqa: E402
 
-WARMUP = {"model": {"target_warmup_steps": 300, "target_warmup_lr": 3e-3}}  # what configs/*.yaml use; see the README
+
+def warmup(num_classes: int) -> dict:
+    """The warm-up configs/quick/ ships: 300 steps for 10 classes, 1000 for 100 (their deeper class
+    targets take longer to separate), at the default warm-up lr."""
+    return {"model": {"target_warmup_steps": 1000 if num_classes >= 100 else 300}}
 
 
 def parquet(name, limit_train, limit_test=2000, augment="none"):
@@ -50,9 +54,9 @@ CASES = {  # d reduced from the paper's 1024 / 3000 for the MLPs: 2 shared CPU c
     "synth100_mlp": ({**SYNTH100, "synthetic_size": 10000}, {"name": "mlp", "d": 256, "depth": 4}, 3),
 }
 QUICK_CASES = {
-    "digits_mlp": ({"source": "digits"}, {"name": "mlp", "d": 64}, 2),
-    "synth100_mlp": ({**SYNTH100, "synthetic_shape": [1, 8, 8], "synthetic_size": 2000, "synthetic_noise": 40.0},
-                     {"name": "mlp", "d": 64, "depth": 3}, 2),
+    "digits_mlp": ({"source": "digits"}, {"name": "mlp", "d": 64}, 1),
+    "synth100_mlp": ({**SYNTH100, "synthetic_shape": [1, 8, 8], "synthetic_size": 1000, "synthetic_noise": 40.0},
+                     {"name": "mlp", "d": 64, "depth": 3}, 1),
 }
 
 
@@ -72,7 +76,7 @@ def case_config(data: dict, model: dict, epochs: int, trainer: str, threads: int
     return values
 
 
-def run_variant(values: dict, data, evals_per_epoch: int, concurrent: int, log) -> list[dict]:
+def run_variant(values: dict, data, evals_per_epoch: int, log) -> list[dict]:
     """Train one variant; returns one record per evaluation (steps, training seconds, accuracies)."""
     cfg = config_from_dict(values)
     torch.manual_seed(0)
@@ -80,11 +84,8 @@ def run_variant(values: dict, data, evals_per_epoch: int, concurrent: int, log) 
     trainer = make_trainer(cfg, data.input_shape, data.num_classes, cfg.train.epochs * n_batches)
     seconds, step, curve = 0.0, 0, []
     try:
-        if cfg.model.target_warmup_steps and not concurrent:
-            seconds += warm_up(trainer, cfg.model, data.num_classes, cfg.data.batch_size, cfg.train.chunk_size,
-                               cfg.train.seed, log)["warmup_time_s"]
-        pending = warmup_chunks(cfg.model, data.num_classes, cfg.data.batch_size, cfg.train.chunk_size,
-                                cfg.train.seed) if concurrent else iter(())
+        if cfg.model.target_warmup_steps:
+            seconds += warm_up(trainer, cfg.model, data.num_classes, cfg.train.chunk_size, log)["warmup_time_s"]
         k = cfg.train.chunk_size
         n_chunks = -(-n_batches // k)
         cuts = sorted({round(n_chunks * (i + 1) / evals_per_epoch) for i in range(evals_per_epoch)})
@@ -95,9 +96,6 @@ def run_variant(values: dict, data, evals_per_epoch: int, concurrent: int, log) 
             for cut in cuts:
                 begin = time.perf_counter()
                 for chunk in itertools.islice(chunks, cut - done):
-                    labels = next(pending, None)  # concurrent warm-up: a warm-up chunk, then a data chunk
-                    if labels is not None:
-                        trainer.warmup([labels], lambda stats: None)
                     trainer.train_epoch([chunk], lambda stats: None)
                     step += chunk.x.shape[0]
                 seconds += time.perf_counter() - begin
@@ -119,15 +117,9 @@ def reach(curve: list[dict], target: float) -> tuple[int | None, float | None]:
     return None, None
 
 
-def parse_variant(text: str) -> tuple[str, dict, int]:
+def parse_variant(text: str) -> tuple[str, dict]:
     name, _, spec = text.partition("=")
-    overrides, concurrent = [], 0
-    for item in filter(None, spec.split(",")):
-        if item.startswith("concurrent="):
-            concurrent = int(item.split("=", 1)[1])
-        else:
-            overrides.append(item)
-    return name, apply_overrides({}, overrides), concurrent
+    return name, apply_overrides({}, [item for item in spec.split(",") if item])
 
 
 def plot(rows: list[dict], curves: dict, path: Path) -> None:
@@ -179,8 +171,7 @@ def main() -> int:
             p.error(f"unknown case(s) {', '.join(sorted(unknown))} (known: {', '.join(cases)})")
         cases = {k: v for k, v in cases.items() if k in args.cases.split(",")}
     root = None if args.quick else datasets_root(args.data)
-    variants = [] if args.no_defaults else [("al_paper", {}, 0), ("al_warmup", WARMUP, 0)]
-    variants += [parse_variant(v) for v in args.variant]
+    extra_variants = [parse_variant(v) for v in args.variant]
     torch.set_num_threads(args.threads)
     print(f"time to accuracy: trainer={args.trainer}, {args.threads} thread(s), budget {args.budget}, "
           f"{torch.get_num_threads()} torch threads; seconds = training time (warm-up in it, evaluation not)",
@@ -192,9 +183,11 @@ def main() -> int:
         data = load_dataset(config_from_dict(base).data)
         print(f"== {case}: train {tuple(data.train_x.shape)} test {len(data.test_x)} {data.num_classes} classes, "
               f"{epochs} epochs", flush=True)
-        for name, extra, concurrent in [("bp", {"train": {"trainer": "bp"}}, 0)] + variants:
+        variants = ([] if args.no_defaults else [("al_paper", {}), ("al_warmup", warmup(data.num_classes))]) \
+            + extra_variants
+        for name, extra in [("bp", {"train": {"trainer": "bp"}})] + variants:
             values = case_config(data_spec, model, epochs, args.trainer, args.threads, root, args.budget, extra)
-            curve = run_variant(values, data, args.evals_per_epoch, concurrent,
+            curve = run_variant(values, data, args.evals_per_epoch,
                                 lambda line, n=name: print(f"  [{case} {n}] {line}", flush=True))
             for point in curve:
                 point["classes"] = data.num_classes

@@ -66,20 +66,13 @@ class BlockTrainer:
         return torch.stack(outs_s), torch.stack(outs_t), stats
 
     # -- target path alone (ray_al/target_path.py) -----------------------------------------
-    def _warmup_optimizer(self) -> torch.optim.Optimizer:
-        if self.model.target_warmup_optimizer == "target":
-            for group in self.opt_target.param_groups:
-                group["lr"] = self.model.target_warmup_lr
-            return self.opt_target
-        if self.opt_warmup is None:
-            self.opt_warmup = torch.optim.Adam(self.block.target_params(), lr=self.model.target_warmup_lr)
-        return self.opt_warmup
-
     def warmup_chunk(self, t_prev: torch.Tensor):
         """K target-path-only steps (g_i, h_i on L'_i) over stacked t_{i-1} [K, B, ...]; block 1
         gets labels. Returns the stacked t_i for the next block and this block's stats."""
         t_prev = t_prev.to(self.device)
-        opt = self._warmup_optimizer()
+        if self.opt_warmup is None:  # its own Adam: the data steps then start exactly as in the paper
+            self.opt_warmup = torch.optim.Adam(self.block.target_params(), lr=self.model.target_warmup_lr)
+        opt = self.opt_warmup
         self.block.train()
         outs, losses = [], []
         for k in range(t_prev.shape[0]):

@@ -18,7 +18,6 @@ import torch.nn.functional as F
 class BlockOptions:
     bridge_grad_to_g: bool = False  # let L_i reach g_i (no stopgrad on t_i); off as in the paper's code
     first_decoder_ce: bool = False  # block 1 decodes with cross-entropy on the labels instead of MSE
-    linear_decoders: bool = False   # blocks after the first decode without the sigmoid (h_i(t) = W t + c)
 
 
 class ALBlock(nn.Module):
@@ -41,8 +40,6 @@ class ALBlock(nn.Module):
         return self.h(t)
 
     def decode(self, t: torch.Tensor) -> torch.Tensor:
-        if self.options.linear_decoders and not self.is_first:
-            return self.h(t)
         return torch.sigmoid(self.h(t))
 
     def bridge(self, s: torch.Tensor) -> torch.Tensor:

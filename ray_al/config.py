@@ -45,14 +45,10 @@ class ModelConfig:
     act: str | None = None            # f activation; None: elu for AL, relu for the BP twin
     bridge_grad_to_g: bool = False
     first_decoder_ce: bool = False
-    linear_decoders: bool = False     # blocks after the first decode without a sigmoid
-    target_init_scale: float = 1.0    # g_i's He-initialised weights times this
     # target-path warm-up (ray_al/target_path.py): g and h alone on the C class points, through
     # the chain, before the first data step; 0 = the paper's algorithm, untouched
     target_warmup_steps: int = 0
-    target_warmup_lr: float = 3e-3           # measured: 1e-3 separates deep targets slower, 1e-2 collapses them
-    target_warmup_batch: str = "classes"     # classes (all C once per step) | random (batch_size seeded labels)
-    target_warmup_optimizer: str = "own"     # own (an Adam discarded after warm-up) | target (g and h's Adam)
+    target_warmup_lr: float = 3e-3    # its own Adam, dropped after; measured: 1e-3 slower, 1e-2 collapses the targets
 
 
 @dataclass
@@ -116,8 +112,6 @@ CHOICES = {
     "data.augment": {"none", "jitter", "crop_flip"},
     "data.loader": {"memory", "ray_data"},
     "model.act": {None, "elu", "relu", "sigmoid", "tanh"},
-    "model.target_warmup_batch": {"classes", "random"},
-    "model.target_warmup_optimizer": {"own", "target"},
     "optim.schedule": {"constant", "paper"},
     "train.trainer": {"al", "al_local", "bp"},
     "train.device": {"auto", "cpu", "cuda"},
@@ -126,8 +120,7 @@ CHOICES = {
 POSITIVE = {"data.batch_size", "train.chunk_size", "train.max_inflight_chunks", "train.eval_batch_size",
             "optim.lr", "optim.target_lr_scale", "checkpoint.keep", "data.synthetic_classes",
             "data.synthetic_size", "model.d", "model.depth", "train.threads", "ray.num_cpus",
-            "ray.num_cpus_per_block", "data.limit_train", "data.limit_test", "model.target_init_scale",
-            "model.target_warmup_lr"}
+            "ray.num_cpus_per_block", "data.limit_train", "data.limit_test", "model.target_warmup_lr"}
 NON_NEGATIVE = {"train.epochs", "optim.weight_decay", "checkpoint.every_steps", "ray.num_gpus_per_block",
                 "train.log_every_s", "checkpoint.max_restarts", "model.target_warmup_steps", "data.synthetic_noise"}
 

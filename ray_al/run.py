@@ -134,8 +134,7 @@ def _start(cfg: Config, source: ChunkSource, trainer: Trainer, checkpoints: Chec
     it restarts from there; one lost before it rebuilds every block from its seed and warms up again."""
     warmup = {}
     if cfg.model.target_warmup_steps and cfg.train.trainer != "bp":
-        warmup = warm_up(trainer, cfg.model, source.num_classes, cfg.data.batch_size, cfg.train.chunk_size,
-                         cfg.train.seed, log)
+        warmup = warm_up(trainer, cfg.model, source.num_classes, cfg.train.chunk_size, log)
     checkpoints.save(trainer, Position())
     return warmup
 

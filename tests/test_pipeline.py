@@ -10,9 +10,8 @@ from tests.helpers import assert_states_equal, tiny_config
 CASES = {
     "mlp-2-blocks": {"model": {"name": "mlp", "d": 32}},
     "cnn-4-blocks": {"model": {"name": "cnn", "d": 16}, "data": {"source": "synthetic", "synthetic_size": 384}},
-    # target-path warm-up streamed down the same chain of actors (random labels: seeded draws)
-    "mlp-2-blocks-warmup": {"model": {"name": "mlp", "d": 32, "target_warmup_steps": 30,
-                                      "target_warmup_batch": "random"}},
+    # target-path warm-up streamed down the same chain of actors
+    "mlp-2-blocks-warmup": {"model": {"name": "mlp", "d": 32, "target_warmup_steps": 30}},
 }
 
 

@@ -57,25 +57,26 @@ def test_separability_is_the_class_points_through_g_and_back_through_h():
 
 # -- warm-up ---------------------------------------------------------------------------------
 def test_warmup_makes_every_depth_decodable_with_100_classes():
-    """He-initialised, the 100 class targets at depth 4 nearly coincide and decode at chance;
-    warm-up (seconds, no data) spreads them so that every depth decodes."""
-    steps = 300
-    _, cold = _target_path(100, 64, 4)
+    """He-initialised, the 100 class targets at depths 2-4 nearly coincide and decode at chance;
+    warm-up (seconds, no data) spreads them so that every depth decodes. The settings are those of
+    configs/quick/cifar100_*_al.yaml (1000 steps at the default warm-up lr)."""
+    steps = 1000
+    _, cold = _target_path(100, 256, 4)
     before = cold.target_separability()
-    cfg, al = _target_path(100, 64, 4, target_warmup_steps=steps, target_warmup_lr=3e-3)
-    al.warmup(warmup_chunks(cfg.model, 100, 32, 50, seed=0), lambda stats: None)
+    cfg, al = _target_path(100, 256, 4, target_warmup_steps=steps)
+    al.warmup(warmup_chunks(cfg.model, 100, 50), lambda stats: None)
     after = al.target_separability()
-    print("\n100 classes, d=64, 4 blocks: before", {k: round(v, 3) for k, v in before.items()},
+    print("\n100 classes, d=256, 4 blocks: before", {k: round(v, 3) for k, v in before.items()},
           f"\n  after {steps} warm-up steps", {k: round(v, 3) for k, v in after.items()})
-    assert before["sep_acc_4"] <= 0.05 and before["sep_dist_4"] < 0.5 * after["sep_dist_4"]
+    assert before["sep_acc_4"] <= 0.05 and before["sep_dist_4"] < 0.1 * after["sep_dist_4"]
     for k in range(1, 5):
-        assert after[f"sep_acc_{k}"] >= 0.5, f"depth {k}: {after[f'sep_acc_{k}']} (chance 0.01)"
+        assert after[f"sep_acc_{k}"] >= 0.9, f"depth {k}: {after[f'sep_acc_{k}']} (chance 0.01)"
 
 
 def test_warmup_trains_only_the_target_path_and_drops_its_optimizer():
     cfg, al = _target_path(10, 16, 2, target_warmup_steps=20)
     before = [{k: v.clone() for k, v in b.state_dict().items()} for b in al.blocks]
-    al.warmup(warmup_chunks(cfg.model, 10, 32, 8, seed=0), lambda stats: None)
+    al.warmup(warmup_chunks(cfg.model, 10, 8), lambda stats: None)
     for b, old in zip(al.blocks, before):
         for name, value in b.state_dict().items():
             changed = not torch.equal(value, old[name])
@@ -84,18 +85,16 @@ def test_warmup_trains_only_the_target_path_and_drops_its_optimizer():
     assert all(not t.opt_target.state for t in al.trainers)  # the data steps start from a fresh Adam
 
 
-def test_random_warmup_labels_depend_only_on_seed_and_step():
-    cfg = config_from_dict({"model": {"target_warmup_steps": 10, "target_warmup_batch": "random"}})
-    a = torch.cat(list(warmup_chunks(cfg.model, 7, 32, 4, seed=3)))
-    b = torch.cat(list(warmup_chunks(cfg.model, 7, 32, 3, seed=3)))  # other chunking, same draws
-    assert a.shape == (10, 32) and torch.equal(a, b) and not torch.equal(a[0], a[1])
-    classes = config_from_dict({"model": {"target_warmup_steps": 5}}).model
-    assert torch.equal(torch.cat(list(warmup_chunks(classes, 7, 32, 2, seed=0))), torch.arange(7).repeat(5, 1))
+def test_warmup_steps_are_every_class_once_in_chunks():
+    model = config_from_dict({"model": {"target_warmup_steps": 5}}).model
+    chunks = list(warmup_chunks(model, 7, chunk_size=2))
+    assert [c.shape for c in chunks] == [(2, 7), (2, 7), (1, 7)]
+    assert torch.equal(torch.cat(chunks), torch.arange(7).repeat(5, 1))
 
 
 def test_bad_warmup_settings_are_one_line_errors():
-    with pytest.raises(ConfigError, match="model.target_warmup_batch"):
-        config_from_dict({"model": {"target_warmup_batch": "all"}})
+    with pytest.raises(ConfigError, match="model.target_warmup_lr must be positive"):
+        config_from_dict({"model": {"target_warmup_lr": 0}})
     with pytest.raises(ConfigError, match="model.target_warmup_steps must not be negative"):
         config_from_dict({"model": {"target_warmup_steps": -1}})
 
@@ -134,7 +133,7 @@ def test_paper_configs_with_warmup_0_are_the_paper_arithmetic_bitwise(tmp_path, 
                        "model.d=64", "train.epochs=1", "train.trainer=al_local", "train.threads=1",
                        "train.chunk_size=2", "checkpoint.enabled=false", f"run_dir={tmp_path}",
                        "optim.schedule=constant"])
-    assert cfg.model.target_warmup_steps == 0 and cfg.model.target_init_scale == 1.0
+    assert cfg.model.target_warmup_steps == 0
     ours = train(cfg, keep_trainer=True, **QUIET)
     data = load_dataset(cfg.data)
     blocks = build_al_blocks(cfg.model, data.input_shape, data.num_classes, cfg.train.seed)

@@ -86,13 +86,9 @@ def build_al_block(model: ModelConfig, input_shape, num_classes: int, index: int
             h=nn.Linear(d, t_in),
             b=_bridge(math.prod(shapes[index]), d, nn.Sigmoid),
             num_classes=num_classes, is_first=index == 0,
-            options=BlockOptions(model.bridge_grad_to_g, model.first_decoder_ce, model.linear_decoders),
+            options=BlockOptions(model.bridge_grad_to_g, model.first_decoder_ce),
         )
-    block = _materialise(block, seed * 1_000_003 + index, device)
-    if model.target_init_scale != 1.0 and str(device) != "meta":
-        with torch.no_grad():  # spreads the class targets apart from the start (He init makes them alike)
-            block.g.weight.mul_(model.target_init_scale)
-    return block
+    return _materialise(block, seed * 1_000_003 + index, device)
 
 
 def build_al_blocks(model: ModelConfig, input_shape, num_classes: int, seed: int,
