@@ -136,7 +136,7 @@ class ALPipeline:
     def _submit_predict(self, x: torch.Tensor):
         s, bridged = x, []
         for actor in self.actors:
-            s, b = actor.forward.remote(s)
+            s, b = actor.infer.remote(s)
             bridged.append(b)
         return self._decode_down(bridged)
 
@@ -144,7 +144,7 @@ class ALPipeline:
         """Block k's value through h_k..h_1 for every k: a ref of the list for k = N..1."""
         carried = []
         for actor, b in zip(reversed(self.actors), reversed(per_block)):
-            carried = actor.decode.remote(carried, b)
+            carried = actor.decode_exits.remote(carried, b)
         return carried
 
     def predict_exits(self, x: torch.Tensor, batch_size: int) -> Iterator[list[torch.Tensor]]:
