@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import csv
 import itertools
+import re
 import sys
 import time
 from pathlib import Path
@@ -163,7 +164,12 @@ def main() -> int:
     p.add_argument("--no-defaults", action="store_true", help="only the BP twin and the --variant rows")
     p.add_argument("--variant", action="append", default=[], help="NAME=key=value,... (see the module doc)")
     p.add_argument("--out", default="time_to_accuracy", help="output prefix: PREFIX.csv, PREFIX.png")
+    p.add_argument("--from-log", nargs="+", metavar="LOG",
+                   help="no training: the table, CSV and PNG from the printed output of earlier runs")
     args = p.parse_args()
+    if args.from_log:
+        write_outputs(curves_from_log(args.from_log), Path(args.out))
+        return 0
     cases = QUICK_CASES if args.quick else CASES
     if args.cases:
         unknown = set(args.cases.split(",")) - set(cases)
@@ -176,7 +182,7 @@ def main() -> int:
     print(f"time to accuracy: trainer={args.trainer}, {args.threads} thread(s), budget {args.budget}, "
           f"{torch.get_num_threads()} torch threads; seconds = training time (warm-up in it, evaluation not)",
           flush=True)
-    rows, curves = [], {}
+    curves: dict = {}
     for case, (data_spec, model, epochs) in cases.items():
         epochs = args.epochs or epochs
         base = case_config(data_spec, model, epochs, args.trainer, args.threads, root, args.budget)
@@ -192,30 +198,44 @@ def main() -> int:
             for point in curve:
                 point["classes"] = data.num_classes
             curves[(case, name)] = curve
+        write_outputs(curves, Path(args.out), final=case == list(cases)[-1])  # a killed run keeps its cases
+    return 0
+
+
+def summarise(curves: dict) -> list[dict]:
+    """One row per (case, variant): steps and seconds to 90% of the BP twin's final accuracy."""
+    rows = []
+    for case in dict.fromkeys(c for c, _ in curves):
         target = 0.9 * curves[(case, "bp")][-1]["test_acc"]
         bp_step, bp_s = reach(curves[(case, "bp")], target)
-        for name in ["bp"] + [v[0] for v in variants]:
-            curve = curves[(case, name)]
+        for (c, name), curve in curves.items():
+            if c != case:
+                continue
             step, seconds = reach(curve, target)
-            rows.append({"case": case, "variant": name, "target": target,
-                         "final": curve[-1]["test_acc"], "best_exit": max(v for k, v in curve[-1].items()
-                                                                         if k.startswith("exit_") or k == "test_acc"),
-                         "after_epoch_1": next(pt["test_acc"] for pt in curve if pt["epoch"] >= 1),
+            rows.append({"case": case, "variant": name, "target": target, "final": curve[-1]["test_acc"],
+                         "best_exit": max(v for k, v in curve[-1].items() if k.startswith("exit_") or k == "test_acc"),
+                         "after_epoch_1": next((pt["test_acc"] for pt in curve if pt["epoch"] >= 1), float("nan")),
                          "steps_to_target": step, "seconds_to_target": seconds,
                          "steps_x_bp": step / bp_step if step and bp_step else None,
                          "seconds_x_bp": seconds / bp_s if seconds and bp_s else None,
                          "total_seconds": curve[-1]["seconds"], "steps": curve[-1]["step"]})
-    print("\nsteps and training seconds to reach 90% of the BP twin's final accuracy (last exit; "
-          "x BP: ratio to the BP twin; '-' never reached)")
-    header = (f"{'case':<13} {'variant':<12} {'target':>6} {'epoch 1':>7} {'final':>6} {'best exit':>9} "
+    return rows
+
+
+def write_outputs(curves: dict, out: Path, final: bool = True) -> None:
+    """PREFIX.csv (every evaluation) and PREFIX.png; with `final`, the table on stdout."""
+    rows = summarise(curves)
+    if final:
+        print("\nsteps and training seconds to reach 90% of the BP twin's final accuracy (last exit; "
+              "x BP: ratio to the BP twin; '-' never reached)")
+        print(f"{'case':<13} {'variant':<16} {'target':>6} {'epoch 1':>7} {'final':>6} {'best exit':>9} "
               f"{'steps':>6} {'x BP':>5} {'seconds':>8} {'x BP':>5} {'total s':>8}")
-    print(header)
-    fmt = lambda v, f: "-" if v is None else format(v, f)  # noqa: E731
-    for r in rows:
-        print(f"{r['case']:<13} {r['variant']:<12} {r['target']:>6.3f} {r['after_epoch_1']:>7.4f} {r['final']:>6.4f} "
-              f"{r['best_exit']:>9.4f} {fmt(r['steps_to_target'], 'd'):>6} {fmt(r['steps_x_bp'], '.2f'):>5} "
-              f"{fmt(r['seconds_to_target'], '.1f'):>8} {fmt(r['seconds_x_bp'], '.2f'):>5} {r['total_seconds']:>8.1f}")
-    out = Path(args.out)
+        fmt = lambda v, f: "-" if v is None else format(v, f)  # noqa: E731
+        for r in rows:
+            print(f"{r['case']:<13} {r['variant']:<16} {r['target']:>6.3f} {r['after_epoch_1']:>7.4f} "
+                  f"{r['final']:>6.4f} {r['best_exit']:>9.4f} {fmt(r['steps_to_target'], 'd'):>6} "
+                  f"{fmt(r['steps_x_bp'], '.2f'):>5} {fmt(r['seconds_to_target'], '.1f'):>8} "
+                  f"{fmt(r['seconds_x_bp'], '.2f'):>5} {r['total_seconds']:>8.1f}")
     out.parent.mkdir(parents=True, exist_ok=True)
     keys = sorted({k for c in curves.values() for pt in c for k in pt}, key=lambda k: (k.startswith("sep"), k))
     with open(out.with_suffix(".csv"), "w", newline="") as f:
@@ -225,8 +245,30 @@ def main() -> int:
             for point in curve:
                 writer.writerow({"case": case, "variant": name, **point})
     plot(rows, curves, out.with_suffix(".png"))
-    print(f"wrote {out.with_suffix('.csv')} and {out.with_suffix('.png')}")
-    return 0
+    if final:
+        print(f"wrote {out.with_suffix('.csv')} and {out.with_suffix('.png')}")
+
+
+_CASE = re.compile(r"^== (\S+): .* (\d+) classes")
+_EVAL = re.compile(r"^  \[(\S+) (\S+)\] epoch ([\d.]+) step (\d+) ([\d.]+)s test_acc=([\d.]+)"
+                   r"(?: exits=\[([^\]]*)\])?(?: sep=\[([^\]]*)\])?")
+
+
+def curves_from_log(paths: list[str]) -> dict:
+    """The evaluations a run printed (its stdout), read back: for a run stopped before it wrote its files."""
+    curves, classes = {}, {}
+    for path in paths:
+        for line in Path(path).read_text().splitlines():
+            if m := _CASE.match(line):
+                classes[m.group(1)] = int(m.group(2))
+            elif m := _EVAL.match(line):
+                case, name, epoch, step, seconds, acc, exits, sep = m.groups()
+                point = {"epoch": float(epoch), "step": int(step), "seconds": float(seconds), "test_acc": float(acc),
+                         "classes": classes[case]}
+                point.update({f"exit_{k}": float(v) for k, v in enumerate((exits or "").split(), start=1)})
+                point.update({f"sep_acc_{k}": float(v) for k, v in enumerate((sep or "").split(), start=1)})
+                curves.setdefault((case, name), []).append(point)
+    return curves
 
 
 if __name__ == "__main__":

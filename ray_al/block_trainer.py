@@ -11,6 +11,7 @@ from ray_al.blocks import ALBlock
 from ray_al.config import ModelConfig, OptimConfig
 from ray_al.errors import TrainingError
 from ray_al.schedule import lr_multiplier
+from ray_al.target_path import warmup_lr
 
 
 class BlockTrainer:
@@ -71,7 +72,8 @@ class BlockTrainer:
         gets labels. Returns the stacked t_i for the next block and this block's stats."""
         t_prev = t_prev.to(self.device)
         if self.opt_warmup is None:  # its own Adam: the data steps then start exactly as in the paper
-            self.opt_warmup = torch.optim.Adam(self.block.target_params(), lr=self.model.target_warmup_lr)
+            lr = warmup_lr(self.model, self.block.g.out_features)
+            self.opt_warmup = torch.optim.Adam(self.block.target_params(), lr=lr)
         opt = self.opt_warmup
         self.block.train()
         outs, losses = [], []

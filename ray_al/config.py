@@ -48,7 +48,7 @@ class ModelConfig:
     # target-path warm-up (ray_al/target_path.py): g and h alone on the C class points, through
     # the chain, before the first data step; 0 = the paper's algorithm, untouched
     target_warmup_steps: int = 0
-    target_warmup_lr: float = 3e-3    # its own Adam, dropped after; measured: 1e-3 slower, 1e-2 collapses the targets
+    target_warmup_lr: float | None = None    # its own Adam, dropped after; None: 3e-3 x min(1, 256 / d)
 
 
 @dataclass

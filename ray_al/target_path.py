@@ -21,6 +21,15 @@ def class_points(num_classes: int) -> torch.Tensor:
     return torch.arange(num_classes)
 
 
+def warmup_lr(model: ModelConfig, d: int) -> float:
+    """model.target_warmup_lr, or by default 3e-3 at target width d <= 256 and 3e-3 x 256 / d above: an Adam
+    step moves every weight by about lr, so a pre-activation over d inputs by about lr x d, and too large a
+    move saturates the sigmoids and collapses the class targets. Measured (benchmarks/target_path_probe.py,
+    10 classes): d=256, 3e-3 separated 4 depths in 200 steps, 1e-3 needed 500, 1e-2 collapsed; d=1024,
+    2 blocks, 300 steps: 3e-3 decoded 0.30 of the classes, 1e-3 and 7e-4 all of them."""
+    return model.target_warmup_lr or 3e-3 * min(1.0, 256 / d)
+
+
 def warmup_chunks(model: ModelConfig, num_classes: int, chunk_size: int) -> Iterator[torch.Tensor]:
     """Label chunks [K, C] for warm-up steps 0 .. target_warmup_steps - 1. Every step's batch is
     all C classes once: the exact class-balanced gradient of the autoencoder losses, nothing drawn at
