@@ -20,7 +20,7 @@ from ray_al.errors import ConfigError
 
 @dataclass
 class DataConfig:
-    source: str = "digits"            # digits | parquet | torchvision | synthetic
+    source: str = "digits"            # digits | parquet | torchvision | synthetic | python | imagefolder
     loader: str = "memory"            # memory (whole split as tensors) | ray_data (parquet streamed by Ray Data)
     path: str | None = None           # parquet folder, or torchvision root folder
     name: str | None = None           # torchvision: mnist | cifar10 | cifar100
@@ -35,6 +35,11 @@ class DataConfig:
     synthetic_classes: int = 10
     synthetic_size: int = 512
     synthetic_noise: float = 40.0     # std of the pixel noise around each class's mean image (0..255 scale)
+    factory: str | None = None        # python: "module:function" returning (train, test) splits (ray_al/user_data.py)
+    factory_args: dict[str, Any] = field(default_factory=dict)  # keyword arguments of the factory
+    image_size: list[int] | None = None  # imagefolder: resize every image to [H, W] (None: all must agree)
+    test_fraction: float = 0.2        # imagefolder without train/ and test/ subfolders: seeded test share
+    val_fraction: float = 0.0         # seeded share of the training split held out for val_acc each epoch
 
 
 @dataclass
@@ -49,6 +54,8 @@ class ModelConfig:
     # the chain, before the first data step; 0 = the paper's algorithm, untouched
     target_warmup_steps: int = 0
     target_warmup_lr: float | None = None    # its own Adam, dropped after; None: 3e-3 x min(1, 256 / d)
+    module: str | None = None         # the user's module whose @register builders `name` may refer to;
+                                      # imported in the driver and in every block actor before the lookup
 
 
 @dataclass
@@ -81,6 +88,8 @@ class RayConfig:
     placement_strategy: str = "PACK"  # PACK | SPREAD | STRICT_PACK | STRICT_SPREAD
     placement_timeout_s: float = 60.0
     block_resources: dict[str, float] = field(default_factory=dict)  # custom resources per block, e.g. {worker: 0.01}
+    runtime_env: dict[str, Any] = field(default_factory=dict)  # of the job this driver starts or joins,
+                                      # e.g. {py_modules: [my_pkg]}: ships code to every worker
 
 
 @dataclass
@@ -108,7 +117,7 @@ class Config:
 
 
 CHOICES = {
-    "data.source": {"digits", "parquet", "torchvision", "synthetic"},
+    "data.source": {"digits", "parquet", "torchvision", "synthetic", "python", "imagefolder"},
     "data.augment": {"none", "jitter", "crop_flip"},
     "data.loader": {"memory", "ray_data"},
     "model.act": {None, "elu", "relu", "sigmoid", "tanh"},
@@ -126,6 +135,8 @@ NON_NEGATIVE = {"train.epochs", "optim.weight_decay", "checkpoint.every_steps", 
 
 
 def _check_type(key: str, value: Any, tp: Any) -> Any:
+    if tp is Any:
+        return value
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(tp)
@@ -209,9 +220,26 @@ def validate(cfg: Config) -> Config:
                           "it needs data.source=parquet and train.trainer=al")
     if cfg.data.source in ("parquet",) and not cfg.data.path:
         raise ConfigError("data.path is required when data.source is parquet")
+    _validate_user_data(cfg)
     if cfg.data.source == "torchvision" and not cfg.data.name:
         raise ConfigError("data.name (mnist, cifar10, cifar100) is required when data.source is torchvision")
     return cfg
+
+
+def _validate_user_data(cfg: Config) -> None:
+    d = cfg.data
+    if not 0 <= d.val_fraction < 1:
+        raise ConfigError(f"data.val_fraction must be in [0, 1), got {d.val_fraction}")
+    if not 0 < d.test_fraction < 1:
+        raise ConfigError(f"data.test_fraction must be in (0, 1), got {d.test_fraction}")
+    if d.val_fraction and d.loader == "ray_data":
+        raise ConfigError("data.val_fraction needs the in-memory loader (data.loader=memory)")
+    if d.source == "python" and (not d.factory or ":" not in d.factory):
+        raise ConfigError("data.source=python needs data.factory=module:function")
+    if d.source == "imagefolder" and not d.path:
+        raise ConfigError("data.path (a folder of class folders) is required when data.source is imagefolder")
+    if d.image_size is not None and (len(d.image_size) != 2 or min(d.image_size) <= 0):
+        raise ConfigError(f"data.image_size must be [height, width], got {d.image_size}")
 
 
 def config_from_dict(values: dict | None) -> Config:

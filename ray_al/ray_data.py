@@ -26,6 +26,7 @@ from ray_al.batches import Chunk, augment, batch_generator, epoch_seed
 from ray_al.config import Config
 from ray_al.data import _load_split, _parquet_files, decode_png, normalise, to_float
 from ray_al.errors import ConfigError, DataError
+from ray_al.preprocess import Preprocess
 from ray_al.session import connect
 
 DATA_TASK_CPUS = 0.25  # decode tasks must run beside blocks that may hold every CPU
@@ -113,6 +114,9 @@ class RayDataSource:
             self.test_x = normalise(self.test_x, torch.from_numpy(self.stream.mean), torch.from_numpy(self.stream.std))
         self.num_classes = len(names) or int(te_y.max()) + 1
         self.input_shape = tuple(self.test_x.shape[1:])
+        self.val_x = self.val_y = None  # data.val_fraction needs the in-memory loader (config.py says so)
+        stats = [None if a is None else [float(v) for v in a] for a in (self.stream.mean, self.stream.std)]
+        self.preprocess = Preprocess(list(self.input_shape), *stats, None, list(names))
         self.train_size = self.stream.rows
         self.batch_size, self.chunk_size = cfg.data.batch_size, cfg.train.chunk_size
         self.n_batches = self.train_size // self.batch_size
