@@ -2,7 +2,7 @@
 one after another on this machine, on the same batches in the same order.
 
     python benchmarks/time_to_accuracy.py --data DIR [--budget 1.0] [--epochs N] [--cases a,b] [--out PREFIX]
-    python benchmarks/time_to_accuracy.py --quick --out /tmp/tta     # digits + synthetic 100 classes, seconds
+    python benchmarks/time_to_accuracy.py --quick --out OUT/tta      # digits + synthetic 100 classes, seconds
 
 After every evaluation (`--evals-per-epoch` per epoch) it prints the accuracy of every exit; at
 the end, the steps and the training seconds (warm-up included, evaluation excluded) each variant
