@@ -37,6 +37,7 @@ class DataConfig:
     synthetic_shape: list[int] = field(default_factory=lambda: [1, 8, 8])
     synthetic_classes: int = 10
     synthetic_size: int = 512
+    synthetic_noise: float = 40.0     # std of the pixel noise around each class's mean image (0..255 scale)
     factory: str | None = None        # python: "module:function" returning (train, test) splits (ray_al/user_data.py)
     factory_args: dict[str, Any] = field(default_factory=dict)  # keyword arguments of the factory
     image_size: list[int] | None = None  # imagefolder: resize every image to [H, W] (None: all must agree)
@@ -52,6 +53,10 @@ class ModelConfig:
     act: str | None = None            # f activation; None: elu for AL, relu for the BP twin
     bridge_grad_to_g: bool = False
     first_decoder_ce: bool = False
+    # target-path warm-up (ray_al/target_path.py): g and h alone on the C class points, through
+    # the chain, before the first data step; 0 = the paper's algorithm, untouched
+    target_warmup_steps: int = 0
+    target_warmup_lr: float | None = None    # its own Adam, dropped after; None: 3e-3 x min(1, 256 / d)
     module: str | None = None         # the user's module whose @register builders `name` may refer to;
                                       # imported in the driver and in every block actor before the lookup
 
@@ -127,11 +132,12 @@ CHOICES = {
 POSITIVE = {"data.batch_size", "train.chunk_size", "train.max_inflight_chunks", "train.eval_batch_size",
             "optim.lr", "optim.target_lr_scale", "checkpoint.keep", "data.synthetic_classes",
             "data.synthetic_size", "data.num_classes", "model.d", "model.depth", "train.threads", "ray.num_cpus",
-            "ray.num_cpus_per_block", "data.limit_train", "data.limit_test", "ray.placement_timeout_s"}
+            "ray.num_cpus_per_block", "data.limit_train", "data.limit_test", "ray.placement_timeout_s",
+            "model.target_warmup_lr"}
 MAX_SEED = 10 ** 8 - 1  # (seed * 100_003 + epoch) * 1_000_003 + batch must fit a 64-bit generator seed
 RUN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,199}")  # one folder, never `..` or a path
 NON_NEGATIVE = {"train.epochs", "optim.weight_decay", "checkpoint.every_steps", "ray.num_gpus_per_block",
-                "train.log_every_s", "checkpoint.max_restarts"}
+                "train.log_every_s", "checkpoint.max_restarts", "model.target_warmup_steps", "data.synthetic_noise"}
 
 
 def _check_type(key: str, value: Any, tp: Any) -> Any:
@@ -335,7 +341,8 @@ def read_yaml(path: str | Path) -> dict:
 
 # `ray-al train` with no config file: the embedded digits through two Ray block actors, in
 # seconds. Config files start from the paper's settings instead (configs/default.yaml = this).
-EMBEDDED_DEFAULT = {"model": {"name": "mlp", "d": 256}, "optim": {"lr": 1e-3}, "train": {"epochs": 10}}
+EMBEDDED_DEFAULT = {"model": {"name": "mlp", "d": 256, "target_warmup_steps": 300}, "optim": {"lr": 1e-3},
+                    "train": {"epochs": 10}}
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:

@@ -204,7 +204,7 @@ def load_synthetic(cfg: DataConfig):
 
     def sample(count):
         y = torch.randint(0, k, (count,), generator=g)
-        x = (means[y] + 40 * torch.randn(count, *shape, generator=g)).clamp(0, 255)
+        x = (means[y] + cfg.synthetic_noise * torch.randn(count, *shape, generator=g)).clamp(0, 255)
         return x.to(torch.uint8).numpy(), y.numpy()
 
     tr_x, tr_y = sample(n)

@@ -4,6 +4,8 @@ from __future__ import annotations
 import time
 from typing import Callable
 
+from ray_al.target_path import format_separability
+
 Log = Callable[[str], None]
 
 
@@ -44,4 +46,6 @@ def format_record(r: dict) -> str:
     losses = " ".join(f"{k}={v:.4f}" for k, v in r.items() if k.endswith("loss"))
     line = (f"epoch {r['epoch']}/{r['epochs']} train {r['train_time_s']:.1f}s ({r['samples_per_s']:,.0f} samples/s) "
             f"{losses}" + (f" val_acc={r['val_acc']:.4f}" if "val_acc" in r else "") + f" test_acc={r['test_acc']:.4f}")
-    return line + (f" exits=[{' '.join(exits)}]" if len(exits) > 1 else "")
+    line += f" exits=[{' '.join(exits)}]" if len(exits) > 1 else ""
+    sep = format_separability(r)
+    return line + (f" {sep}" if sep else "")

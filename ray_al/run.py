@@ -17,12 +17,13 @@ from ray_al.checkpoint.files import supersede
 from ray_al.checkpoint.policy import Checkpointer, Position, RestartPolicy, fingerprint
 from ray_al.config import Config
 from ray_al.data import Dataset
-from ray_al.errors import BlockLost, ConfigError, DataError
+from ray_al.errors import BlockLost, CheckpointError, ConfigError, DataError
 from ray_al.metrics import split_accuracies
 from ray_al.models import parameter_counts
 from ray_al.progress import Log, Progress, format_record
 from ray_al.sources import ChunkSource, open_source
 from ray_al.storage import RunStorage
+from ray_al.target_path import warm_up
 from ray_al.trainers import Trainer, make_trainer
 
 
@@ -31,6 +32,7 @@ class RunResult:
     run_dir: Path
     history: list[dict] = field(default_factory=list)
     restarts: list[dict] = field(default_factory=list)
+    warmup: dict = field(default_factory=dict)  # target-path warm-up: steps, seconds, separability after it
     trainer: Trainer | None = None
 
     @property
@@ -68,13 +70,15 @@ def _run(cfg: Config, source: ChunkSource, log: Log, on_epoch, keep_trainer: boo
         checkpoints = Checkpointer(cfg, storage.checkpoint_uri,
                                    fingerprint(cfg, source.input_shape, source.num_classes),
                                    enabled=source.checkpoints, run_id=storage.run_id, n_batches=n_batches, log=log)
-        if resume_dir:
+        if resume_dir and checkpoints.exists():
             checkpoints.check(resume_step)  # a checkpoint of another model or trainer costs nothing
             if config_changes:
                 storage.save_config(cfg)
                 storage.record_change(config_changes)
                 log(f"config changed on resume (recorded in config.yaml and run.json): {', '.join(config_changes)}")
-        else:
+        elif resume_dir and (storage.run_dir / "metrics.jsonl").is_file():
+            raise CheckpointError(f"no complete checkpoint under {storage.checkpoint_uri}")
+        elif not resume_dir:
             storage.save_config(cfg)
         log(source.description)
         counts = parameter_counts(cfg.model, source.input_shape, source.num_classes)
@@ -96,7 +100,8 @@ def _run(cfg: Config, source: ChunkSource, log: Log, on_epoch, keep_trainer: boo
     try:
         for line in trainer.describe():
             log(line)
-        if resume_dir:
+        position = None  # None: from step 0, i.e. target-path warm-up, then the step-0 checkpoint
+        if resume_dir and checkpoints.exists():
             position = checkpoints.restore(trainer, resume_step)
             if resume_step is not None:
                 later = supersede(storage.checkpoint_uri, position.step)
@@ -104,14 +109,16 @@ def _run(cfg: Config, source: ChunkSource, log: Log, on_epoch, keep_trainer: boo
                     log(f"checkpoints after step {position.step} set aside (manifests renamed, files kept): "
                         f"steps {', '.join(map(str, later))}")
             log(f"resumed from checkpoint step {position.step} (epoch {position.epoch + 1}, batch {position.batch})")
-        else:
-            position = Position()
-            checkpoints.save(trainer, position)  # a block lost before the first save restarts from here
+        elif resume_dir:  # stopped before its first checkpoint (e.g. during warm-up): nothing saved to lose
+            log("no checkpoint yet: starting this run from step 0")
 
         # -- epochs; a lost block rebuilds every block from the newest checkpoint and replays ------
         while True:
-            result.history = storage.history(position.epoch, checkpoints.records(), log)
             try:
+                if position is None:
+                    result.warmup = _start(cfg, source, trainer, checkpoints, log)
+                    position = Position()
+                result.history = storage.history(position.epoch, checkpoints.records(), log)
                 for epoch in range(position.epoch, cfg.train.epochs):
                     start_batch = position.batch if epoch == position.epoch else 0
                     record = _train_epoch(cfg, source, trainer, checkpoints, epoch, start_batch, log,
@@ -128,12 +135,18 @@ def _run(cfg: Config, source: ChunkSource, log: Log, on_epoch, keep_trainer: boo
                 trainer.restart()
                 for line in trainer.describe():  # where the blocks went this time
                     log(line)
+                if not checkpoints.exists():  # lost during warm-up, before the step-0 checkpoint
+                    position = None
+                    restarts.record(None, e)
+                    log("rebuilt every block from its seed; warming up again")
+                    continue
                 position = checkpoints.restore(trainer)
                 restarts.record(position.step, e)
                 log(f"rebuilt every block from checkpoint step {position.step}; replaying from there")
 
         storage.write_summary({"final": result.final, "run_dir": str(storage.run_dir), "run_id": storage.run_id,
-                               "restarts": result.restarts, "loader": cfg.data.loader})
+                               "restarts": result.restarts, "loader": cfg.data.loader,
+                               **({"warmup": result.warmup} if result.warmup else {})})
         log(f"run folder: {storage.run_dir}")
     except BaseException:
         trainer.close()
@@ -145,6 +158,16 @@ def _run(cfg: Config, source: ChunkSource, log: Log, on_epoch, keep_trainer: boo
     else:
         trainer.close()
     return result
+
+
+def _start(cfg: Config, source: ChunkSource, trainer: Trainer, checkpoints: Checkpointer, log: Log) -> dict:
+    """Step 0: target-path warm-up (when configured), then the step-0 checkpoint. A block lost after
+    it restarts from there; one lost before it rebuilds every block from its seed and warms up again."""
+    warmup = {}
+    if cfg.model.target_warmup_steps and cfg.train.trainer != "bp":
+        warmup = warm_up(trainer, cfg.model, source.num_classes, cfg.train.chunk_size, log)
+    checkpoints.save(trainer, Position())
+    return warmup
 
 
 def _train_epoch(cfg: Config, source: ChunkSource, trainer: Trainer, checkpoints: Checkpointer, epoch: int,

@@ -38,6 +38,10 @@ class Checkpointer:
         self.enabled = enabled and cfg.checkpoint.enabled
         self.every = cfg.checkpoint.every_steps if self.enabled else 0
 
+    def exists(self) -> bool:
+        """Whether a complete checkpoint is there to restore (none before the step-0 save)."""
+        return bool(files.complete_checkpoints(self.uri))
+
     def check(self, step: int | None = None) -> None:
         """Refuse now (before any actor starts) a checkpoint of another model, data shape or trainer, and a
         requested step that is not there."""
@@ -131,5 +135,6 @@ class RestartPolicy:
         if not self.checkpoints_on or made >= self.max_restarts:
             raise TrainingError(f"block lost and no restart left ({made} made): {error}") from None
 
-    def record(self, step: int, error: BlockLost) -> None:
+    def record(self, step: int | None, error: BlockLost) -> None:
+        """step None: lost before the step-0 checkpoint (during target-path warm-up)."""
         self.restarts.append({"step": step, "error": str(error)})
