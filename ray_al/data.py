@@ -28,6 +28,8 @@ class Dataset:
     num_classes: int
     name: str
     class_names: list[str] = field(default_factory=list)
+    val_x: torch.Tensor | None = None  # data.val_fraction of the training split, held out
+    val_y: torch.Tensor | None = None
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -185,6 +187,17 @@ def _subset(x: np.ndarray, y: np.ndarray, n: int):
     return x[keep], y[keep]
 
 
+def hold_out(x: np.ndarray, y: np.ndarray, fraction: float, seed: int = 0):
+    """(train_x, train_y, val_x, val_y): `fraction` of the samples drawn at random with a fixed seed
+    (order kept), so every run and every sweep trial validates on the same samples."""
+    n_val = int(round(fraction * len(x)))
+    if n_val == 0 or n_val == len(x):
+        raise DataError(f"data.val_fraction={fraction} of {len(x)} training samples leaves an empty split")
+    is_val = np.zeros(len(x), dtype=bool)
+    is_val[np.random.default_rng(seed).permutation(len(x))[:n_val]] = True
+    return x[~is_val], y[~is_val], x[is_val], y[is_val]
+
+
 def load_dataset(cfg: DataConfig) -> Dataset:
     if cfg.source == "parquet":
         tr_x, tr_y, te_x, te_y, names, name = load_parquet(cfg)
@@ -207,10 +220,15 @@ def load_dataset(cfg: DataConfig) -> Dataset:
         tr_x, tr_y = _subset(tr_x, tr_y, cfg.limit_train)
     if cfg.limit_test:
         te_x, te_y = _subset(te_x, te_y, cfg.limit_test)
-    train_x = torch.from_numpy(np.ascontiguousarray(tr_x)).float().div_(255)
-    test_x = torch.from_numpy(np.ascontiguousarray(te_x)).float().div_(255)
-    if cfg.normalize:
+    va_x = va_y = None
+    if cfg.val_fraction:
+        tr_x, tr_y, va_x, va_y = hold_out(tr_x, tr_y, cfg.val_fraction)
+    as_float = lambda a: None if a is None else torch.from_numpy(np.ascontiguousarray(a)).float().div_(255)  # noqa: E731
+    train_x, test_x, val_x = as_float(tr_x), as_float(te_x), as_float(va_x)
+    if cfg.normalize:  # statistics of the samples trained on, applied to every split
         mean = train_x.mean(dim=(0, 2, 3), keepdim=True)
         std = train_x.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6)
         train_x, test_x = (train_x - mean) / std, (test_x - mean) / std
-    return Dataset(train_x, torch.from_numpy(tr_y), test_x, torch.from_numpy(te_y), num_classes, name, names)
+        val_x = None if val_x is None else (val_x - mean) / std
+    return Dataset(train_x, torch.from_numpy(tr_y), test_x, torch.from_numpy(te_y), num_classes, name, names,
+                   val_x, None if va_y is None else torch.from_numpy(va_y))

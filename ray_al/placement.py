@@ -19,20 +19,24 @@ from ray_al.config import RayConfig
 from ray_al.errors import ConfigError
 
 
-def cpus_per_block(ray_cfg: RayConfig, n_blocks: int) -> float:
+def cpus_per_block(ray_cfg: RayConfig, n_blocks: int, reserved_cpus: float = 0.0) -> float:
+    """`ray.num_cpus_per_block`, or by default an equal share of the cluster's CPUs (less
+    `reserved_cpus`, a Tune trial's driver), at most one per block. `train` and every Tune trial
+    size their blocks here."""
     if ray_cfg.num_cpus_per_block is not None:
         return ray_cfg.num_cpus_per_block
-    total = ray.cluster_resources().get("CPU", 1.0)
+    total = ray.cluster_resources().get("CPU", 1.0) - reserved_cpus
     return max(0.01, min(1.0, int(100 * total / n_blocks) / 100))
 
 
-def block_bundle(ray_cfg: RayConfig, n_blocks: int) -> dict[str, float]:
+def block_bundle(ray_cfg: RayConfig, n_blocks: int, reserved_cpus: float = 0.0) -> dict[str, float]:
     """The resources of one block's bundle as configured: CPU, GPU when asked for, and custom
     resources (`ray.block_resources`) that steer blocks to the nodes that offer them."""
     gpus = ray_cfg.num_gpus_per_block
     if gpus and ray.cluster_resources().get("GPU", 0) == 0:
         raise ConfigError(f"ray.num_gpus_per_block={gpus} but the Ray cluster has no GPU")
-    return {"CPU": cpus_per_block(ray_cfg, n_blocks), **({"GPU": gpus} if gpus else {}), **ray_cfg.block_resources}
+    return {"CPU": cpus_per_block(ray_cfg, n_blocks, reserved_cpus), **({"GPU": gpus} if gpus else {}),
+            **ray_cfg.block_resources}
 
 
 @dataclass

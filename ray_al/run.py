@@ -19,7 +19,9 @@ from ray_al import checkpoint as ckpt_lib
 from ray_al.config import Config, save_config
 from ray_al.data import Dataset, load_dataset
 from ray_al.errors import BlockLost, ConfigError, DataError, TrainingError
+from ray_al.loggers import check_loggers, console, loss_scalars, make_loggers
 from ray_al.models import parameter_counts
+from ray_al.provenance import provenance
 
 Log = Callable[[str], None]
 
@@ -63,20 +65,20 @@ def prepare_run_dir(cfg: Config) -> Path:
 class Progress:
     """Sums every block's losses over an epoch and prints a line every `interval` seconds."""
 
-    def __init__(self, epoch: int, epochs: int, steps: int, batch_size: int, log: Log, interval: float):
+    def __init__(self, epoch: int, epochs: int, steps: int, batch_size: int, log: Log, interval: float,
+                 loggers=None):
         self.epoch, self.epochs, self.steps, self.batch_size = epoch, epochs, steps, batch_size
-        self.log, self.interval = log, interval
+        self.log, self.interval, self.loggers = log, interval, loggers
         self.done, self.sums = 0, {}
         self.start = self.last = time.perf_counter()
 
     def __call__(self, stats: list[dict]) -> None:
         k = stats[-1]["steps"]
         self.done += k
-        for st in stats:
-            for key, value in st.items():
-                if key.endswith("loss"):
-                    name = f"b{st['block']}_{key}"
-                    self.sums[name] = self.sums.get(name, 0.0) + value * k
+        for name, value in loss_scalars(stats).items():
+            self.sums[name] = self.sums.get(name, 0.0) + value * k
+        if self.loggers:
+            self.loggers.log_chunk(stats)
         now = time.perf_counter()
         if self.interval and now - self.last >= self.interval and self.done < self.steps:
             self.last = now
@@ -97,12 +99,22 @@ def format_record(r: dict) -> str:
     losses = " ".join(f"{k}={v:.4f}" for k, v in r.items() if k.endswith("loss"))
     line = (f"epoch {r['epoch']}/{r['epochs']} train {r['train_time_s']:.1f}s ({r['samples_per_s']:,.0f} samples/s) "
             f"{losses} test_acc={r['test_acc']:.4f}")
+    line += f" val_acc={r['val_acc']:.4f}" if "val_acc" in r else ""
     return line + (f" exits=[{' '.join(exits)}]" if len(exits) > 1 else "")
+
+
+def validation(trainer, data: Dataset) -> dict:
+    """Accuracy on the held-out split (data.val_fraction): val_acc (last exit) and val_exit_k."""
+    if data.val_x is None:
+        return {}
+    accs = trainer.evaluate(data.val_x, data.val_y)
+    return {("val_acc" if k == "test_acc" else f"val_{k}"): v for k, v in accs.items()}
 
 
 def describe_run(cfg: Config, data: Dataset, log: Log) -> None:
     counts = parameter_counts(cfg.model, data.input_shape, data.num_classes)
-    log(f"data: {data.name} train {tuple(data.train_x.shape)} test {tuple(data.test_x.shape)} "
+    val = f" validation {tuple(data.val_x.shape)}" if data.val_x is not None else ""
+    log(f"data: {data.name} train {tuple(data.train_x.shape)}{val} test {tuple(data.test_x.shape)} "
         f"{data.num_classes} classes")
     log(f"model: {cfg.model.name} trainer={cfg.train.trainer} params: AL total {counts['al_total']:,}, "
         f"AL effective {counts['al_effective']:,}, BP twin {counts['bp']:,}")
@@ -129,7 +141,7 @@ class Checkpointer:
         ckpt = ckpt_lib.step_dir(self.uri, step)
         digests = trainer.save_blocks(ckpt)
         manifest = {"step": step, "epoch": epoch, "batch": batch, "time": time.time(), "fingerprint": self.fp,
-                    "config": self.cfg.to_dict(),
+                    "config": self.cfg.to_dict(), "provenance": provenance(),
                     "blocks": [{"file": f"block-{i + 1}.pt", "sha256": d} for i, d in enumerate(digests)]}
         ckpt_lib.write_manifest(ckpt, manifest, self.cfg.checkpoint.keep)
 
@@ -161,29 +173,31 @@ def _read_history(run_dir: Path, completed_epochs: int) -> list[dict]:
     return kept
 
 
-def train(cfg: Config, log: Log = print, on_epoch: Callable[[dict], None] | None = None,
+def train(cfg: Config, log: Log = console, on_epoch: Callable[[dict], None] | None = None,
           data: Dataset | None = None, keep_trainer: bool = False, resume_dir: str | Path | None = None) -> RunResult:
     """Train as configured; `on_epoch` receives each epoch's record (Ray Tune reports from it).
-    With `resume_dir`, continue that run from its newest complete checkpoint."""
+    With `resume_dir`, continue that run from its newest complete checkpoint. The run folder is
+    made only once the trainer has started: a failed start (unknown model, no GPU) leaves none."""
     if cfg.data.loader == "ray_data":  # the training split never enters this process
         from ray_al.ray_data import train_streaming
         return train_streaming(cfg, log, on_epoch, keep_trainer, resume_dir)
+    check_loggers(cfg)
     data = data or load_dataset(cfg.data)
     n_batches = batches_per_epoch(len(data.train_x), cfg.data.batch_size)
     if n_batches == 0:
         raise DataError(f"{len(data.train_x)} training samples do not fill one batch of {cfg.data.batch_size}")
     fp = fingerprint(cfg, data)
-    run_dir = Path(resume_dir) if resume_dir else prepare_run_dir(cfg)
-    checkpointer = Checkpointer(cfg, run_dir, fp)
     if resume_dir:  # check before starting any actor: a wrong checkpoint costs nothing
-        ckpt_lib.check_compatible(ckpt_lib.read_manifest(checkpointer.uri), fp)
-    else:
-        save_config(cfg, run_dir / "config.yaml")
+        ckpt_lib.check_compatible(ckpt_lib.read_manifest(checkpoint_uri(cfg, Path(resume_dir))), fp)
     describe_run(cfg, data, log)
     total_steps = cfg.train.epochs * n_batches
     trainer = make_trainer(cfg, data.input_shape, data.num_classes, total_steps)
-    result = RunResult(run_dir)
     try:
+        run_dir = Path(resume_dir) if resume_dir else prepare_run_dir(cfg)
+        checkpointer = Checkpointer(cfg, run_dir, fp)
+        if not resume_dir:
+            save_config(cfg, run_dir / "config.yaml")
+        result = RunResult(run_dir)
         for line in trainer.describe():
             log(line)
         if resume_dir:
@@ -198,8 +212,9 @@ def train(cfg: Config, log: Log = print, on_epoch: Callable[[dict], None] | None
         result.history = _read_history(run_dir, position[0])
         restarts = 0
         while True:
+            loggers = make_loggers(cfg, run_dir, from_step=position[0] * n_batches + position[1])
             try:
-                _train_epochs(cfg, data, trainer, checkpointer, position, n_batches, result, log, on_epoch)
+                _train_epochs(cfg, data, trainer, checkpointer, position, n_batches, result, log, on_epoch, loggers)
                 break
             except BlockLost as e:
                 restarts += 1
@@ -212,8 +227,11 @@ def train(cfg: Config, log: Log = print, on_epoch: Callable[[dict], None] | None
                 result.history = _read_history(run_dir, position[0])
                 result.restarts.append({"step": manifest["step"], "error": str(e)})
                 log(f"rebuilt every block from checkpoint step {manifest['step']}; replaying from there")
+            finally:
+                loggers.close()
         (run_dir / "summary.json").write_text(json.dumps(
-            {"final": result.final, "run_dir": str(run_dir), "restarts": result.restarts}, indent=1))
+            {"final": result.final, "run_dir": str(run_dir), "restarts": result.restarts,
+             "provenance": provenance()}, indent=1))
         log(f"run folder: {run_dir}")
     except BaseException:
         trainer.close()
@@ -225,11 +243,11 @@ def train(cfg: Config, log: Log = print, on_epoch: Callable[[dict], None] | None
     return result
 
 
-def _train_epochs(cfg, data, trainer, checkpointer, position, n_batches, result, log, on_epoch) -> None:
+def _train_epochs(cfg, data, trainer, checkpointer, position, n_batches, result, log, on_epoch, loggers) -> None:
     start_epoch, start_batch = position
     for epoch in range(start_epoch, cfg.train.epochs):
         progress = Progress(epoch + 1, cfg.train.epochs, n_batches - start_batch, cfg.data.batch_size, log,
-                            cfg.train.log_every_s)
+                            cfg.train.log_every_s, loggers)
         chunks = epoch_chunks(data.train_x, data.train_y, cfg.data.batch_size, cfg.train.chunk_size, epoch,
                               cfg.train.seed, cfg.data.augment, start_batch)
         seconds = 0.0
@@ -244,11 +262,12 @@ def _train_epochs(cfg, data, trainer, checkpointer, position, n_batches, result,
         done = n_batches - start_batch
         record = {"epoch": epoch + 1, "epochs": cfg.train.epochs, "step": (epoch + 1) * n_batches,
                   "train_time_s": seconds, "samples_per_s": done * cfg.data.batch_size / max(seconds, 1e-9),
-                  **progress.summary(), **trainer.evaluate(data.test_x, data.test_y)}
+                  **progress.summary(), **trainer.evaluate(data.test_x, data.test_y), **validation(trainer, data)}
         if cfg.checkpoint.enabled:
             checkpointer.save(trainer, (epoch + 1) * n_batches, epoch + 1, 0)
         with open(result.run_dir / "metrics.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")
+        loggers.log_epoch(record)
         log(format_record(record))
         result.history.append(record)
         if on_epoch:
