@@ -20,7 +20,8 @@ if __name__ == "__main__":
     args = p.parse_args()
     mnist = datasets_root(args.data) / "mnist"
     finals = {}
-    for name, config in (("AL (Ray, 2 block actors)", "configs/mnist_mlp.yaml"), ("BP twin", "configs/mnist_mlp_bp.yaml")):
+    for name, config in (("AL (Ray, 2 block actors)", "configs/mnist_mlp.yaml"),
+                         ("BP twin", "configs/mnist_mlp_bp.yaml")):
         cfg = load_config(config, [f"data.path={mnist}", f"train.epochs={args.epochs}", f"run_dir={args.run_dir}",
                                    "checkpoint.enabled=false"])
         print(f"== {name}: {config}")

@@ -78,7 +78,8 @@ def main() -> int:
     data = mnist(args)
     if args.smoke:
         data = Dataset(data.train_x[:3200], data.train_y[:3200], data.test_x[:500], data.test_y[:500], 10, "mnist")
-    report = {"device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu", "torch": torch.__version__, "ray": ray.__version__}
+    report = {"device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
+              "torch": torch.__version__, "ray": ray.__version__}
     print(f"== {report}")
     print("== equivalence: Ray actors on cuda vs one process on cuda (MNIST MLP, 300 steps, K=16)")
     report["equivalence"] = equivalence(data, out / "eq")

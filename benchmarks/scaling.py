@@ -25,8 +25,8 @@ import torch
 from ray_al.batches import epoch_chunks
 from ray_al.config import config_from_dict
 from ray_al.data import load_dataset
-from ray_al.pipeline import ALPipeline
-from ray_al.reference import LocalAL
+from ray_al.trainers.al_local import ALLocal
+from ray_al.trainers.pipeline import ALPipeline
 
 
 def make_cfg(n: int, width: int, samples: int, batch: int, chunk: int, threads: int, cpus_per_block: float):
@@ -46,7 +46,7 @@ def make_cfg(n: int, width: int, samples: int, batch: int, chunk: int, threads: 
 def stage_times(cfg, data, chunks_per_epoch: int) -> list[float]:
     """Seconds per chunk of each block alone: feed block i the outputs of block i-1, time only block i."""
     torch.set_num_threads(1)
-    local = LocalAL(cfg, data.input_shape, data.num_classes, 10 ** 6)
+    local = ALLocal(cfg, data.input_shape, data.num_classes, 10 ** 6)
     totals = [0.0] * local.n
     for epoch in range(2):  # epoch 0 warms up
         for chunk in epoch_chunks(data.train_x, data.train_y, cfg.data.batch_size, cfg.train.chunk_size, epoch, 0):
@@ -92,7 +92,7 @@ def main() -> None:
         rates = {}
         for threads in (1, args.cpus):
             torch.set_num_threads(threads)
-            local = LocalAL(cfg, data.input_shape, data.num_classes, 10 ** 6)
+            local = ALLocal(cfg, data.input_shape, data.num_classes, 10 ** 6)
             timed_epoch(local, cfg, data, 0)
             rates[f"local_{threads}t"] = samples / timed_epoch(local, cfg, data, 1)
         torch.set_num_threads(1)

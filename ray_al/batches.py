@@ -14,14 +14,25 @@ import torch.nn.functional as F
 
 @dataclass
 class Chunk:
-    index: int           # position of the chunk within its epoch
-    first_step: int      # global step of its first batch
-    x: torch.Tensor      # [K, B, C, H, W], its own storage (safe to ship to Ray)
-    y: torch.Tensor      # [K, B]
+    first_step: int                 # global step of its first batch
+    x: torch.Tensor | None          # [K, B, C, H, W], its own storage (safe to ship to Ray)
+    y: torch.Tensor | None          # [K, B]
+    ref: object = None              # instead of x and y: an ObjectRef of (x, y) (the Ray Data loader)
 
 
 def batches_per_epoch(n: int, batch_size: int) -> int:
     return n // batch_size  # the last partial batch is dropped: every step has batch_size samples
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The seed of an epoch's shuffle; every other draw of the epoch derives from it."""
+    return seed * 100_003 + epoch
+
+
+def batch_generator(seed: int, epoch: int, batch: int) -> torch.Generator:
+    """The random stream of one batch's augmentation: it depends on (seed, epoch, batch index) only,
+    never on how batches are grouped into chunks or which loader made them."""
+    return torch.Generator().manual_seed(epoch_seed(seed, epoch) * 1_000_003 + batch)
 
 
 def random_shift(x: torch.Tensor, pad: int, g: torch.Generator) -> torch.Tensor:
@@ -62,19 +73,19 @@ def epoch_chunks(x: torch.Tensor, y: torch.Tensor, batch_size: int, chunk_size: 
     """Chunks of one epoch from batch `start_batch` on (resuming mid-epoch). The samples of
     every batch, and its augmentation, depend only on (seed, epoch, batch index), so the
     grouping into chunks never changes the arithmetic."""
-    g = torch.Generator().manual_seed(seed * 100_003 + epoch)
-    order = torch.randperm(len(x), generator=g)
+    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(epoch_seed(seed, epoch)))
     n_batches = batches_per_epoch(len(x), batch_size)
-    for c, first in enumerate(range(start_batch, n_batches, chunk_size)):
+    for first in range(start_batch, n_batches, chunk_size):
         xs, ys = [], []
         for b in range(first, min(first + chunk_size, n_batches)):
             idx = order[b * batch_size:(b + 1) * batch_size]
-            ga = torch.Generator().manual_seed((seed * 100_003 + epoch) * 1_000_003 + b)
-            xs.append(augment(x[idx], aug, ga))  # indexing copies: the chunk owns its storage
+            # indexing copies: the chunk owns its storage
+            xs.append(augment(x[idx], aug, batch_generator(seed, epoch, b)))
             ys.append(y[idx])
-        yield Chunk(c, epoch * n_batches + first, torch.stack(xs), torch.stack(ys))
+        yield Chunk(epoch * n_batches + first, torch.stack(xs), torch.stack(ys))
 
 
 def eval_batches(x: torch.Tensor, batch_size: int) -> Iterator[torch.Tensor]:
+    """Consecutive slices of at most batch_size, each a copy: a view would ship its whole storage to Ray."""
     for start in range(0, len(x), batch_size):
         yield x[start:start + batch_size].clone()

@@ -9,10 +9,10 @@ import time
 import torch
 
 from ray_al.batches import epoch_chunks
+from ray_al.block_trainer import BlockTrainer
 from ray_al.config import Config
 from ray_al.data import Dataset
 from ray_al.models import block_count, build_al_block
-from ray_al.block_trainer import BlockTrainer
 
 
 def _chunks(data: Dataset, cfg: Config, chunk_size: int, batches: int):
@@ -47,9 +47,10 @@ def stage_times(cfg: Config, data: Dataset, batches: int, threads: int = 1) -> l
 
 def throughput(cfg: Config, data: Dataset, batches: int, chunk_sizes=(1, 16), cores: int = 2,
                log=print) -> dict:
-    from ray_al.bp import BPTrainer
-    from ray_al.pipeline import ALPipeline, connect
-    from ray_al.reference import LocalAL
+    from ray_al.session import connect
+    from ray_al.trainers.al_local import ALLocal
+    from ray_al.trainers.bp import BPTrainer
+    from ray_al.trainers.pipeline import ALPipeline
 
     results = {}
     stages = stage_times(cfg, data, min(batches, 64))
@@ -57,7 +58,7 @@ def throughput(cfg: Config, data: Dataset, batches: int, chunk_sizes=(1, 16), co
     results["stage_ms"] = [1000 * t for t in stages]
     results["ideal_pipeline"] = cfg.data.batch_size / max(stages)
     torch.set_num_threads(cores)
-    for name, cls in (("sequential_al", LocalAL), ("bp_twin", BPTrainer)):
+    for name, cls in (("sequential_al", ALLocal), ("bp_twin", BPTrainer)):
         trainer = cls(cfg, data.input_shape, data.num_classes, total_steps=batches)
         results[name] = _timed(trainer, data, cfg, 16, batches)
         log(f"{name:>16}: {results[name]:9,.0f} samples/s ({cores} threads, one process)")
@@ -70,7 +71,8 @@ def throughput(cfg: Config, data: Dataset, batches: int, chunk_sizes=(1, 16), co
             results[f"ray_k{k}"] = _timed(pipe, data, cfg, k, batches)
         finally:
             pipe.close()
-        log(f"{'ray K=' + str(k):>16}: {results[f'ray_k{k}']:9,.0f} samples/s ({n} actors x {cfg.train.threads} thread)")
+        log(f"{'ray K=' + str(k):>16}: {results[f'ray_k{k}']:9,.0f} samples/s "
+            f"({n} actors x {cfg.train.threads} thread)")
     log(f"{'stage time':>16}: " + ", ".join(f"block {i + 1} {ms:.2f} ms" for i, ms in enumerate(results["stage_ms"]))
         + " per batch (1 thread)")
     log(f"{'ideal pipeline':>16}: {results['ideal_pipeline']:9,.0f} samples/s = batch / max(stage time)")

@@ -23,8 +23,6 @@ class BlockTrainer:
         self.opt_target = torch.optim.Adam(block.target_params(), lr=optim.lr * optim.target_lr_scale,
                                            weight_decay=wd)
         self.step_count = 0
-        # the block's own random stream (for stochastic layers), saved with it; never the process's
-        self.generator = torch.Generator().manual_seed(index)
 
     def _set_lr(self) -> None:
         m = lr_multiplier(self.optim.schedule, self.step_count, self.total_steps)
@@ -81,12 +79,10 @@ class BlockTrainer:
     # -- state -----------------------------------------------------------------------
     def state_dict(self) -> dict:
         return {"block": self.block.state_dict(), "opt_forward": self.opt_forward.state_dict(),
-                "opt_target": self.opt_target.state_dict(), "step_count": self.step_count,
-                "rng": self.generator.get_state()}
+                "opt_target": self.opt_target.state_dict(), "step_count": self.step_count}
 
     def load_state_dict(self, state: dict) -> None:
         self.block.load_state_dict(state["block"])
         self.opt_forward.load_state_dict(state["opt_forward"])
         self.opt_target.load_state_dict(state["opt_target"])
         self.step_count = int(state["step_count"])
-        self.generator.set_state(state["rng"])

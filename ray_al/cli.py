@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import sys
 
 from ray_al.errors import ConfigError, RayALError
@@ -10,53 +9,25 @@ from ray_al.errors import ConfigError, RayALError
 DEFAULT_CONFIG = None  # no file: the embedded digits dataset, a small MLP, through Ray actors
 
 
-@contextlib.contextmanager
-def sigterm_as_interrupt(ray_cfg=None):
-    """`ray job stop` sends SIGTERM, which makes a Ray driver abort (Ray's own handler). Join
-    Ray first, then turn SIGTERM into KeyboardInterrupt: the run closes its actors and placement
-    group and exits 130 within the job server's grace period. Ray joined here is left here."""
-    import signal
-    import threading
-
-    joined_here = False
-    if ray_cfg is not None:
-        import ray
-
-        from ray_al.pipeline import connect
-        joined_here = not ray.is_initialized()
-        connect(ray_cfg)
-    previous = None
-    if threading.current_thread() is threading.main_thread():
-        def handler(signum, frame):
-            raise KeyboardInterrupt
-
-        previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
-        if joined_here:
-            ray.shutdown()  # in-process callers (tests) get Ray back as they had it
-
-
 def _train(args) -> int:
     from ray_al.config import load_config
     from ray_al.run import train
+    from ray_al.session import ray_session, sigterm_raises_interrupt
 
     if args.resume:
-        from ray_al.evaluate import run_config
+        from ray_al.storage import run_config
         if args.config:
             raise ConfigError("give either a config or --resume RUN_DIR, not both")
         cfg = run_config(args.resume, args.overrides)
     else:
         cfg = load_config(args.config, args.overrides)
-    with sigterm_as_interrupt(cfg.ray if cfg.train.trainer == "al" else None):
+    with ray_session(cfg.ray if cfg.train.trainer == "al" else None), sigterm_raises_interrupt():
         train(cfg, resume_dir=args.resume) if args.resume else train(cfg)
     return 0
 
 
 def _tune(args) -> int:
+    from ray_al.session import ray_session, sigterm_raises_interrupt
     from ray_al.tune import Sweep, resume_sweep, run_sweep
 
     if args.resume:
@@ -67,7 +38,7 @@ def _tune(args) -> int:
         raise ConfigError("give a sweep file (e.g. configs/sweeps/mnist_mlp.yaml) or --resume SWEEP_DIR")
     else:
         sweep = Sweep(args.sweep, args.overrides)
-    with sigterm_as_interrupt(sweep.base_cfg.ray):
+    with ray_session(sweep.base_cfg.ray), sigterm_raises_interrupt():
         resume_sweep(sweep) if args.resume else run_sweep(sweep)
     return 0
 
@@ -84,7 +55,7 @@ def _eval(args) -> int:
     import json
 
     from ray_al.data import load_dataset
-    from ray_al.evaluate import load_run
+    from ray_al.trainers import load_run
 
     cfg, trainer, manifest = load_run(args.run_dir, args.overrides, device=args.device)
     data = load_dataset(cfg.data)

@@ -240,17 +240,48 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key.strip(), value
 
 
+def set_dotted(values: dict, key: str, value: Any, what: str | None = None) -> None:
+    """values["a"]["b"] = value for key "a.b", making sections on the way; `what` names the key in errors."""
+    node = values
+    *parents, last = key.split(".")
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"{what or key}: '{part}' is not a section")
+    node[last] = value
+
+
 def apply_overrides(values: dict, overrides: list[str]) -> dict:
     for text in overrides:
         key, value = parse_override(text)
-        node = values
-        parts = key.split(".")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"override '{text}': '{part}' is not a section")
-        node[parts[-1]] = value
+        set_dotted(values, key, value, what=f"override '{text}'")
     return values
+
+
+def merge_values(into: dict, extra: dict) -> dict:
+    """Lay the nested mapping `extra` over `into` (sections merge key by key; other values replace)."""
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            merge_values(into[key], value)
+        else:
+            into[key] = value
+    return into
+
+
+def read_config_file(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict:
+    """A config file's values; `base: other.yaml` (relative to the file) starts from that file's
+    values, which this file's keys override, so a variant says only what it changes."""
+    path = Path(path).resolve() if Path(path).is_file() else Path(path)
+    if path in _seen:
+        chain = " -> ".join(p.name for p in (*_seen, path))
+        raise ConfigError(f"config files name each other as base: {chain}")
+    values = read_yaml(path)
+    base = values.pop("base", None)
+    if base is None:
+        return values
+    if not isinstance(base, str):
+        raise ConfigError(f"{path}: base: expected a file name, got {base!r}")
+    return merge_values(read_config_file(path.parent / base, (*_seen, path)), values)
 
 
 def read_yaml(path: str | Path) -> dict:
@@ -298,7 +329,7 @@ def find_config(path: str | Path) -> Path:
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
     import copy
-    values = read_yaml(find_config(path)) if path else copy.deepcopy(EMBEDDED_DEFAULT)
+    values = read_config_file(find_config(path)) if path else copy.deepcopy(EMBEDDED_DEFAULT)
     return config_from_dict(apply_overrides(values, overrides or []))
 
 

@@ -50,9 +50,27 @@ def _cache_path(folder: Path, files: list[Path], cache_dir: str | None) -> Path:
     return base / f"{folder.name}-{key.hexdigest()[:16]}.npz"
 
 
+def decode_png(cell) -> np.ndarray:
+    """One Parquet image cell ({bytes, path} or raw bytes) -> uint8 [H, W, C]."""
+    from PIL import Image
+
+    raw = cell["bytes"] if isinstance(cell, dict) else cell
+    img = np.asarray(Image.open(io.BytesIO(raw)))
+    return img if img.ndim == 3 else img[:, :, None]
+
+
+def to_float(images: np.ndarray) -> torch.Tensor:
+    """uint8 [n, C, H, W] -> float32 in [0, 1]."""
+    return torch.from_numpy(np.ascontiguousarray(images)).float().div_(255)
+
+
+def normalise(x, mean, std):
+    """Per-channel (x - mean) / std for [n, C, H, W] (torch or NumPy), with the training split's mean and std [C]."""
+    return (x - mean[None, :, None, None]) / std[None, :, None, None]
+
+
 def _decode_parquet(files: list[Path]) -> tuple[np.ndarray, np.ndarray, list[str]]:
     import pyarrow.parquet as pq
-    from PIL import Image
 
     images, labels, names = [], [], []
     for f in files:
@@ -65,12 +83,10 @@ def _decode_parquet(files: list[Path]) -> tuple[np.ndarray, np.ndarray, list[str
             raise DataError(f"cannot read Parquet file {f}: {str(e).splitlines()[0]}") from None
         names = names or _class_names(table.schema.metadata, label)
         for cell in table.column("image").to_pylist():
-            raw = cell["bytes"] if isinstance(cell, dict) else cell
             try:
-                img = np.asarray(Image.open(io.BytesIO(raw)))
+                images.append(decode_png(cell))
             except Exception as e:
                 raise DataError(f"cannot decode an image in {f}: {e}") from None
-            images.append(img if img.ndim == 3 else img[:, :, None])
         labels.extend(table.column(label).to_pylist())
     if len({im.shape for im in images}) > 1:
         raise DataError(f"images of different shapes in {files[0].parent}")
@@ -223,12 +239,11 @@ def load_dataset(cfg: DataConfig) -> Dataset:
     va_x = va_y = None
     if cfg.val_fraction:
         tr_x, tr_y, va_x, va_y = hold_out(tr_x, tr_y, cfg.val_fraction)
-    as_float = lambda a: None if a is None else torch.from_numpy(np.ascontiguousarray(a)).float().div_(255)  # noqa: E731
-    train_x, test_x, val_x = as_float(tr_x), as_float(te_x), as_float(va_x)
+    train_x, test_x = to_float(tr_x), to_float(te_x)
+    val_x = None if va_x is None else to_float(va_x)
     if cfg.normalize:  # statistics of the samples trained on, applied to every split
-        mean = train_x.mean(dim=(0, 2, 3), keepdim=True)
-        std = train_x.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6)
-        train_x, test_x = (train_x - mean) / std, (test_x - mean) / std
-        val_x = None if val_x is None else (val_x - mean) / std
+        mean, std = train_x.mean(dim=(0, 2, 3)), train_x.std(dim=(0, 2, 3)).clamp_min(1e-6)
+        train_x, test_x = normalise(train_x, mean, std), normalise(test_x, mean, std)
+        val_x = None if val_x is None else normalise(val_x, mean, std)
     return Dataset(train_x, torch.from_numpy(tr_y), test_x, torch.from_numpy(te_y), num_classes, name, names,
                    val_x, None if va_y is None else torch.from_numpy(va_y))

@@ -1,9 +1,14 @@
 """Accuracy of every exit; class-distance metafeatures and t-SNE live beside it."""
 from __future__ import annotations
 
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable
 
 import torch
+
+from ray_al.batches import eval_batches
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 def exit_accuracies(batches: Iterable[list[torch.Tensor]], y: torch.Tensor) -> dict[str, float]:
@@ -37,10 +42,10 @@ def class_distances(features: torch.Tensor, labels: torch.Tensor) -> dict[str, f
 
 
 # -- named layers of the prediction path -------------------------------------------------------
-# Both an AL model and its BP twin compute f_1..f_N, b_N, h_N..h_2, h_1 (DESIGN section 2), so the
+# Both an AL model and its BP twin compute f_1..f_N, b_N, h_N..h_2, h_1 (the paper's Eq. 7), so the
 # same names pick the same layer in both: s1..sN (after f_i), bridge (b_N(s_N), width d),
 # dec{k} (after h_k, k = N..2), out (logits). AL also has b{i} (block i's bridge: its exit's
-# target estimate); the BP twin also takes a module index ("3": the output of net[3]).
+# target estimate). The BP twin's modules carry these names (models.BPTwin).
 def sample_indices(n_total: int, n: int, seed: int = 0) -> torch.Tensor:
     """n indices drawn at random with a fixed seed: test splits may be sorted by class, so the first n
     would hold few classes; any prefix of the result is a random sample too (t-SNE takes fewer)."""
@@ -85,11 +90,6 @@ class _EvalMode:
             m.training = mode
 
 
-def _batches(x: torch.Tensor, batch_size: int):
-    for start in range(0, len(x), batch_size):
-        yield x[start:start + batch_size]
-
-
 @torch.no_grad()
 def al_features(blocks, x: torch.Tensor, layers: list[str], batch_size: int = 500) -> dict[str, torch.Tensor]:
     """Activations of the named layers of an AL model (a list of ALBlocks) on x, on the CPU."""
@@ -98,7 +98,7 @@ def al_features(blocks, x: torch.Tensor, layers: list[str], batch_size: int = 50
     device = next(blocks[0].parameters()).device
     out = {name: [] for name in layers}
     with _EvalMode(blocks):
-        for xb in _batches(x, batch_size):
+        for xb in eval_batches(x, batch_size):
             points, s = {}, xb.to(device)
             for i, block in enumerate(blocks, start=1):
                 s = block(s)
@@ -114,36 +114,29 @@ def al_features(blocks, x: torch.Tensor, layers: list[str], batch_size: int = 50
     return {name: torch.cat(parts) for name, parts in out.items()}
 
 
-def bp_layer_index(net, name: str) -> int:
-    """Module index of a named layer in the BP twin Sequential(f_1..f_N, bridge, [Linear, act] x (N-1), Linear)."""
-    n = len(net) // 3
-    if name.isdigit() and int(name) < len(net):
-        return int(name)
-    _check_layers([name], layer_names(n) + [str(i) for i in range(len(net))])
-    if name.startswith("s"):
-        return int(name[1:]) - 1
-    if name == "bridge":
-        return n
-    if name.startswith("dec"):
-        return n + 2 + 2 * (n - int(name[3:]))  # the activation after h_k's Linear
-    return len(net) - 1
-
-
 @torch.no_grad()
 def bp_features(net, x: torch.Tensor, layers: list[str], batch_size: int = 500) -> dict[str, torch.Tensor]:
-    """Activations of the named layers (or module indices) of a BP twin on x, on the CPU."""
-    index = {name: bp_layer_index(net, name) for name in layers}
+    """Activations of the named layers of a BP twin (models.BPTwin) on x, on the CPU."""
+    _check_layers(layers, layer_names(net.n_blocks))
     device = next(net.parameters()).device
     out = {name: [] for name in layers}
     with _EvalMode([net]):
-        for xb in _batches(x, batch_size):
-            h, outputs = xb.to(device), []
-            for module in net:
-                h = module(h)
-                outputs.append(h)
+        for xb in eval_batches(x, batch_size):
+            h, points = xb.to(device), {}
+            for name, module in net.named_children():
+                h = points[name] = module(h)
             for name in layers:
-                out[name].append(outputs[index[name]].cpu())
+                out[name].append(points[name].cpu())
     return {name: torch.cat(parts) for name, parts in out.items()}
+
+
+def model_features(model, x: torch.Tensor, layers: list[str]) -> dict[str, torch.Tensor]:
+    """al_features for an AL model (a list of ALBlocks), bp_features for a BP twin."""
+    return al_features(model, x, layers) if isinstance(model, list) else bp_features(model, x, layers)
+
+
+def block_count_of(model) -> int:
+    return len(model) if isinstance(model, list) else model.n_blocks
 
 
 # -- t-SNE (paper Figures 3-4) --------------------------------------------------------------

@@ -15,35 +15,28 @@ Checkpoints, resume and block-loss recovery run only with the in-memory loader.
 """
 from __future__ import annotations
 
-import io
-import json
-import time
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import ray
 import torch
 
-from ray_al.batches import augment
-from ray_al.config import Config, save_config
-from ray_al.data import _load_split, _parquet_files
+from ray_al.batches import Chunk, augment, batch_generator, epoch_seed
+from ray_al.config import Config
+from ray_al.data import _load_split, _parquet_files, decode_png, normalise, to_float
 from ray_al.errors import ConfigError, DataError
+from ray_al.session import connect
 
 DATA_TASK_CPUS = 0.25  # decode tasks must run beside blocks that may hold every CPU
 
 
 def _decode(batch, mean: np.ndarray | None, std: np.ndarray | None) -> dict:
     """A pyarrow batch of {image{bytes,path}, label} -> float32 [n, C, H, W] (normalised), int64."""
-    from PIL import Image
-
-    images = []
-    for cell in batch.column("image").to_pylist():
-        raw = cell["bytes"] if isinstance(cell, dict) else cell
-        img = np.asarray(Image.open(io.BytesIO(raw)))
-        images.append(img if img.ndim == 3 else img[:, :, None])
+    images = [decode_png(cell) for cell in batch.column("image").to_pylist()]
     x = np.stack(images).transpose(0, 3, 1, 2).astype(np.float32) / 255.0
     if mean is not None:
-        x = (x - mean[None, :, None, None]) / std[None, :, None, None]
+        x = normalise(x, mean, std)
     return {"x": x, "y": np.asarray(batch.column("label").to_pylist(), dtype=np.int64)}
 
 
@@ -83,103 +76,59 @@ class ChunkReader:
 
     def __init__(self, dataset, batch_size: int, chunk_size: int, seed: int, aug: str):
         self.dataset, self.batch_size, self.chunk_size = dataset, batch_size, chunk_size
-        self.seed, self.aug, self.batches, self.epoch, self.chunk = seed, aug, None, 0, 0
+        self.seed, self.aug, self.batches, self.epoch, self.batch = seed, aug, None, 0, 0
 
     def start_epoch(self, epoch: int) -> None:
-        ds = self.dataset.randomize_block_order(seed=self.seed * 100_003 + epoch)
+        seed = epoch_seed(self.seed, epoch)
+        ds = self.dataset.randomize_block_order(seed=seed)
         self.batches = iter(ds.iter_torch_batches(batch_size=self.batch_size, drop_last=True,
                                                   local_shuffle_buffer_size=8 * self.batch_size,
-                                                  local_shuffle_seed=self.seed * 100_003 + epoch))
-        self.epoch, self.chunk = epoch, 0
+                                                  local_shuffle_seed=seed))
+        self.epoch, self.batch = epoch, 0
 
     def next_chunk(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         xs, ys = [], []
         for _ in range(k):
             b = next(self.batches)
-            xs.append(b["x"])
+            xs.append(augment(b["x"], self.aug, batch_generator(self.seed, self.epoch, self.batch)))
             ys.append(b["y"])
-        g = torch.Generator().manual_seed((self.seed * 100_003 + self.epoch) * 10_007 + self.chunk)
-        self.chunk += 1
-        x = augment(torch.cat(xs), self.aug, g)
-        return x.reshape(k, self.batch_size, *x.shape[1:]).contiguous(), torch.stack(ys)
+            self.batch += 1
+        return torch.stack(xs), torch.stack(ys)
 
 
-def check(cfg: Config, resume_dir) -> None:
-    if cfg.data.source != "parquet":
-        raise ConfigError("data.loader=ray_data reads Parquet shards: set data.source=parquet and data.path")
-    if cfg.train.trainer != "al":
-        raise ConfigError("data.loader=ray_data feeds the Ray pipeline: set train.trainer=al")
-    if resume_dir:
-        raise ConfigError("--resume needs the in-memory loader (data.loader=memory)")
+class RayDataSource:
+    """Chunks of the training split as ObjectRefs made by a ChunkReader; the test split in memory."""
 
+    checkpoints = False  # the stream's position cannot be restored
 
-def train_streaming(cfg: Config, log, on_epoch=None, keep_trainer: bool = False, resume_dir=None):
-    """run.train for data.loader=ray_data: same run folder, records and log lines."""
-    from ray_al.pipeline import connect
-    from ray_al.run import Progress, RunResult, format_record, make_trainer, prepare_run_dir
+    def __init__(self, cfg: Config):
+        connect(cfg.ray)
+        ctx = ray.data.DataContext.get_current()  # datasets carry this context to the reader
+        ctx.enable_progress_bars, ctx.print_on_execution_start = False, False
+        self.stream = TrainStream(cfg)
+        folder = Path(cfg.data.path).expanduser()
+        te_x, te_y, names = _load_split(folder, "test", cfg.data.cache_dir)
+        self.test_x, self.test_y = to_float(te_x), torch.from_numpy(te_y)
+        if self.stream.mean is not None:
+            self.test_x = normalise(self.test_x, torch.from_numpy(self.stream.mean), torch.from_numpy(self.stream.std))
+        self.num_classes = len(names) or int(te_y.max()) + 1
+        self.input_shape = tuple(self.test_x.shape[1:])
+        self.train_size = self.stream.rows
+        self.batch_size, self.chunk_size = cfg.data.batch_size, cfg.train.chunk_size
+        self.n_batches = self.train_size // self.batch_size
+        self.description = (f"data: {folder.name} via Ray Data, train {self.train_size} rows in "
+                            f"{len(self.stream.files)} shard(s) (streamed), test {tuple(self.test_x.shape)} "
+                            f"{self.num_classes} classes")
+        self.reader = ChunkReader.remote(self.stream.decoded, self.batch_size, self.chunk_size, cfg.train.seed,
+                                         cfg.data.augment)
 
-    check(cfg, resume_dir)
-    connect(cfg.ray)
-    ctx = ray.data.DataContext.get_current()  # datasets carry this context to the reader
-    ctx.enable_progress_bars, ctx.print_on_execution_start = False, False
-    stream = TrainStream(cfg)
-    folder = Path(cfg.data.path).expanduser()
-    te_x, te_y, names = _load_split(folder, "test", cfg.data.cache_dir)
-    test_x = torch.from_numpy(np.ascontiguousarray(te_x)).float().div_(255)
-    if stream.mean is not None:
-        test_x = (test_x - torch.from_numpy(stream.mean)[None, :, None, None]) / \
-            torch.from_numpy(stream.std)[None, :, None, None]
-    test_y = torch.from_numpy(te_y)
-    num_classes = len(names) or int(te_y.max()) + 1
-    b, k = cfg.data.batch_size, cfg.train.chunk_size
-    n_batches = stream.rows // b
-    if n_batches == 0:
-        raise DataError(f"{stream.rows} training samples do not fill one batch of {b}")
-    run_dir = prepare_run_dir(cfg)
-    save_config(cfg, run_dir / "config.yaml")
-    log(f"data: {folder.name} via Ray Data, train {stream.rows} rows in {len(stream.files)} shard(s) (streamed), "
-        f"test {tuple(test_x.shape)} {num_classes} classes")
-    if cfg.checkpoint.enabled:
-        log("checkpoints: off with data.loader=ray_data (use the in-memory loader to checkpoint and resume)")
-    trainer = make_trainer(cfg, tuple(test_x.shape[1:]), num_classes, cfg.train.epochs * n_batches)
-    reader = ChunkReader.remote(stream.decoded, b, k, cfg.train.seed, cfg.data.augment)
-    result = RunResult(run_dir)
-    try:
-        for line in trainer.describe():
-            log(line)
-        for epoch in range(cfg.train.epochs):
-            ray.get(reader.start_epoch.remote(epoch))
-            progress = Progress(epoch + 1, cfg.train.epochs, n_batches, b, log, cfg.train.log_every_s)
-            sizes = [min(k, n_batches - first) for first in range(0, n_batches, k)]
-            start = time.perf_counter()
-            trainer.train_epoch((_RefChunk(reader.next_chunk.remote(size)) for size in sizes), progress)
-            seconds = time.perf_counter() - start
-            record = {"epoch": epoch + 1, "epochs": cfg.train.epochs, "step": (epoch + 1) * n_batches,
-                      "train_time_s": seconds, "samples_per_s": n_batches * b / seconds,
-                      **progress.summary(), **trainer.evaluate(test_x, test_y)}
-            with open(run_dir / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(record) + "\n")
-            log(format_record(record))
-            result.history.append(record)
-            if on_epoch:
-                on_epoch(record)
-        (run_dir / "summary.json").write_text(json.dumps({"final": result.final, "run_dir": str(run_dir),
-                                                          "loader": "ray_data"}, indent=1))
-        log(f"run folder: {run_dir}")
-    except BaseException:
-        trainer.close()
-        raise
-    finally:
-        ray.kill(reader)
-    if keep_trainer:
-        result.trainer = trainer
-    else:
-        trainer.close()
-    return result
+    def chunks(self, epoch: int, start_batch: int = 0) -> Iterator[Chunk]:
+        if start_batch:
+            raise ConfigError("the Ray Data loader cannot start mid-epoch (use data.loader=memory to resume)")
+        ray.get(self.reader.start_epoch.remote(epoch))
+        for first in range(0, self.n_batches, self.chunk_size):
+            size = min(self.chunk_size, self.n_batches - first)
+            yield Chunk(epoch * self.n_batches + first, None, None, ref=self.reader.next_chunk.remote(size))
 
-
-class _RefChunk:
-    """A chunk still in the object store: ALPipeline.submit hands `ref` (of (x, y)) to block 1."""
-
-    def __init__(self, ref):
-        self.ref = ref
+    def close(self) -> None:
+        ray.kill(self.reader)

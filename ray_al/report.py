@@ -17,8 +17,15 @@ import torch
 
 from ray_al.config import Config, apply_overrides, config_from_dict, read_yaml
 from ray_al.errors import ConfigError, RayALError
-from ray_al.metrics import (al_features, bp_features, class_distances, layer_names, paper_layers, sample_indices,
-                            tsne_figure)
+from ray_al.metrics import (
+    block_count_of,
+    class_distances,
+    layer_names,
+    model_features,
+    paper_layers,
+    sample_indices,
+    tsne_figure,
+)
 from ray_al.paper import NAMES, PAPER_EPOCHS, RESULTS, TABLES, dataset_key, method, paper_result
 
 Log = Callable[[str], None]
@@ -217,10 +224,10 @@ def _slug(text: str) -> str:
 
 # -- models and features --------------------------------------------------------------------
 def load_model(run_dir: Path, overrides: list[str]):
-    """The run's newest checkpoint as a list of ALBlocks (AL) or the BP twin's nn.Sequential."""
-    from ray_al.evaluate import load_run
+    """The run's newest checkpoint as a list of ALBlocks (AL) or the BP twin (models.BPTwin)."""
+    from ray_al.trainers import load_run
     _, trainer, _ = load_run(run_dir, overrides, device="cpu")
-    return trainer.blocks if hasattr(trainer, "blocks") else trainer.net
+    return trainer.model
 
 
 def analyse(run: Run, overrides: list[str], samples: int, datasets: dict, log: Log,
@@ -242,9 +249,9 @@ def analyse(run: Run, overrides: list[str], samples: int, datasets: dict, log: L
         return
     idx = sample_indices(len(data.test_x), samples)
     x, y = data.test_x[idx], data.test_y[idx]
-    n = len(model) if isinstance(model, list) else len(model) // 3
+    n = block_count_of(model)
     names = layer_names(n)
-    feats = al_features(model, x, names) if isinstance(model, list) else bp_features(model, x, names)
+    feats = model_features(model, x, names)
     run.features = {name: class_distances(f, y) for name, f in feats.items()}
     run.model, run.labels = model, y
     run.tsne = {name: feats[name] for name in paper_layers(run.cfg.model.name, n)}

@@ -21,7 +21,7 @@ A sweep file (a path, or a shipped one by name: `sweeps/mnist_mlp`):
 
 Each trial reserves its driver and its block actors as one placement group,
 `tune.with_resources(trainable, tune.PlacementGroupFactory([driver, block x N]))`; the
-pipeline finds that group and puts block i in bundle i + 1 (ray_al/placement.py). Blocks take
+pipeline finds that group and puts block i in bundle i + 1 (ray_al/trainers/placement.py). Blocks take
 `ray.num_cpus_per_block` or, unset, an equal share of the cluster's CPUs less the driver's, as
 `ray-al train` does; a sweep whose trial cannot fit the cluster is refused before it starts.
 Every epoch a trial reports its record and its own checkpoint folder as a `tune.Checkpoint`, so
@@ -43,9 +43,19 @@ from typing import Any, Callable
 
 import yaml
 
-from ray_al.config import Config, apply_overrides, config_from_dict, find_config, read_yaml
+from ray_al.config import (
+    Config,
+    apply_overrides,
+    config_from_dict,
+    find_config,
+    merge_values,
+    read_config_file,
+    read_yaml,
+    set_dotted,
+)
 from ray_al.errors import ConfigError, TrainingError
 from ray_al.loggers import console
+from ray_al.storage import RunStorage
 
 SEARCH_FORMS = {"grid_search", "choice", "uniform", "loguniform", "randint", "quniform", "qloguniform"}
 SWEEP_KEYS = {"base", "config", "param_space", "tune", "output", "name"}
@@ -63,14 +73,6 @@ Log = Callable[[str], None]
 
 
 # -- the sweep file ------------------------------------------------------------------------
-def _set(values: dict, dotted: str, value: Any) -> None:
-    node = values
-    *parents, last = dotted.split(".")
-    for part in parents:
-        node = node.setdefault(part, {})
-    node[last] = value
-
-
 def _search_form(key: str, spec: Any):
     """YAML {form: args} -> a ray.tune search object; anything else is a fixed value."""
     from ray import tune
@@ -109,8 +111,8 @@ class Sweep:
                               f"(known: {', '.join(sorted(SWEEP_KEYS))})")
         base = {}
         if raw.get("base"):
-            base = read_yaml((path.parent / raw["base"]).resolve())
-        _merge(base, raw.get("config") or {})
+            base = read_config_file((path.parent / raw["base"]).resolve())
+        merge_values(base, raw.get("config") or {})
         apply_overrides(base, overrides or [])
         self.name = raw.get("name") or path.stem
         self.base = _absolute_paths(base)
@@ -186,15 +188,6 @@ class Sweep:
                 if hasattr(v, "sample") and not k.startswith(FINGERPRINT_PREFIXES)}
 
 
-def _merge(into: dict, extra: dict) -> dict:
-    for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(into.get(key), dict):
-            _merge(into[key], value)
-        else:
-            into[key] = value
-    return into
-
-
 def _absolute_paths(values: dict) -> dict:
     data = values.get("data") or {}
     for key in ("path", "cache_dir"):
@@ -207,7 +200,7 @@ def _absolute_paths(values: dict) -> dict:
 def trial_config(base: dict, params: dict) -> Config:
     values = copy.deepcopy(base)
     for key, value in params.items():
-        _set(values, key, value)
+        set_dotted(values, key, value)
     try:
         return config_from_dict(values)
     except ConfigError as e:
@@ -220,20 +213,20 @@ def _trainable(params: dict, base: dict, run_dir: str, data=None):
     continuing from the checkpoint Tune hands it (its own after a failure, another trial's in PBT)."""
     from ray import tune
 
-    from ray_al import checkpoint as ckpt_lib
+    from ray_al.checkpoint import files
     from ray_al.loggers import numeric
-    from ray_al.run import checkpoint_uri, train
+    from ray_al.run import train
 
     cfg = trial_config(base, params)
     cfg.run_dir, cfg.name = run_dir, tune.get_context().get_trial_name()
     folder = Path(run_dir) / cfg.name
     resume = restore_trial_folder(tune.get_checkpoint(), cfg, folder)
-    uri = checkpoint_uri(cfg, folder)
+    uri = RunStorage(folder, cfg.checkpoint.uri).checkpoint_uri
 
     def report(record: dict) -> None:
         checkpoint = None
         if cfg.checkpoint.enabled:  # the epoch-end checkpoint the run has just written
-            fs, path = ckpt_lib.filesystem(ckpt_lib.step_dir(uri, record["step"]))
+            fs, path = files.filesystem(files.step_dir(uri, record["step"]))
             checkpoint = tune.Checkpoint(path, filesystem=fs)
         tune.report(numeric({**record, "step": record["step"]}), checkpoint=checkpoint)
 
@@ -246,23 +239,21 @@ def restore_trial_folder(checkpoint, cfg: Config, folder: Path) -> Path | None:
     Without a checkpoint the trial starts (again) from scratch in an empty folder."""
     import pyarrow.fs as pafs
 
-    from ray_al import checkpoint as ckpt_lib
-    from ray_al.config import save_config
-    from ray_al.run import checkpoint_uri
+    from ray_al.checkpoint import files
 
     if checkpoint is None:
         shutil.rmtree(folder, ignore_errors=True)  # an earlier attempt that saved nothing Tune kept
         return None
-    uri = checkpoint_uri(cfg, folder)
+    storage = RunStorage(folder, cfg.checkpoint.uri)
     with checkpoint.as_directory() as local:
-        step = json.loads((Path(local) / ckpt_lib.MANIFEST).read_text())["step"]
-        fs, root = ckpt_lib.filesystem(f"{uri.rstrip('/')}/checkpoints")
+        step = json.loads((Path(local) / files.MANIFEST).read_text())["step"]
+        fs, root = files.filesystem(f"{storage.checkpoint_uri.rstrip('/')}/checkpoints")
         fs.delete_dir_contents(root, missing_dir_ok=True)
-        target = ckpt_lib.filesystem(ckpt_lib.step_dir(uri, step))[1]
+        target = files.filesystem(files.step_dir(storage.checkpoint_uri, step))[1]
         fs.create_dir(target, recursive=True)
         pafs.copy_files(local, target, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
     folder.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, folder / "config.yaml")  # PBT may have changed the config
+    storage.save_config(cfg)  # PBT may have changed the config
     return folder
 
 
@@ -271,7 +262,7 @@ def trial_resources(cfg: Config, n_blocks: int, driver_cpus: float):
     the driver's CPUs set aside."""
     from ray import tune
 
-    from ray_al.placement import block_bundle
+    from ray_al.trainers.placement import block_bundle
 
     bundles = [{"CPU": driver_cpus}]
     if cfg.train.trainer == "al":  # in-process trainers start no actors
@@ -347,7 +338,7 @@ def _prepare(sweep: Sweep, log: Log):
 
     from ray_al.data import load_dataset
     from ray_al.models import block_count
-    from ray_al.pipeline import connect
+    from ray_al.session import connect
 
     connect(sweep.base_cfg.ray)
     data = load_dataset(sweep.base_cfg.data)

@@ -8,8 +8,9 @@ import torch
 from ray_al import checkpoint as ckpt
 from ray_al.data import load_dataset
 from ray_al.errors import CheckpointError, TrainingError
-from ray_al.evaluate import load_run, run_config
 from ray_al.run import train
+from ray_al.storage import run_config
+from ray_al.trainers import load_run
 from tests.conftest import assert_states_equal, tiny_config
 
 QUIET = dict(log=lambda line: None)

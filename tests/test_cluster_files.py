@@ -46,7 +46,7 @@ def test_launcher_yaml_passes_rays_own_schema_and_has_a_gpu_worker():
     # setup installs the repository that file_mounts copies to the nodes
     (dest, src), = [(d, s) for d, s in cfg["file_mounts"].items() if s == "."]
     assert (REPO / src / "pyproject.toml").is_file()
-    assert any(f"pip install" in c and dest in c for c in cfg["setup_commands"])
+    assert any("pip install" in c and dest in c for c in cfg["setup_commands"])
     assert any("ray start --head" in c for c in cfg["head_start_ray_commands"])
     assert any("ray start --address" in c for c in cfg["worker_start_ray_commands"])
     for line in (CLUSTER / "ray-cluster.yaml").read_text().splitlines():

@@ -1,9 +1,10 @@
 """YAML configs, dotted overrides, validation errors that name the key."""
+import json
 from pathlib import Path
 
 import pytest
 
-from ray_al.config import Config, load_config
+from ray_al.config import Config, config_from_dict, load_config, set_dotted
 from ray_al.errors import ConfigError
 from ray_al.models import parameter_counts
 
@@ -60,6 +61,35 @@ def test_bad_override_and_missing_file():
         load_config(None, ["train.epochs"])
     with pytest.raises(ConfigError, match="config file not found"):
         load_config("nope.yaml")
+
+
+def test_every_shipped_config_resolves_to_its_recorded_values():
+    """resolved_configs.json holds each config's values that differ from the defaults, recorded before
+    the BP twins and quick variants were rewritten as a few lines over `base:`; the rewrite changed none."""
+    table = json.loads((REPO / "tests" / "resolved_configs.json").read_text())
+    files = sorted(p for p in (REPO / "configs").rglob("*.yaml") if "sweeps" not in p.parts)
+    assert sorted(table) == [str(p.relative_to(REPO / "configs")) for p in files]
+    for name, values in table.items():
+        expected: dict = {}
+        for key, value in values.items():
+            set_dotted(expected, key, value)
+        assert load_config(REPO / "configs" / name) == config_from_dict(expected), name
+
+
+def test_base_is_relative_to_the_file_and_cycles_are_one_line(tmp_path):
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "cell.yaml").write_text("model: {name: cnn, d: 64}\ntrain: {epochs: 5}\n")
+    (tmp_path / "sub" / "twin.yaml").write_text("base: ../cell.yaml\nmodel: {d: 32}\ntrain: {trainer: bp}\n")
+    cfg = load_config(tmp_path / "sub" / "twin.yaml", ["train.epochs=2"])
+    assert (cfg.model.name, cfg.model.d, cfg.train.epochs, cfg.train.trainer) == ("cnn", 32, 2, "bp")
+    (tmp_path / "a.yaml").write_text("base: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("base: a.yaml\n")
+    with pytest.raises(ConfigError, match="config files name each other as base: a.yaml -> b.yaml -> a.yaml") as err:
+        load_config(tmp_path / "a.yaml")
+    assert "\n" not in str(err.value)
+    (tmp_path / "lost.yaml").write_text("base: nowhere.yaml\n")
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "lost.yaml")
 
 
 def test_round_trip_through_yaml(tmp_path):

@@ -39,8 +39,8 @@ def test_pipeline_equals_sequential_reference_bitwise(ray_cluster, tmp_path, cas
 def test_inference_through_actors_is_the_composed_function(ray_cluster, tmp_path):
     cfg, piped = _run(tmp_path, "al", "mlp-2-blocks")
     try:
-        from ray_al.reference import LocalAL
-        local = LocalAL(cfg, (1, 8, 8), 10, total_steps=1)
+        from ray_al.trainers.al_local import ALLocal
+        local = ALLocal(cfg, (1, 8, 8), 10, total_steps=1)
         local.load_state_dicts(piped.trainer.state_dicts())
         x = load_dataset(cfg.data).test_x[:300]
         for blk in local.blocks:

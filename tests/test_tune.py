@@ -257,7 +257,8 @@ def test_cli_reports_bad_sweep_as_one_line(tmp_path, capsys):
     assert main(["tune", str(tmp_path / "missing.yaml")]) == 2
     assert capsys.readouterr().err.strip().startswith("ray-al: error: config file not found")
     assert main(["tune", "--resume", str(tmp_path)]) == 2
-    assert capsys.readouterr().err.strip() == f"ray-al: error: {tmp_path} is not a sweep's output folder (no sweep.yaml)"
+    err = capsys.readouterr().err.strip()
+    assert err == f"ray-al: error: {tmp_path} is not a sweep's output folder (no sweep.yaml)"
 
 
 def test_the_shipped_sweep_is_valid_and_found_by_name(tmp_path, monkeypatch):

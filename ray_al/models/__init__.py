@@ -6,6 +6,7 @@ seed per block, so any process can build block i alone and get the same weights.
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 
 import torch
 import torch.nn as nn
@@ -13,13 +14,13 @@ import torch.nn as nn
 from ray_al.blocks import ALBlock, BlockOptions
 from ray_al.config import ModelConfig
 from ray_al.errors import ConfigError
-from ray_al.models.registry import Architecture, build_architecture, model_names, register
 from ray_al.models import cnn, mlp, resnet, vgg  # noqa: F401  (registers the builders)
+from ray_al.models.registry import Architecture, build_architecture, model_names, register
 
 ACTIVATIONS = {"elu": nn.ELU, "relu": nn.ReLU, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh}
 
 __all__ = ["build_al_block", "build_al_blocks", "build_bp_twin", "block_count", "parameter_counts",
-           "model_names", "register", "Architecture"]
+           "model_names", "register", "Architecture", "BPTwin"]
 
 
 def he_init(module: nn.Module) -> nn.Module:
@@ -96,33 +97,40 @@ def build_al_blocks(model: ModelConfig, input_shape, num_classes: int, seed: int
     return [build_al_block(model, input_shape, num_classes, i, seed, device) for i in range(n)]
 
 
+class BPTwin(nn.Sequential):
+    """The AL prediction path f_1..f_N, b_N, h_N..h_1 as one network trained end to end. Its layers
+    carry the names an AL model's do (metrics.layer_names): s1..sN (after f_i), bridge (b_N),
+    dec{N}..dec2 (after h_k and its activation), out (the logits)."""
+
+    def __init__(self, stages: list[nn.Module], bridge: nn.Module, decoders: list[nn.Module], out: nn.Module):
+        n = len(stages)
+        layers = [(f"s{i}", stage) for i, stage in enumerate(stages, start=1)] + [("bridge", bridge)]
+        layers += [(f"dec{k}", dec) for k, dec in zip(range(n, 1, -1), decoders)] + [("out", out)]
+        super().__init__(OrderedDict(layers))
+        self.n_blocks = n
+
+
 def build_bp_twin(model: ModelConfig, input_shape, num_classes: int, seed: int,
-                  device: str | torch.device = "cpu") -> nn.Sequential:
-    """The AL prediction path f_1..f_N, b_N, h_N..h_1 as one network trained end to end."""
+                  device: str | torch.device = "cpu") -> BPTwin:
+    """The BP twin of a model: its AL prediction path with ReLU (unless model.act says otherwise)."""
     arch = _architecture(model, input_shape, num_classes, for_bp=True)
     act = ACTIVATIONS[model.act or "relu"]
     shapes = _stage_shapes(arch.stages, input_shape)
     d = arch.d
     with torch.device("meta"):
-        decoders = []
-        for _ in range(len(arch.stages) - 1):
-            decoders += [nn.Linear(d, d), act()]
-        net = nn.Sequential(*arch.stages, _bridge(math.prod(shapes[-1]), d, act), *decoders,
-                            nn.Linear(d, num_classes))
+        decoders = [nn.Sequential(nn.Linear(d, d), act()) for _ in range(len(arch.stages) - 1)]
+        net = BPTwin(arch.stages, _bridge(math.prod(shapes[-1]), d, act), decoders, nn.Linear(d, num_classes))
     return _materialise(net, seed, device)
 
 
+def _count(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
 def parameter_counts(model: ModelConfig, input_shape, num_classes: int) -> dict[str, int]:
-    """AL total, AL effective (the prediction path) and BP twin parameter counts."""
-    arch = _architecture(model, input_shape, num_classes, for_bp=False)
-    shapes = _stage_shapes(arch.stages, input_shape)
-    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
-    d, n = arch.d, len(arch.stages)
-    f = sum(count(s) for s in arch.stages)
-    t_in = [num_classes] + [d] * (n - 1)
-    g = sum(ti * d + d for ti in t_in)
-    h = sum(d * ti + ti for ti in t_in)
-    bridges = [math.prod(shape) * 5 * d + 5 * d + 5 * d * d + d for shape in shapes]
-    with torch.device("meta"):
-        bp = count(build_bp_twin(model, input_shape, num_classes, seed=0, device="meta"))
-    return {"al_total": f + g + h + sum(bridges), "al_effective": f + h + bridges[-1], "bp": bp}
+    """AL total, AL effective (the prediction path f_1..f_N, b_N, h_N..h_1) and BP twin parameter
+    counts, from the modules built on the meta device (no memory)."""
+    blocks = build_al_blocks(model, input_shape, num_classes, seed=0, device="meta")
+    effective = sum(_count(b.f) + _count(b.h) for b in blocks) + _count(blocks[-1].b)
+    bp = _count(build_bp_twin(model, input_shape, num_classes, seed=0, device="meta"))
+    return {"al_total": sum(_count(b) for b in blocks), "al_effective": effective, "bp": bp}

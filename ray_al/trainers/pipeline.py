@@ -1,4 +1,4 @@
-"""The driver: N BlockActors in one placement group, chunks streamed through them.
+"""`train.trainer=al`, the driver: N BlockActors in one placement group, chunks streamed through them.
 
 Training submits chunk k+1 to block 1 while block 2 works on chunk k; actor calls take
 ObjectRefs, so the driver never waits on intermediate results. It only waits, oldest first,
@@ -9,48 +9,20 @@ arithmetic of the blocks run one after another (tests/test_pipeline.py checks bi
 from __future__ import annotations
 
 import collections
-import os
-import socket
-from typing import Callable, Iterable, Iterator
+from typing import Iterable, Iterator
 
 import ray
 import torch
 
-from ray_al.actors import BlockActor
 from ray_al.batches import Chunk, eval_batches
-from ray_al.config import Config, RayConfig
-from ray_al.errors import BlockLost, ConfigError, RayALError, TrainingError
+from ray_al.config import Config
+from ray_al.errors import BlockLost, RayALError, TrainingError
 from ray_al.metrics import exit_accuracies
 from ray_al.models import block_count
-from ray_al.placement import cpus_per_block, reserve  # noqa: F401  (cpus_per_block: re-exported)
-
-
-def connect(ray_cfg: RayConfig) -> None:
-    """Join ray.address (or RAY_ADDRESS, which Ray jobs set), else start a new local cluster
-    (no dashboard: it costs seconds). `ray.address: auto` joins a `ray start` cluster here."""
-    if ray.is_initialized():
-        return
-    address = ray_cfg.address or os.environ.get("RAY_ADDRESS")
-    if address:
-        _check_reachable(address)
-    kwargs = {"address": address} if address else {"address": "local", "num_cpus": ray_cfg.num_cpus,
-                                                   "include_dashboard": False}
-    try:
-        ray.init(logging_level="WARNING", **kwargs)
-    except (ConnectionError, TimeoutError, ValueError, RuntimeError) as e:
-        raise ConfigError(f"cannot reach the Ray cluster at {address}: {str(e).splitlines()[0]}") from None
-
-
-def _check_reachable(address: str, timeout: float = 5.0) -> None:
-    """ray.init retries an unreachable GCS for minutes; a TCP probe answers in seconds."""
-    hostport = address.split("://", 1)[-1].rsplit("/", 1)[0]
-    host, sep, port = hostport.rpartition(":")
-    if not sep or not port.isdigit():
-        return  # "auto" and other forms: let Ray resolve them
-    try:
-        socket.create_connection((host, int(port)), timeout=timeout).close()
-    except OSError as e:
-        raise ConfigError(f"cannot reach the Ray cluster at {address}: {e.strerror or e}") from None
+from ray_al.session import connect
+from ray_al.trainers.actors import BlockActor
+from ray_al.trainers.base import OnChunk
+from ray_al.trainers.placement import reserve
 
 
 def _unwrap(e: Exception) -> RayALError:
@@ -77,7 +49,7 @@ class ALPipeline:
     def __init__(self, cfg: Config, input_shape: tuple, num_classes: int, total_steps: int,
                  pg=None):
         """pg: the placement group to place the blocks in (default: the current one, e.g. a Tune
-        trial's, else a new one); see ray_al/placement.py."""
+        trial's, else a new one); see placement.py."""
         connect(cfg.ray)
         self.cfg, self.input_shape, self.num_classes = cfg, tuple(input_shape), num_classes
         self.total_steps = total_steps
@@ -92,7 +64,8 @@ class ALPipeline:
         self.pg = self.slots.pg
         self.actors = [
             BlockActor.options(**self.slots.options(i))
-            .remote(cfg.to_dict(), self.input_shape, self.num_classes, i, self.n, self.total_steps)
+            .remote(cfg.model, cfg.optim, cfg.train.seed, cfg.train.threads, self.input_shape, self.num_classes,
+                    i, self.n, self.total_steps)
             for i in range(self.n)
         ]
         self.placement = self._get([a.where.remote() for a in self.actors])
@@ -112,14 +85,14 @@ class ALPipeline:
     # -- training ------------------------------------------------------------------------
     def submit(self, chunk: Chunk) -> list:
         """Send one chunk down the chain; returns the ObjectRefs of every block's stats."""
-        ref = chunk.ref if hasattr(chunk, "ref") else (chunk.x, chunk.y)  # ray_data: a ref of (x, y)
+        ref = chunk.ref if chunk.ref is not None else (chunk.x, chunk.y)  # Ray Data: (x, y) in the object store
         stats = []
         for actor in self.actors:
             ref, stat = actor.train_chunk.remote(ref)
             stats.append(stat)
         return stats
 
-    def train_epoch(self, chunks: Iterable[Chunk], on_chunk: Callable[[list[dict]], None]) -> None:
+    def train_epoch(self, chunks: Iterable[Chunk], on_chunk: OnChunk) -> None:
         """on_chunk gets every block's stats of a chunk, in chunk order, as the chunk completes."""
         inflight: collections.deque = collections.deque()
         try:

@@ -9,23 +9,21 @@ import ray
 import torch
 
 from ray_al.block_trainer import BlockTrainer
-from ray_al.checkpoint import read_block, write_block
-from ray_al.config import config_from_dict
+from ray_al.checkpoint.files import read_block, write_block
+from ray_al.config import ModelConfig, OptimConfig
 from ray_al.models import build_al_block
 
 
 @ray.remote
 class BlockActor:
-    def __init__(self, cfg: dict, input_shape: tuple, num_classes: int, index: int, n_blocks: int,
-                 total_steps: int):
-        cfg = config_from_dict(cfg)
-        ctx = ray.get_runtime_context()
-        cpus = ctx.get_assigned_resources().get("CPU", 1.0)
-        torch.set_num_threads(cfg.train.threads or max(1, int(cpus)))
+    def __init__(self, model: ModelConfig, optim: OptimConfig, seed: int, threads: int | None,
+                 input_shape: tuple, num_classes: int, index: int, n_blocks: int, total_steps: int):
+        cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
+        torch.set_num_threads(threads or max(1, int(cpus)))
         # Ray sets CUDA_VISIBLE_DEVICES to the GPUs it assigned, so cuda:0 is ours.
         self.device = torch.device("cuda:0" if ray.get_gpu_ids() and torch.cuda.is_available() else "cpu")
-        block = build_al_block(cfg.model, input_shape, num_classes, index, cfg.train.seed, self.device)
-        self.trainer = BlockTrainer(block, cfg.optim, total_steps, index)
+        block = build_al_block(model, input_shape, num_classes, index, seed, self.device)
+        self.trainer = BlockTrainer(block, optim, total_steps, index)
         self.is_last = index == n_blocks - 1
         # fault-injection hook for tests and demos: RAY_AL_SLOW_BLOCK="2:0.05" sleeps 50 ms per chunk in block 2
         block_no, _, seconds = os.environ.get("RAY_AL_SLOW_BLOCK", "").partition(":")
@@ -41,7 +39,8 @@ class BlockActor:
 
     @ray.method(num_returns=2)
     def train_chunk(self, inputs: tuple):
-        """K steps on (s_{i-1}, t_{i-1}) stacked [K, B, ...]; block 1 gets (x, labels)."""
+        """K steps on (s_{i-1}, t_{i-1}) stacked [K, B, ...]; block 1 gets (x, labels).
+        Returns (the inputs of the next block, this block's loss stats)."""
         if self.delay:
             time.sleep(self.delay)
         s, t, stats = self.trainer.train_chunk(*inputs)
@@ -65,19 +64,12 @@ class BlockActor:
     def set_state(self, state: dict) -> None:
         self.trainer.load_state_dict(state)
 
-    def step_count(self) -> int:
-        return self.trainer.step_count
-
     def save(self, ckpt_uri: str) -> str:
         """Write this block's checkpoint file from this process (no trip through the driver)."""
         return write_block(ckpt_uri, self.trainer.index, _to_cpu(self.trainer.state_dict()))
 
-    def load(self, run_uri: str, manifest: dict) -> int:
+    def load(self, run_uri: str, manifest: dict) -> None:
         self.trainer.load_state_dict(read_block(run_uri, manifest, self.trainer.index))
-        return self.trainer.step_count
-
-    def pid(self) -> int:
-        return os.getpid()
 
 
 def _to_cpu(obj):

@@ -11,8 +11,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import ray
-from ray.util.placement_group import (PlacementGroup, get_current_placement_group, placement_group,
-                                      remove_placement_group)
+from ray.util.placement_group import (
+    PlacementGroup,
+    get_current_placement_group,
+    placement_group,
+    remove_placement_group,
+)
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from ray_al.config import RayConfig
@@ -20,9 +24,8 @@ from ray_al.errors import ConfigError
 
 
 def cpus_per_block(ray_cfg: RayConfig, n_blocks: int, reserved_cpus: float = 0.0) -> float:
-    """`ray.num_cpus_per_block`, or by default an equal share of the cluster's CPUs (less
-    `reserved_cpus`, a Tune trial's driver), at most one per block. `train` and every Tune trial
-    size their blocks here."""
+    """ray.num_cpus_per_block, else an equal share of the cluster's CPUs less `reserved_cpus` (a Tune
+    trial's driver), at most 1: the one default, for runs and for Tune trials alike."""
     if ray_cfg.num_cpus_per_block is not None:
         return ray_cfg.num_cpus_per_block
     total = ray.cluster_resources().get("CPU", 1.0) - reserved_cpus

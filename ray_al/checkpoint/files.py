@@ -1,8 +1,8 @@
-"""Checkpoints: one file per block, written by whoever holds the block, and a manifest.
+"""Checkpoint files: one per block, written by whoever holds the block, and a manifest.
 
 Layout under a run folder (a local path or a pyarrow.fs URI such as s3://bucket/run):
 
-    checkpoints/step-000001875/block-1.pt   (parameters, both optimizers, step, RNG)
+    checkpoints/step-000001875/block-1.pt   (parameters, both optimizers, step)
     checkpoints/step-000001875/manifest.json (step, epoch, data position, config, digests)
 
 Every file is written to a temporary name and renamed; the manifest goes last, so a

@@ -1,0 +1,50 @@
+"""What a run prints: a progress line every few seconds within an epoch, one line per epoch."""
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+from ray_al.loggers import loss_scalars
+
+Log = Callable[[str], None]
+
+
+class Progress:
+    """Sums every block's losses over an epoch and prints a line every `interval` seconds."""
+
+    def __init__(self, epoch: int, epochs: int, steps: int, batch_size: int, log: Log, interval: float,
+                 loggers=None):
+        self.epoch, self.epochs, self.steps, self.batch_size = epoch, epochs, steps, batch_size
+        self.log, self.interval, self.loggers = log, interval, loggers  # loggers: ray_al.loggers.RunLoggers
+        self.done, self.sums = 0, {}
+        self.start = self.last = time.perf_counter()
+
+    def __call__(self, stats: list[dict]) -> None:
+        k = stats[-1]["steps"]
+        self.done += k
+        for name, value in loss_scalars(stats).items():
+            self.sums[name] = self.sums.get(name, 0.0) + value * k
+        if self.loggers:
+            self.loggers.log_chunk(stats)
+        now = time.perf_counter()
+        if self.interval and now - self.last >= self.interval and self.done < self.steps:
+            self.last = now
+            rate = self.done * self.batch_size / (now - self.start)
+            self.log(f"  epoch {self.epoch}/{self.epochs} step {self.done}/{self.steps} "
+                     f"{rate:,.0f} samples/s {self._losses()}")
+
+    def summary(self) -> dict:
+        return {name: total / max(self.done, 1) for name, total in self.sums.items()}
+
+    def _losses(self) -> str:
+        return " ".join(f"{k}={v:.4f}" for k, v in self.summary().items())
+
+
+def format_record(r: dict) -> str:
+    exits = [f"{r[k]:.4f}" for k in sorted(r, key=lambda k: int(k[5:]) if k[5:].isdigit() else 0)
+             if k.startswith("exit_")]
+    losses = " ".join(f"{k}={v:.4f}" for k, v in r.items() if k.endswith("loss"))
+    line = (f"epoch {r['epoch']}/{r['epochs']} train {r['train_time_s']:.1f}s ({r['samples_per_s']:,.0f} samples/s) "
+            f"{losses} test_acc={r['test_acc']:.4f}")
+    line += f" val_acc={r['val_acc']:.4f}" if "val_acc" in r else ""
+    return line + (f" exits=[{' '.join(exits)}]" if len(exits) > 1 else "")

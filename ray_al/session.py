@@ -1,0 +1,79 @@
+"""The Ray session of a driver: join (or start) a cluster, and stop cleanly on SIGTERM.
+
+The CLI, a Tune sweep and the pipeline all join Ray through `connect`, so an unreachable
+address is the same one-line error everywhere.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import threading
+
+import ray
+
+from ray_al.config import RayConfig
+from ray_al.errors import ConfigError
+
+
+def connect(ray_cfg: RayConfig) -> None:
+    """Join ray.address (or RAY_ADDRESS, which Ray jobs set), else start a new local cluster
+    (no dashboard: it costs seconds). `ray.address: auto` joins a `ray start` cluster here."""
+    if ray.is_initialized():
+        return
+    address = ray_cfg.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        check_reachable(address)
+    kwargs = {"address": address} if address else {"address": "local", "num_cpus": ray_cfg.num_cpus,
+                                                   "include_dashboard": False}
+    try:
+        ray.init(logging_level="WARNING", **kwargs)
+    except (ConnectionError, TimeoutError, ValueError, RuntimeError) as e:
+        raise ConfigError(f"cannot reach the Ray cluster at {address}: {str(e).splitlines()[0]}") from None
+
+
+def check_reachable(address: str, timeout: float = 5.0) -> None:
+    """ray.init retries an unreachable GCS for minutes; a TCP probe answers in seconds."""
+    hostport = address.split("://", 1)[-1].rsplit("/", 1)[0]
+    host, sep, port = hostport.rpartition(":")
+    if not sep or not port.isdigit():
+        return  # "auto" and other forms: let Ray resolve them
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as e:
+        raise ConfigError(f"cannot reach the Ray cluster at {address}: {e.strerror or e}") from None
+
+
+@contextlib.contextmanager
+def ray_session(ray_cfg: RayConfig | None):
+    """Join Ray for the block (None: a run that needs no Ray) and leave a Ray joined here at its end,
+    so in-process callers (tests) get Ray back as they had it."""
+    joined_here = ray_cfg is not None and not ray.is_initialized()
+    if ray_cfg is not None:
+        connect(ray_cfg)
+    try:
+        yield
+    finally:
+        if joined_here:
+            ray.shutdown()
+
+
+@contextlib.contextmanager
+def sigterm_raises_interrupt():
+    """`ray job stop` sends SIGTERM, which makes a Ray driver abort (Ray's own handler, installed by
+    ray.init: enter this after joining Ray). Here SIGTERM raises KeyboardInterrupt instead, so the run
+    closes its actors and placement group and exits 130 within the job server's grace period."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers belong to the main thread
+        return
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        if previous is not None:  # None: the old handler was not installed from Python
+            signal.signal(signal.SIGTERM, previous)

@@ -1,0 +1,60 @@
+"""`train.trainer=al_local`: the pipeline's BlockTrainers run one after another in this process.
+
+The same class the block actors drive, called in the same order, so this is the semantic
+reference the Ray pipeline is checked against bitwise (tests/test_pipeline.py).
+"""
+from __future__ import annotations
+
+from typing import Iterator
+
+import torch
+
+from ray_al.batches import Chunk, eval_batches
+from ray_al.block_trainer import BlockTrainer
+from ray_al.blocks import ALBlock, decode_exits
+from ray_al.config import Config
+from ray_al.models import block_count, build_al_block
+from ray_al.trainers.base import InProcessTrainer
+
+
+class ALLocal(InProcessTrainer):
+    def __init__(self, cfg: Config, input_shape: tuple, num_classes: int, total_steps: int):
+        super().__init__(cfg)
+        self.n = block_count(cfg.model, input_shape, num_classes)
+        self.trainers = [BlockTrainer(build_al_block(cfg.model, input_shape, num_classes, i, cfg.train.seed,
+                                                     self.device), cfg.optim, total_steps, i) for i in range(self.n)]
+
+    @property
+    def blocks(self) -> list[ALBlock]:
+        return [t.block for t in self.trainers]
+
+    @property
+    def model(self) -> list[ALBlock]:
+        return self.blocks
+
+    def train_chunk(self, chunk: Chunk) -> list[dict]:
+        inputs, stats = (chunk.x, chunk.y), []
+        for trainer in self.trainers:
+            s, t, st = trainer.train_chunk(*inputs)
+            inputs = (s, t)
+            stats.append(st)
+        return stats
+
+    def predict_exits(self, x: torch.Tensor, batch_size: int) -> Iterator[list[torch.Tensor]]:
+        for xb in eval_batches(x, batch_size):
+            s, bridged = xb, []
+            for trainer in self.trainers:
+                s, b = trainer.forward(s)
+                bridged.append(b)
+            with torch.no_grad():
+                yield decode_exits(self.blocks, bridged)
+
+    def state_dicts(self) -> list[dict]:
+        return [t.state_dict() for t in self.trainers]
+
+    def load_state_dicts(self, states: list[dict]) -> None:
+        for trainer, state in zip(self.trainers, states):
+            trainer.load_state_dict(state)
+
+    def describe(self) -> list[str]:
+        return [f"{self.n} blocks in this process on {self.device}, {torch.get_num_threads()} thread(s)"]
