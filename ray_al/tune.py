@@ -374,7 +374,7 @@ def _fit(tuner, sweep: Sweep, log: Log):
     for line in table.to_string(index=False).splitlines():
         log(line)
     log(f"results: {sweep.output / 'results.csv'}, {sweep.output / 'results.json'}")
-    if results.num_terminated + results.num_errors < len(results):  # Tune stopped on Ctrl-C
+    if _unfinished(results):  # Tune stopped on Ctrl-C (or SIGTERM), its state saved
         raise KeyboardInterrupt(f"resume with: ray-al tune --resume {sweep.output}")
     if results.num_errors:
         first = str(results.errors[0]).strip().splitlines()[-1]
@@ -384,6 +384,14 @@ def _fit(tuner, sweep: Sweep, log: Log):
         log(f"best trial {best.metrics.get('trial_id')}: {metric}={best.metrics.get(metric)}, "
             f"checkpoint {best.checkpoint.path}")
     return results
+
+
+def _unfinished(results) -> int:
+    """Trials neither finished nor failed in the experiment state Tune saved last (on Ctrl-C it saves
+    them as they stood, before it stops them)."""
+    from ray.tune import ExperimentAnalysis
+
+    return sum(t.status not in ("TERMINATED", "ERROR") for t in ExperimentAnalysis(results.experiment_path).trials)
 
 
 def _run_config(sweep: Sweep):
