@@ -93,7 +93,8 @@ def _bench(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from ray_al.provenance import version_line
 
-    parser = argparse.ArgumentParser(prog="ray-al", description="Associated Learning on Ray")
+    parser = argparse.ArgumentParser(prog="ray-al", description="Associated Learning on Ray",
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # --version unwrapped
     parser.add_argument("--version", action="version", version=version_line())
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("train", help="train a model (default: the embedded digits MLP through Ray actors)")

@@ -90,3 +90,22 @@ def test_augmentations_shift_flip_and_keep_shape():
     assert (jit[0, 0, 5, 2:30].unsqueeze(0) == x[0, 0, 3:8].unfold(-1, 28, 1).reshape(-1, 28)).all(1).any()
     cf = augment(x, "crop_flip", torch.Generator().manual_seed(1))
     assert cf.shape == x.shape and torch.isfinite(cf).all()
+
+
+def test_validation_split_is_seeded_disjoint_and_reported(tmp_path):
+    """data.val_fraction holds out a seeded share of the training split; runs report val_acc on it."""
+    from ray_al.data import hold_out
+    from ray_al.run import train
+    from tests.conftest import tiny_config
+    x, y = np.arange(100), np.arange(100) % 10
+    tr_x, tr_y, va_x, va_y = hold_out(x, y, 0.25)
+    assert len(va_x) == 25 and sorted([*tr_x, *va_x]) == list(range(100)) and (tr_y == tr_x % 10).all()
+    assert (hold_out(x, y, 0.25)[2] == va_x).all() and (np.diff(va_x) > 0).all()  # seeded, order kept
+    full = load_dataset(DataConfig())
+    held = load_dataset(DataConfig(val_fraction=0.25))
+    assert len(held.train_x) + len(held.val_x) == len(full.train_x) and len(held.val_x) == round(0.25 * 1437)
+    assert held.test_x.shape == full.test_x.shape
+    with pytest.raises(Exception, match="data.val_fraction must be below 1"):
+        tiny_config(tmp_path, data={"val_fraction": 1.0})
+    result = train(tiny_config(tmp_path, train={"trainer": "al_local"}, data={"val_fraction": 0.2}), log=lambda s: None)
+    assert {"val_acc", "val_exit_1", "val_exit_2", "test_acc"} <= set(result.final)
