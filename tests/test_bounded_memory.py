@@ -8,7 +8,7 @@ import ray
 from ray._private.internal_api import memory_summary
 
 from ray_al.run import train
-from tests.conftest import tiny_config
+from tests.helpers import tiny_config
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ from ray_al.errors import CheckpointError, TrainingError
 from ray_al.run import train
 from ray_al.storage import run_config
 from ray_al.trainers import load_run
-from tests.conftest import assert_states_equal, tiny_config
+from tests.helpers import assert_states_equal, tiny_config
 
 QUIET = dict(log=lambda line: None)
 

@@ -9,8 +9,7 @@ import pytest
 
 from ray_al.cli import main
 from ray_al.errors import ConfigError
-from tests.conftest import REPO
-from tests.test_data import write_parquet
+from tests.helpers import REPO, write_parquet
 
 FAST = ["train.epochs=1", "train.log_every_s=0"]
 

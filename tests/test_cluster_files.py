@@ -9,8 +9,8 @@ import ray
 import yaml
 
 from ray_al.config import load_config
+from tests.helpers import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 CLUSTER = REPO / "cluster"
 
 

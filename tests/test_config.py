@@ -1,4 +1,6 @@
-"""YAML configs, dotted overrides, validation errors that name the key."""
+"""YAML configs, dotted overrides, `base:` files, validation errors that name the key; every shipped
+config loads and builds its model (on the meta device), and the paper configs carry the paper's
+settings, one AL and one BP file per table cell."""
 import json
 from pathlib import Path
 
@@ -7,8 +9,10 @@ import pytest
 from ray_al.config import Config, config_from_dict, load_config, set_dotted
 from ray_al.errors import ConfigError
 from ray_al.models import parameter_counts
+from ray_al.paper import DATASETS, RESULTS, dataset_key, paper_result
+from tests.helpers import CONFIGS, REPO
 
-REPO = Path(__file__).resolve().parents[1]
+FILES = sorted(p for p in CONFIGS.rglob("*.yaml") if p.parent.name != "sweeps")  # sweeps: tests/test_tune.py
 
 
 def test_overrides_are_typed_and_dotted(tmp_path):
@@ -20,21 +24,8 @@ def test_overrides_are_typed_and_dotted(tmp_path):
 
 
 def test_no_file_means_the_embedded_default_which_configs_default_spells_out():
-    assert load_config(None) == load_config(REPO / "configs" / "default.yaml")
+    assert load_config(None) == load_config(CONFIGS / "default.yaml")
     assert load_config(None).data.source == "digits"
-
-
-@pytest.mark.parametrize("path", sorted((REPO / "configs").rglob("*.yaml")), ids=lambda p: p.name)
-def test_every_config_file_loads_and_its_model_builds(path):
-    if "sweeps" in path.parts:  # sweep files: tests/test_tune.py loads them as sweeps
-        return
-    cfg = load_config(path)
-    shape, classes = {"digits": ((1, 8, 8), 10), "synthetic": ((1, 8, 8), 10)}.get(cfg.data.source, (None, None))
-    if shape is None:
-        name = (cfg.data.name or Path(cfg.data.path or "").name).lower()
-        shape = (1, 28, 28) if "mnist" in name else (3, 32, 32)
-        classes = 100 if "100" in name else 10
-    assert parameter_counts(cfg.model, shape, classes)["al_effective"] > 0
 
 
 @pytest.mark.parametrize("text,message", [
@@ -67,13 +58,12 @@ def test_every_shipped_config_resolves_to_its_recorded_values():
     """resolved_configs.json holds each config's values that differ from the defaults, recorded before
     the BP twins and quick variants were rewritten as a few lines over `base:`; the rewrite changed none."""
     table = json.loads((REPO / "tests" / "resolved_configs.json").read_text())
-    files = sorted(p for p in (REPO / "configs").rglob("*.yaml") if "sweeps" not in p.parts)
-    assert sorted(table) == [str(p.relative_to(REPO / "configs")) for p in files]
+    assert sorted(table) == sorted(str(p.relative_to(CONFIGS)) for p in FILES)
     for name, values in table.items():
         expected: dict = {}
         for key, value in values.items():
             set_dotted(expected, key, value)
-        assert load_config(REPO / "configs" / name) == config_from_dict(expected), name
+        assert load_config(CONFIGS / name) == config_from_dict(expected), name
 
 
 def test_base_is_relative_to_the_file_and_cycles_are_one_line(tmp_path):
@@ -97,3 +87,55 @@ def test_round_trip_through_yaml(tmp_path):
     cfg = load_config(None, ["model.depth=3", "data.synthetic_shape=[3,4,4]"])
     save_config(cfg, tmp_path / "c.yaml")
     assert load_config(tmp_path / "c.yaml") == cfg and isinstance(cfg, Config)
+
+
+def test_there_is_an_al_and_a_bp_config_per_paper_cell():
+    for kind in ("paper", "quick"):
+        names = {p.stem for p in (CONFIGS / kind).glob("*.yaml")}
+        assert names == {f"{ds}_{m}_{t}" for ds, m in RESULTS for t in ("al", "bp")}, kind
+
+
+@pytest.mark.parametrize("path", FILES, ids=[str(p.relative_to(CONFIGS)) for p in FILES])
+def test_config_loads_and_builds(path):
+    cfg = load_config(path)
+    text = path.read_text()
+    assert "/work" not in text and "/home" not in text  # relative paths; users override data.path
+    if path.parent.name not in ("paper", "quick"):
+        shape, classes = {"digits": ((1, 8, 8), 10), "synthetic": ((1, 8, 8), 10)}.get(cfg.data.source, (None, None))
+        if shape is None:
+            name = (cfg.data.name or Path(cfg.data.path or "").name).lower()
+            shape = (1, 28, 28) if "mnist" in name else (3, 32, 32)
+            classes = 100 if "100" in name else 10
+        assert parameter_counts(cfg.model, shape, classes)["al_effective"] > 0
+        return
+    ds = dataset_key(cfg)
+    assert ds in DATASETS
+    shape, classes = DATASETS[ds]
+    counts = parameter_counts(cfg.model, shape, classes)
+    assert counts["bp"] == counts["al_effective"] > 0
+    assert paper_result(cfg) == RESULTS[(ds, cfg.model.name)][path.stem.rsplit("_", 1)[1]]
+    assert (cfg.train.trainer == "bp") == path.stem.endswith("_bp")
+    assert cfg.data.batch_size == 32
+    assert cfg.optim.lr == (1e-3 if cfg.model.name.startswith("resnet") else 1e-4)
+    wd = {"vgg": 1e-5 if cfg.train.trainer != "bp" else 5e-4, "resnet20": 1e-4, "resnet32": 1e-4}
+    assert cfg.optim.weight_decay == wd.get(cfg.model.name, 0.0)
+    assert cfg.data.augment == ("none" if ds == "mnist" else "jitter")
+    if path.parent.name == "paper":
+        assert cfg.train.epochs == 200 and cfg.optim.schedule == "paper"
+        assert cfg.data.limit_train is None and cfg.model.d is None
+        assert cfg.train.trainer in ("al", "bp")  # AL through the Ray pipeline
+    else:
+        assert cfg.data.limit_train and cfg.train.epochs <= 2
+        if cfg.model.d is not None:
+            assert f"d={cfg.model.d}" in text  # a smaller d is stated in the file
+
+
+def test_paper_cell_only_for_the_paper_model():
+    base = CONFIGS / "paper" / "mnist_mlp_al.yaml"
+    assert paper_result(load_config(base, ["model.depth=2"])) == 98.7
+    assert paper_result(load_config(base, ["model.depth=8"])) is None
+    assert paper_result(load_config(base, ["model.act=sigmoid"])) is None
+    assert paper_result(load_config(base, ["data.source=digits"])) is None
+    assert paper_result(load_config(CONFIGS / "paper" / "cifar100_cnn_bp.yaml")) == 51.0
+    assert paper_result(load_config(CONFIGS / "paper" / "cifar100_cnn_bp.yaml",
+                                    ["data.source=parquet", "data.path=/x/CIFAR-100"])) == 51.0

@@ -9,8 +9,7 @@ import torch
 from ray_al.data import load_dataset
 from ray_al.errors import TrainingError
 from ray_al.run import train
-from tests.conftest import assert_states_equal, tiny_config
-from tests.faults import FaultInjector, pid_of
+from tests.helpers import FaultInjector, assert_states_equal, pid_of, tiny_config
 
 
 def _cfg(tmp_path, trainer, **checkpoint):

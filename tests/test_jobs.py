@@ -3,13 +3,13 @@
 import json
 import re
 import time
-from pathlib import Path
 
 import pytest
-from headnode import HeadNode
+
+from tests.headnode import HeadNode
+from tests.helpers import REPO
 
 pytestmark = pytest.mark.slow
-REPO = Path(__file__).resolve().parents[1]
 TINY = ["data.source=synthetic", "data.synthetic_size=256", "data.batch_size=32", "model.d=32",
         "train.chunk_size=2", "ray.num_cpus_per_block=0.5"]
 

@@ -1,14 +1,20 @@
-"""Every registered model: shapes, finite local losses, gradients that stay inside their block,
-and the BP twin's parameter count equal to the AL prediction path's."""
+"""Every registered model: block shapes, finite local losses, gradients that stay inside their block,
+a BP twin with the AL prediction path's parameters, and the paper's layer layout and widths."""
+import math
+
 import pytest
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from ray_al.config import ModelConfig
 from ray_al.errors import ConfigError
 from ray_al.models import build_al_blocks, build_bp_twin, model_names, parameter_counts
+from ray_al.models.registry import build_architecture
 
 SHAPES = [((1, 28, 28), 10), ((3, 32, 32), 10), ((3, 32, 32), 100)]
+CIFAR = (3, 32, 32)
+SMALL_D = 8  # the bridges of block 1 are huge at the paper's d; the structure does not depend on d
 
 
 @pytest.mark.parametrize("name", model_names())
@@ -77,3 +83,105 @@ def test_unknown_model_and_option_and_shape_are_config_errors():
     assert len(build_al_blocks(ModelConfig(name="cnn", depth=4, d=4), (1, 8, 8), 10, seed=0)) == 4
     with pytest.raises(ConfigError, match="does not fit the model"):
         build_al_blocks(ModelConfig(name="cnn"), (1, 1, 1, 1), 10, seed=0)
+
+
+def _chain(blocks, x, y):
+    s, t, out = x, y, []
+    for block in blocks:
+        s, t, lb, la = block.local_losses(s, t)
+        out.append((s, t, lb, la))
+    return out
+
+
+@pytest.mark.parametrize("name", model_names())
+def test_blocks_shapes_losses_and_local_gradients(name):
+    torch.manual_seed(0)
+    model = ModelConfig(name=name, d=SMALL_D)
+    blocks = build_al_blocks(model, CIFAR, 10, seed=0)
+    x, y = torch.randn(2, *CIFAR), torch.tensor([3, 7])
+    outs = _chain(blocks, x, y)
+    assert len(outs) == len(blocks) >= 2
+    for s, t, lb, la in outs:
+        assert s.shape[0] == 2 and t.shape == (2, SMALL_D)
+        assert torch.isfinite(lb) and torch.isfinite(la)
+    for j, (_, _, lb, la) in enumerate(outs):
+        for block in blocks:
+            block.zero_grad(set_to_none=True)
+        (lb + la).backward(retain_graph=True)
+        for i, block in enumerate(blocks):
+            for pname, p in block.named_parameters():
+                if i == j:
+                    assert p.grad is not None, f"block {j + 1}: {pname} got no gradient"
+                    assert torch.isfinite(p.grad).all(), f"block {j + 1}: {pname} got a non-finite gradient"
+                    assert p.grad.abs().sum() > 0, f"block {j + 1}: {pname} got a zero gradient"
+                else:
+                    assert p.grad is None, f"block {j + 1}'s losses reached block {i + 1}'s {pname}"
+
+
+@pytest.mark.parametrize("name", model_names())
+def test_bp_twin_trains_end_to_end(name):
+    net = build_bp_twin(ModelConfig(name=name, d=SMALL_D), CIFAR, 10, seed=0)
+    logits = net(torch.randn(2, *CIFAR))
+    assert logits.shape == (2, 10)
+    F.cross_entropy(logits, torch.tensor([1, 2])).backward()
+    assert all(p.grad is not None for p in net.parameters())
+
+
+@pytest.mark.parametrize("name,classes,d", [("vgg", 10, 300), ("vgg", 100, 500), ("resnet20", 10, 300),
+                                            ("resnet32", 100, 500), ("cnn", 10, 256), ("cnn", 100, 500),
+                                            ("mlp", 10, 3000)])
+def test_paper_d(name, classes, d):
+    with torch.device("meta"):
+        assert build_architecture(name, CIFAR, classes, nn.ELU).d == d
+
+
+def _stage_shapes(name):
+    with torch.device("meta"):
+        arch = build_architecture(name, CIFAR, 10, nn.ELU)
+        s, shapes = torch.empty(2, *CIFAR), []
+        for stage in arch.stages:
+            s = stage(s)
+            shapes.append(tuple(s.shape[1:]))
+    return arch, shapes
+
+
+def test_vgg_layout():
+    arch, shapes = _stage_shapes("vgg")
+    assert shapes == [(256, 16, 16), (512, 8, 8), (512, 2, 2), (1024,)]
+    convs = [m.out_channels for m in nn.Sequential(*arch.stages).modules() if isinstance(m, nn.Conv2d)]
+    assert convs == [128, 256, 256, 512, 512, 512]
+    assert not any(isinstance(m, nn.BatchNorm2d) for stage in arch.stages for m in stage.modules())
+
+
+@pytest.mark.parametrize("name,convs3x3", [("resnet20", 19), ("resnet32", 31)])
+def test_resnet_layout(name, convs3x3):
+    arch, shapes = _stage_shapes(name)
+    assert shapes == [(16, 32, 32), (16, 32, 32), (32, 16, 16), (64, 8, 8)]
+    convs = [m for m in nn.Sequential(*arch.stages).modules() if isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3)]
+    assert len(convs) == convs3x3  # ResNet-20 = 19 convolutions + the classifier
+
+
+def test_batch_norm_state_belongs_to_its_block_and_eval_uses_it():
+    blocks = build_al_blocks(ModelConfig(name="resnet20", d=SMALL_D), CIFAR, 10, seed=0)
+    keys = blocks[0].state_dict().keys()
+    assert any(k.startswith("f.") and k.endswith("running_mean") for k in keys)
+    x = torch.randn(4, *CIFAR) * 3 + 1
+    blocks[0].eval()
+    before = blocks[0](x)
+    blocks[0].train()
+    blocks[0].local_losses(x, torch.tensor([0, 1, 2, 3]))  # updates running statistics
+    blocks[0].eval()
+    after = blocks[0](x)
+    assert not torch.allclose(before, after)
+    assert torch.equal(after, blocks[0](x))  # eval mode: deterministic, batch-independent
+    assert torch.allclose(blocks[0](x[:1]), after[:1], atol=1e-5)
+
+
+def test_blocks_are_seeded_and_he_initialised():
+    a = build_al_blocks(ModelConfig(name="vgg", d=SMALL_D), CIFAR, 10, seed=1)
+    b = build_al_blocks(ModelConfig(name="vgg", d=SMALL_D), CIFAR, 10, seed=1)
+    for ba, bb in zip(a, b):
+        for pa, pb in zip(ba.parameters(), bb.parameters()):
+            assert torch.equal(pa, pb)
+    w = a[1].f[0].weight.detach()  # conv 256 -> 256: He-normal std = sqrt(2 / fan_in)
+    assert abs(float(w.std()) - math.sqrt(2 / (256 * 9))) < 0.05 * math.sqrt(2 / (256 * 9))

@@ -5,8 +5,7 @@ import torch
 from ray.cluster_utils import Cluster
 
 from ray_al.run import train
-from tests.conftest import assert_states_equal, tiny_config
-from tests.faults import FaultInjector, node_of
+from tests.helpers import FaultInjector, assert_states_equal, node_of, tiny_config
 
 
 @pytest.fixture(scope="module")

@@ -1,11 +1,11 @@
-"""The Ray pipeline computes exactly what the sequential algorithm computes (DESIGN section 3)."""
+"""The Ray pipeline computes exactly what the sequential algorithm computes (docs/design.md, "The invariant")."""
 import pytest
 import torch
 
 from ray_al.blocks import predict
 from ray_al.data import load_dataset
 from ray_al.run import train
-from tests.conftest import assert_states_equal, tiny_config
+from tests.helpers import assert_states_equal, tiny_config
 
 CASES = {
     "mlp-2-blocks": {"model": {"name": "mlp", "d": 32}},

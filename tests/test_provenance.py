@@ -6,7 +6,7 @@ import subprocess
 from ray_al import __version__
 from ray_al.provenance import provenance
 from ray_al.run import train
-from tests.conftest import REPO, tiny_config
+from tests.helpers import REPO, tiny_config
 
 
 def test_summary_and_every_checkpoint_manifest_record_the_versions_and_commit(tmp_path):

@@ -8,8 +8,7 @@ from ray_al.config import config_from_dict
 from ray_al.errors import ConfigError
 from ray_al.ray_data import ChunkReader, TrainStream
 from ray_al.run import train
-from tests.conftest import dataset_dir
-from tests.test_data import write_parquet
+from tests.helpers import dataset_dir, write_parquet
 
 
 def _images(n: int) -> np.ndarray:

@@ -4,7 +4,7 @@ import struct
 
 from ray_al.cli import main
 from ray_al.run import train
-from tests.conftest import tiny_config
+from tests.helpers import tiny_config
 
 
 def _png(path):

@@ -18,7 +18,7 @@ import yaml
 from ray_al.cli import main
 from ray_al.errors import ConfigError
 from ray_al.tune import Sweep, check_fits, trial_resources
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 # 256 synthetic samples, 20% held out: 6 batches of 32 per epoch
 DATA = {"source": "synthetic", "synthetic_size": 256, "batch_size": 32, "val_fraction": 0.2}
@@ -27,13 +27,6 @@ DATA = {"source": "synthetic", "synthetic_size": 256, "batch_size": 32, "val_fra
 LOCAL = {"trainer": "al_local", "threads": 1}
 # MNIST-sized synthetic images: epochs long enough (26 steps) that a signal lands while a trial runs
 LONGER = {"data": {"synthetic_size": 1024, "synthetic_shape": [1, 28, 28]}, "model": {"d": 64}}
-
-
-@pytest.fixture(scope="module")
-def cluster():
-    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
-    yield
-    ray.shutdown()
 
 
 def write_sweep(tmp_path, config=None, **extra):
@@ -59,7 +52,7 @@ def trial_frames(output: Path) -> dict[str, list[int]]:
     return {p.parent.name: list(pd.read_csv(p)["epoch"]) for p in (output / "tune").glob("*/progress.csv")}
 
 
-def test_two_trials_on_two_cpus_report_their_checkpoints(cluster, tmp_path, capsys):
+def test_two_trials_on_two_cpus_report_their_checkpoints(ray_cluster, tmp_path, capsys):
     from ray_al.tune import Sweep, run_sweep
     results = run_sweep(Sweep(write_sweep(tmp_path)))
     rows = json.loads((tmp_path / "sweep" / "results.json").read_text())
@@ -89,7 +82,7 @@ def test_two_trials_on_two_cpus_report_their_checkpoints(cluster, tmp_path, caps
     assert {len(pg["bundles"]) for pg in ray.util.placement_group_table().values()} == {3}
 
 
-def test_a_killed_trial_is_restored_from_its_last_checkpoint(cluster, tmp_path):
+def test_a_killed_trial_is_restored_from_its_last_checkpoint(ray_cluster, tmp_path):
     """SIGKILL the trial's process after its first report: Tune (max_failures=1) starts it again and
     the run goes on from the checkpoint it reported, not from epoch 1."""
     path = write_sweep(tmp_path, config={"train": {"epochs": 12, **LOCAL}, **LONGER},
@@ -122,7 +115,7 @@ def test_a_killed_trial_is_restored_from_its_last_checkpoint(cluster, tmp_path):
     assert killed[0][0] in pids and len(pids) == 2  # two processes: the killed one and its replacement
 
 
-def test_an_interrupted_sweep_resumes_to_completion(cluster, tmp_path):
+def test_an_interrupted_sweep_resumes_to_completion(ray_cluster, tmp_path):
     """Ctrl-C (SIGINT) a running `ray-al tune`: one line and how to resume; `--resume` finishes every
     trial, each from the last checkpoint Tune had registered for it (from scratch where it had none)."""
     from ray.tune import ExperimentAnalysis
@@ -158,7 +151,7 @@ def test_an_interrupted_sweep_resumes_to_completion(cluster, tmp_path):
           "after --resume", after)
 
 
-def test_a_sweep_that_cannot_fit_the_cluster_is_refused_in_seconds(cluster, tmp_path, capsys):
+def test_a_sweep_that_cannot_fit_the_cluster_is_refused_in_seconds(ray_cluster, tmp_path, capsys):
     path = write_sweep(tmp_path, config={"ray": {"num_cpus_per_block": 2}})
     start = time.perf_counter()
     assert main(["tune", str(path)]) == 2
@@ -169,7 +162,7 @@ def test_a_sweep_that_cannot_fit_the_cluster_is_refused_in_seconds(cluster, tmp_
     assert not (tmp_path / "sweep" / "tune").exists()
 
 
-def test_blocks_of_a_trial_are_sized_like_train_sizes_them(cluster):
+def test_blocks_of_a_trial_are_sized_like_train_sizes_them(ray_cluster):
     """No ray.num_cpus_per_block: the CPUs left after the driver's, shared by the blocks (at most 1 each);
     the shipped sweep fits a 2-CPU machine."""
     from ray_al.models import block_count
@@ -185,7 +178,7 @@ def test_blocks_of_a_trial_are_sized_like_train_sizes_them(cluster):
     check_fits(sweep, resources)  # raises if it does not fit
 
 
-def test_population_based_training_copies_a_better_trial(cluster, tmp_path):
+def test_population_based_training_copies_a_better_trial(ray_cluster, tmp_path):
     path = write_sweep(tmp_path, config={"train": {"epochs": 3, **LOCAL}},
                        param_space={"optim.lr": {"choice": [1.0e-4, 3.0e-3]}, "train.seed": 0},
                        tune={"driver_cpus": 0.5, "verbose": 0, "num_samples": 2, "scheduler": "pbt",

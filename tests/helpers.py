@@ -1,0 +1,119 @@
+"""Helpers shared by the tests: the repository, the real datasets when present, tiny configs, bitwise
+state comparison, Parquet folders made on the fly, and fault injection. Fixtures live in conftest.py."""
+from __future__ import annotations
+
+import io
+import os
+import re
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ray_al.checkpoint import complete_checkpoints
+from ray_al.config import config_from_dict
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "configs"
+DATASETS = Path(os.environ.get("RAY_AL_DATASETS", REPO.parent / "shared" / "datasets"))
+
+
+def dataset_dir(name: str) -> Path:
+    path = DATASETS / name
+    if not any(path.glob("train-*.parquet")):
+        pytest.skip(f"real dataset {name} not present (set RAY_AL_DATASETS)")
+    return path
+
+
+def tiny_config(tmp_path, **sections):
+    """Digits, a small MLP, one thread: seconds per run. Sections merge over these values."""
+    values = {
+        "data": {"source": "digits", "batch_size": 32},
+        "model": {"name": "mlp", "d": 32},
+        "optim": {"lr": 1e-3},
+        "train": {"epochs": 1, "chunk_size": 4, "threads": 1, "log_every_s": 0},
+        "checkpoint": {"enabled": False},
+        "run_dir": str(tmp_path),
+    }
+    for key, value in sections.items():
+        if isinstance(value, dict):
+            values.setdefault(key, {}).update(value)
+        else:
+            values[key] = value
+    return config_from_dict(values)
+
+
+def assert_states_equal(a, b, where="state"):
+    """Bitwise equality of nested state dicts (parameters, optimizer moments, steps)."""
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and a.shape == b.shape, where
+        assert torch.equal(a, b), f"{where} differs (max |diff| {(a.double() - b.double()).abs().max():.3g})"
+    elif isinstance(a, dict):
+        assert set(a) == set(b), f"{where}: keys {set(a) ^ set(b)}"
+        for k in a:
+            assert_states_equal(a[k], b[k], f"{where}.{k}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_states_equal(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, f"{where}: {a!r} != {b!r}"
+
+
+def write_parquet(folder, split, images, labels, shards=1):
+    """{split}-k-of-n.parquet shards in the Hugging Face layout: image {bytes (PNG), path}, label."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for k, idx in enumerate(np.array_split(np.arange(len(labels)), shards)):
+        cells = []
+        for i in idx:
+            buf = io.BytesIO()
+            Image.fromarray(images[i]).save(buf, format="PNG")
+            cells.append({"bytes": buf.getvalue(), "path": f"{i}.png"})
+        table = pa.table({"image": cells, "label": pa.array(labels[idx], pa.int64())})
+        pq.write_table(table, folder / f"{split}-{k:05d}-of-{shards:05d}.parquet")
+
+
+# -- fault injection -------------------------------------------------------------------------
+class FaultInjector:
+    """Waits until `run_dir` has a complete checkpoint at or past `after_step`, then calls
+    `fault(block_line)` with the start-up line naming where block `block` runs."""
+
+    def __init__(self, run_dir: Path, after_step: int, block: int, fault, timeout: float = 120.0):
+        self.run_dir, self.after_step, self.block, self.fault = run_dir, after_step, block, fault
+        self.lines: list[str] = []
+        self.done = threading.Event()
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._watch, args=(timeout,), daemon=True)
+        self.thread.start()
+
+    def log(self, line: str) -> None:
+        self.lines.append(line)
+
+    def _watch(self, timeout: float) -> None:
+        deadline = time.time() + timeout
+        try:
+            while time.time() < deadline:
+                where = [ln for ln in self.lines if ln.startswith(f"block {self.block}: node")]
+                steps = complete_checkpoints(str(self.run_dir)) if self.run_dir.exists() else []
+                if where and steps and steps[-1] >= self.after_step:
+                    self.fault(where[0])
+                    self.done.set()
+                    return
+                time.sleep(0.002)
+        except BaseException as e:  # surfaced by the test
+            self.error = e
+
+
+def pid_of(line: str) -> int:
+    return int(re.search(r" pid (\d+) ", line).group(1))
+
+
+def node_of(line: str) -> str:
+    return re.search(r"node ([0-9a-f]+) ", line).group(1)
