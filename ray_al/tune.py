@@ -144,7 +144,9 @@ class Sweep:
         path = Path(folder).expanduser() / "sweep.yaml"
         if not path.is_file():
             raise ConfigError(f"{folder} is not a sweep's output folder (no sweep.yaml)")
-        return cls(path, overrides)
+        sweep = cls(path, overrides)
+        sweep.output = path.parent.resolve()  # where it is now, should it have moved
+        return sweep
 
     def save(self) -> None:
         """sweep.yaml in the output folder: a sweep file complete in itself, for --resume."""
@@ -369,29 +371,29 @@ def _fit(tuner, sweep: Sweep, log: Log):
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
-    table = results_table(results, list(sweep.param_space), sweep.opts["metric"], sweep.opts["mode"])
+    from ray.tune import ExperimentAnalysis
+
+    # each trial's state as Tune saved it last (on Ctrl-C: before it stopped the running ones)
+    status = {t.trial_id: t.status for t in ExperimentAnalysis(results.experiment_path).trials}
+    table = results_table(results, list(sweep.param_space), sweep.opts["metric"], sweep.opts["mode"], status)
     save_table(table, sweep.output)
     for line in table.to_string(index=False).splitlines():
         log(line)
     log(f"results: {sweep.output / 'results.csv'}, {sweep.output / 'results.json'}")
-    if _unfinished(results):  # Tune stopped on Ctrl-C (or SIGTERM), its state saved
+    if any(s not in ("TERMINATED", "ERROR") for s in status.values()):  # Tune stopped on Ctrl-C (or SIGTERM)
         raise KeyboardInterrupt(f"resume with: ray-al tune --resume {sweep.output}")
     if results.num_errors:
         first = str(results.errors[0]).strip().splitlines()[-1]
         raise TrainingError(f"{results.num_errors} of {len(results)} trial(s) failed; first: {first}")
-    best, metric = results.get_best_result(), sweep.opts["metric"]
+    metric = sweep.opts["metric"]
+    try:
+        best = results.get_best_result()
+    except RuntimeError:  # no trial reported the metric (Tune says which)
+        return results
     if best.checkpoint:
         log(f"best trial {best.metrics.get('trial_id')}: {metric}={best.metrics.get(metric)}, "
             f"checkpoint {best.checkpoint.path}")
     return results
-
-
-def _unfinished(results) -> int:
-    """Trials neither finished nor failed in the experiment state Tune saved last (on Ctrl-C it saves
-    them as they stood, before it stops them)."""
-    from ray.tune import ExperimentAnalysis
-
-    return sum(t.status not in ("TERMINATED", "ERROR") for t in ExperimentAnalysis(results.experiment_path).trials)
 
 
 def _run_config(sweep: Sweep):
@@ -437,9 +439,9 @@ def resume_sweep(sweep: Sweep, log: Log = console):
 
 
 # -- the results table -------------------------------------------------------------------------
-def results_table(results, keys: list[str], metric: str, mode: str = "max"):
+def results_table(results, keys: list[str], metric: str, mode: str, status: dict[str, str]):
     """One row per trial from ResultGrid.get_dataframe(): its last report, the best `metric` it
-    reached, and its status; best trial first."""
+    reached, and its Tune status (TERMINATED, ERROR, ...); best trial first."""
     import pandas as pd
 
     last = results.get_dataframe()
@@ -449,8 +451,7 @@ def results_table(results, keys: list[str], metric: str, mode: str = "max"):
     columns = ["trial_id", *[f"config/{k}" for k in keys], "epoch", metric, "samples_per_s"]
     table = last[[c for c in columns if c in last.columns]].rename(columns=lambda c: c.removeprefix("config/"))
     table[f"best_{metric}"] = table["trial_id"].map(best)
-    status = {r.metrics["trial_id"]: "ERROR" if r.error else "OK" for r in results if r.metrics}
-    table["status"] = table["trial_id"].map(status).fillna("?")
+    table["status"] = table["trial_id"].map(status)
     return table.sort_values(f"best_{metric}", ascending=(mode == "min"), na_position="last").reset_index(drop=True)
 
 
