@@ -181,18 +181,21 @@ def test_blocks_of_a_trial_are_sized_like_train_sizes_them(ray_cluster):
 
 
 def test_population_based_training_copies_a_better_trial(ray_cluster, tmp_path):
-    path = write_sweep(tmp_path, config={"train": {"epochs": 3, **LOCAL}},
+    """PBT (synchronous, 2 trials, bottom half copies top half every epoch): the worse trial goes on
+    from the better one's checkpoint with a perturbed lr, which its run folder's config records."""
+    path = write_sweep(tmp_path, config={"train": {"epochs": 2, **LOCAL}},
                        param_space={"optim.lr": {"choice": [1.0e-4, 3.0e-3]}, "train.seed": 0},
                        tune={"driver_cpus": 0.5, "verbose": 0, "num_samples": 2, "scheduler": "pbt",
                              "perturbation_interval": 1, "quantile_fraction": 0.5, "synch": True})
     assert main(["tune", str(path)]) == 0
     rows = json.loads((tmp_path / "sweep" / "results.json").read_text())
-    assert [r["status"] for r in rows] == ["TERMINATED", "TERMINATED"] and [r["epoch"] for r in rows] == [3, 3]
-    # PBT's log of exploits: the worse trial took the better one's checkpoint (and a new lr) at epochs 1 and 2
-    policy = (tmp_path / "sweep" / "tune" / "pbt_global.txt").read_text().splitlines()
-    assert len(policy) == 2
-    for epochs in trial_frames(tmp_path / "sweep").values():
-        assert epochs == [1, 2, 3]
+    assert [r["status"] for r in rows] == ["TERMINATED", "TERMINATED"] and [r["epoch"] for r in rows] == [2, 2]
+    # PBT's log of exploits: [target, source, target epoch, source epoch, old config, new config]
+    exploits = [json.loads(line) for line in (tmp_path / "sweep" / "tune" / "pbt_global.txt").read_text().splitlines()]
+    assert exploits and all(target != source for target, source, *_ in exploits)
+    target, _, _, _, _, new = exploits[-1]
+    (folder,) = (tmp_path / "sweep" / "trials").glob(f"*_{int(target.split('_')[0]):05d}")  # tag "<index>_..."
+    assert yaml.safe_load((folder / "config.yaml").read_text())["optim"]["lr"] == pytest.approx(new["optim.lr"])
 
 
 @pytest.mark.parametrize("algorithm", ["optuna", "hyperopt"])
