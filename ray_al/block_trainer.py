@@ -64,14 +64,15 @@ class BlockTrainer:
 
     # -- inference -----------------------------------------------------------------
     @torch.no_grad()
-    def forward(self, s_prev: torch.Tensor):
+    def infer(self, s_prev: torch.Tensor):
         """(s_i, b_i(s_i)) in eval mode: the features for the next block and this exit's bridge."""
         self.block.eval()
         s = self.block(s_prev.to(self.device))
         return s, self.block.bridge(s)
 
     @torch.no_grad()
-    def decode(self, ts: list[torch.Tensor], logits: bool) -> list[torch.Tensor]:
+    def decode_exits(self, ts: list[torch.Tensor], logits: bool) -> list[torch.Tensor]:
+        """h_i applied to each exit's target estimate (block 1: the logits, no sigmoid)."""
         self.block.eval()
         fn = self.block.decode_logits if logits else self.block.decode
         return [fn(t.to(self.device)) for t in ts]

@@ -47,7 +47,7 @@ def flat(state, prefix=""):
     if isinstance(state, torch.Tensor):
         return {prefix: state}
     if isinstance(state, dict):
-        return {k2: v2 for k, v in state.items() if k != "rng" for k2, v2 in flat(v, f"{prefix}/{k}").items()}
+        return {k2: v2 for k, v in state.items() for k2, v2 in flat(v, f"{prefix}/{k}").items()}
     return {prefix: torch.tensor(state)} if isinstance(state, (int, float)) else {}
 
 

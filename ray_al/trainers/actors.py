@@ -48,14 +48,14 @@ class BlockActor:
         return out, stats
 
     @ray.method(num_returns=2)
-    def forward(self, s_prev: torch.Tensor):
+    def infer(self, s_prev: torch.Tensor):
         """Inference: (s_i for the next block, b_i(s_i) for this block's exit)."""
-        s, bridged = self.trainer.forward(s_prev)
+        s, bridged = self.trainer.infer(s_prev)
         return (None if self.is_last else s.cpu()), bridged.cpu()
 
-    def decode(self, carried: list, own_bridge: torch.Tensor) -> list:
+    def decode_exits(self, carried: list, own_bridge: torch.Tensor) -> list:
         """Apply h_i to the exits coming down from later blocks and to this block's own exit."""
-        outs = self.trainer.decode([*carried, own_bridge], logits=self.trainer.index == 0)
+        outs = self.trainer.decode_exits([*carried, own_bridge], logits=self.trainer.index == 0)
         return [o.cpu() for o in outs]
 
     def get_state(self) -> dict:

@@ -32,7 +32,7 @@ class ALLocal(InProcessTrainer):
     def model(self) -> list[ALBlock]:
         return self.blocks
 
-    def train_chunk(self, chunk: Chunk) -> list[dict]:
+    def _train_chunk(self, chunk: Chunk) -> list[dict]:
         inputs, stats = (chunk.x, chunk.y), []
         for trainer in self.trainers:
             s, t, st = trainer.train_chunk(*inputs)
@@ -44,7 +44,7 @@ class ALLocal(InProcessTrainer):
         for xb in eval_batches(x, batch_size):
             s, bridged = xb, []
             for trainer in self.trainers:
-                s, b = trainer.forward(s)
+                s, b = trainer.infer(s)
                 bridged.append(b)
             with torch.no_grad():
                 yield decode_exits(self.blocks, bridged)

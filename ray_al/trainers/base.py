@@ -76,12 +76,12 @@ class InProcessTrainer:
             torch.set_num_threads(cfg.train.threads)
         self.device = resolve_device(cfg.train.device)
 
-    def train_chunk(self, chunk: Chunk) -> list[dict]:
+    def _train_chunk(self, chunk: Chunk) -> list[dict]:
         raise NotImplementedError
 
     def train_epoch(self, chunks: Iterable[Chunk], on_chunk: OnChunk) -> None:
         for chunk in chunks:
-            on_chunk(self.train_chunk(chunk))
+            on_chunk(self._train_chunk(chunk))
 
     def predict_exits(self, x: torch.Tensor, batch_size: int) -> Iterator[list[torch.Tensor]]:
         raise NotImplementedError

@@ -28,7 +28,7 @@ class BPTrainer(InProcessTrainer):
     def model(self) -> BPTwin:
         return self.net
 
-    def train_chunk(self, chunk: Chunk) -> list[dict]:
+    def _train_chunk(self, chunk: Chunk) -> list[dict]:
         self.net.train()
         xs, ys = chunk.x.to(self.device), chunk.y.to(self.device)
         losses = []

@@ -111,11 +111,11 @@ class ALPipeline:
     def _submit_predict(self, x: torch.Tensor):
         s, bridged = x, []
         for actor in self.actors:
-            s, b = actor.forward.remote(s)
+            s, b = actor.infer.remote(s)
             bridged.append(b)
         carried = []
         for actor, b in zip(reversed(self.actors), reversed(bridged)):
-            carried = actor.decode.remote(carried, b)
+            carried = actor.decode_exits.remote(carried, b)
         return carried  # exits N..1
 
     def predict_exits(self, x: torch.Tensor, batch_size: int) -> Iterator[list[torch.Tensor]]:
