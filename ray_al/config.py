@@ -105,6 +105,16 @@ class CheckpointConfig:
 
 
 @dataclass
+class LogConfig:
+    tensorboard: bool = True          # event files in the run folder: tensorboard --logdir runs
+    mlflow: bool = False              # needs ray_al[mlflow]; MLFLOW_TRACKING_URI or log.mlflow_uri
+    wandb: bool = False               # needs ray_al[wandb]; WANDB_MODE=offline works without network
+    every_steps: int = 50             # per-block losses and samples/s every this many steps; 0: epochs only
+    project: str = "ray_al"           # MLflow experiment, W&B project
+    mlflow_uri: str | None = None     # None: MLflow's own default (MLFLOW_TRACKING_URI)
+
+
+@dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -112,6 +122,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     ray: RayConfig = field(default_factory=RayConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    log: LogConfig = field(default_factory=LogConfig)
     run_dir: str = "runs"             # each run writes to run_dir/<name>
     name: str | None = None           # None: <model>-<trainer>-<time>
 
@@ -137,7 +148,8 @@ POSITIVE = {"data.batch_size", "train.chunk_size", "train.max_inflight_chunks", 
 MAX_SEED = 10 ** 8 - 1  # (seed * 100_003 + epoch) * 1_000_003 + batch must fit a 64-bit generator seed
 RUN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,199}")  # one folder, never `..` or a path
 NON_NEGATIVE = {"train.epochs", "optim.weight_decay", "checkpoint.every_steps", "ray.num_gpus_per_block",
-                "train.log_every_s", "checkpoint.max_restarts", "model.target_warmup_steps", "data.synthetic_noise"}
+                "train.log_every_s", "checkpoint.max_restarts", "model.target_warmup_steps", "data.synthetic_noise",
+                "log.every_steps"}
 
 
 def _check_type(key: str, value: Any, tp: Any) -> Any:
@@ -345,11 +357,68 @@ EMBEDDED_DEFAULT = {"model": {"name": "mlp", "d": 256, "target_warmup_steps": 30
                     "train": {"epochs": 10}}
 
 
+# The shipped configs: ray_al/configs links to the repository's configs/ and is packaged with it.
+SHIPPED_CONFIGS = Path(__file__).resolve().parent / "configs"
+
+
+def find_config(path: str | Path) -> Path:
+    """A config file as given (from the working directory), else the shipped config of that name:
+    `configs/paper/mnist_mlp_al.yaml`, `paper/mnist_mlp_al.yaml` and `paper/mnist_mlp_al` all find
+    configs/paper/mnist_mlp_al.yaml from any directory. A missing file is a one-line error."""
+    given = Path(path).expanduser()
+    if given.is_file():
+        return given
+    candidates = [given.with_name(given.name + ".yaml")]
+    if not given.is_absolute():
+        inside = Path(*given.parts[1:]) if given.parts[:1] == ("configs",) else given
+        candidates += [SHIPPED_CONFIGS / inside, SHIPPED_CONFIGS / inside.with_name(inside.name + ".yaml")]
+    for candidate in candidates:
+        if candidate.suffix in (".yaml", ".yml") and candidate.is_file():
+            return candidate
+    raise ConfigError(f"config file not found: {path} (looked in the working directory and in {SHIPPED_CONFIGS})")
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
     import copy
-    values = read_config_file(path) if path else copy.deepcopy(EMBEDDED_DEFAULT)
+    values = read_config_file(find_config(path)) if path else copy.deepcopy(EMBEDDED_DEFAULT)
     return config_from_dict(apply_overrides(values, overrides or []))
 
 
 def save_config(cfg: Config, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+def _type_name(tp) -> str:
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in typing.get_args(tp))
+    if tp is type(None):
+        return "None"
+    return tp.__name__ if isinstance(tp, type) and not typing.get_args(tp) else str(tp)
+
+
+def describe_keys(cfg: Config) -> list[tuple[str, str, Any, Any]]:
+    """(dotted key, type, default, value) of every key, in the order `ray-al config` prints them."""
+    rows = []
+
+    def walk(obj, default, prefix: str) -> None:
+        hints = typing.get_type_hints(type(obj))
+        for f in dataclasses.fields(obj):
+            value, base = getattr(obj, f.name), getattr(default, f.name)
+            if dataclasses.is_dataclass(value):
+                walk(value, base, f"{prefix}{f.name}.")
+            else:
+                rows.append((f"{prefix}{f.name}", _type_name(hints[f.name]), base, value))
+
+    walk(cfg, Config(), "")
+    return rows
+
+
+def format_keys(cfg: Config) -> list[str]:
+    """One line per key: key, type, default, value; a `*` marks values that differ from the default."""
+    rows = [(k, t, yaml.safe_dump(d, default_flow_style=True).strip().removesuffix("\n..."),
+             yaml.safe_dump(v, default_flow_style=True).strip().removesuffix("\n..."), "*" if d != v else "")
+            for k, t, d, v in describe_keys(cfg)]
+    head = ("key", "type", "default", "value", "")
+    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(4)]
+    return ["  ".join(c.ljust(w) for c, w in zip(r[:3], widths)) + "  " + r[3] + (" " + r[4] if r[4] else "")
+            for r in [head, *rows]]

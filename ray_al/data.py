@@ -226,6 +226,17 @@ def _subset(x: np.ndarray, y: np.ndarray, n: int):
     return x[keep], y[keep]
 
 
+def hold_out(x: np.ndarray, y: np.ndarray, fraction: float, seed: int = 0):
+    """(train_x, train_y, val_x, val_y): `fraction` of the samples drawn at random with a fixed seed
+    (order kept), so every run and every sweep trial validates on the same samples."""
+    n_val = int(round(fraction * len(x)))
+    if n_val == 0 or n_val == len(x):
+        raise DataError(f"data.val_fraction={fraction} of {len(x)} training samples leaves an empty split")
+    is_val = np.zeros(len(x), dtype=bool)
+    is_val[np.random.default_rng(seed).permutation(len(x))[:n_val]] = True
+    return x[~is_val], y[~is_val], x[is_val], y[is_val]
+
+
 def load_dataset(cfg: DataConfig) -> Dataset:
     origins = (Origin("train"), Origin("test"))
     if cfg.source == "parquet":
@@ -254,25 +265,15 @@ def load_dataset(cfg: DataConfig) -> Dataset:
         tr_x, tr_y = _subset(tr_x, tr_y, cfg.limit_train)
     if cfg.limit_test:
         te_x, te_y = _subset(te_x, te_y, cfg.limit_test)
-    val_x = val_y = None
+    va_x = va_y = None
     if cfg.val_fraction:
-        tr_x, tr_y, val_x, val_y = _hold_out(tr_x, tr_y, cfg.val_fraction)
+        tr_x, tr_y, va_x, va_y = hold_out(tr_x, tr_y, cfg.val_fraction)
     train_x, test_x = to_float(tr_x), to_float(te_x)
-    val_x = None if val_x is None else to_float(val_x)
+    val_x = None if va_x is None else to_float(va_x)
     mean = std = None
-    if cfg.normalize:  # statistics of the training samples only (not the held-out ones)
+    if cfg.normalize:  # statistics of the samples trained on, applied to every split
         mean, std = train_x.mean(dim=(0, 2, 3)), train_x.std(dim=(0, 2, 3)).clamp_min(1e-6)
         train_x, test_x = normalise(train_x, mean, std), normalise(test_x, mean, std)
         val_x = None if val_x is None else normalise(val_x, mean, std)
     return Dataset(train_x, torch.from_numpy(tr_y), test_x, torch.from_numpy(te_y), num_classes, name, names,
-                   val_x, None if val_y is None else torch.from_numpy(val_y), mean, std)
-
-
-def _hold_out(x: np.ndarray, y: np.ndarray, fraction: float):
-    """A seeded validation split (seed 0: the same samples in every run on this data)."""
-    n_val = int(round(fraction * len(x)))
-    if n_val == 0 or n_val == len(x):
-        raise DataError(f"data.val_fraction={fraction} of {len(x)} training samples leaves an empty split")
-    order = np.random.default_rng(0).permutation(len(x))
-    val, train = np.sort(order[:n_val]), np.sort(order[n_val:])
-    return x[train], y[train], x[val], y[val]
+                   val_x, None if va_y is None else torch.from_numpy(va_y), mean, std)

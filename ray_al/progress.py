@@ -4,6 +4,7 @@ from __future__ import annotations
 import time
 from typing import Callable
 
+from ray_al.loggers import loss_scalars
 from ray_al.target_path import format_separability
 
 Log = Callable[[str], None]
@@ -12,20 +13,20 @@ Log = Callable[[str], None]
 class Progress:
     """Sums every block's losses over an epoch and prints a line every `interval` seconds."""
 
-    def __init__(self, epoch: int, epochs: int, steps: int, batch_size: int, log: Log, interval: float):
+    def __init__(self, epoch: int, epochs: int, steps: int, batch_size: int, log: Log, interval: float,
+                 loggers=None):
         self.epoch, self.epochs, self.steps, self.batch_size = epoch, epochs, steps, batch_size
-        self.log, self.interval = log, interval
+        self.log, self.interval, self.loggers = log, interval, loggers  # loggers: ray_al.loggers.RunLoggers
         self.done, self.sums = 0, {}
         self.start = self.last = time.perf_counter()
 
     def __call__(self, stats: list[dict]) -> None:
         k = stats[-1]["steps"]
         self.done += k
-        for st in stats:
-            for key, value in st.items():
-                if key.endswith("loss"):
-                    name = f"b{st['block']}_{key}"
-                    self.sums[name] = self.sums.get(name, 0.0) + value * k
+        for name, value in loss_scalars(stats).items():
+            self.sums[name] = self.sums.get(name, 0.0) + value * k
+        if self.loggers:
+            self.loggers.log_chunk(stats)
         now = time.perf_counter()
         if self.interval and now - self.last >= self.interval and self.done < self.steps:
             self.last = now

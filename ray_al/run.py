@@ -18,9 +18,11 @@ from ray_al.checkpoint.policy import Checkpointer, Position, RestartPolicy, fing
 from ray_al.config import Config
 from ray_al.data import Dataset
 from ray_al.errors import BlockLost, CheckpointError, ConfigError, DataError
+from ray_al.loggers import check_loggers, console, make_loggers
 from ray_al.metrics import split_accuracies
 from ray_al.models import parameter_counts
 from ray_al.progress import Log, Progress, format_record
+from ray_al.provenance import provenance
 from ray_al.sources import ChunkSource, open_source
 from ray_al.storage import RunStorage
 from ray_al.target_path import warm_up
@@ -40,13 +42,15 @@ class RunResult:
         return self.history[-1] if self.history else {}
 
 
-def train(cfg: Config, log: Log = print, on_epoch: Callable[[dict], None] | None = None,
+def train(cfg: Config, log: Log = console, on_epoch: Callable[[dict], None] | None = None,
           data: Dataset | None = None, keep_trainer: bool = False, resume_dir: str | Path | None = None,
           resume_step: int | None = None, config_changes: dict | None = None) -> RunResult:
     """Train as configured; `on_epoch` receives each epoch's record (Ray Tune reports from it).
     `data`: a dataset already in memory. With `resume_dir`, continue that run from its newest usable
     checkpoint (or from step `resume_step`); `config_changes` (from storage.resume_config) are recorded.
-    With `keep_trainer`, the caller gets the trainer and closes it."""
+    With `keep_trainer`, the caller gets the trainer and closes it. A failed start (unknown model, no GPU,
+    a logger's missing package) leaves no run folder."""
+    check_loggers(cfg)
     source = open_source(cfg, data)
     try:
         return _run(cfg, source, log, on_epoch, keep_trainer, resume_dir, resume_step, config_changes or {})
@@ -114,6 +118,8 @@ def _run(cfg: Config, source: ChunkSource, log: Log, on_epoch, keep_trainer: boo
 
         # -- epochs; a lost block rebuilds every block from the newest checkpoint and replays ------
         while True:
+            # TensorBoard by default, MLflow and W&B when asked; a replay rewrites the steps after the checkpoint
+            loggers = make_loggers(cfg, storage.run_dir, from_step=position.step if position else 0)
             try:
                 if position is None:
                     result.warmup = _start(cfg, source, trainer, checkpoints, log)
@@ -122,8 +128,9 @@ def _run(cfg: Config, source: ChunkSource, log: Log, on_epoch, keep_trainer: boo
                 for epoch in range(position.epoch, cfg.train.epochs):
                     start_batch = position.batch if epoch == position.epoch else 0
                     record = _train_epoch(cfg, source, trainer, checkpoints, epoch, start_batch, log,
-                                          storage.run_id)
+                                          storage.run_id, loggers)
                     storage.append_record(record)
+                    loggers.log_epoch(record)
                     log(format_record(record))
                     result.history.append(record)
                     if on_epoch:
@@ -143,9 +150,11 @@ def _run(cfg: Config, source: ChunkSource, log: Log, on_epoch, keep_trainer: boo
                 position = checkpoints.restore(trainer)
                 restarts.record(position.step, e)
                 log(f"rebuilt every block from checkpoint step {position.step}; replaying from there")
+            finally:
+                loggers.close()
 
         storage.write_summary({"final": result.final, "run_dir": str(storage.run_dir), "run_id": storage.run_id,
-                               "restarts": result.restarts, "loader": cfg.data.loader,
+                               "restarts": result.restarts, "loader": cfg.data.loader, "provenance": provenance(),
                                **({"warmup": result.warmup} if result.warmup else {})})
         log(f"run folder: {storage.run_dir}")
     except BaseException:
@@ -171,11 +180,11 @@ def _start(cfg: Config, source: ChunkSource, trainer: Trainer, checkpoints: Chec
 
 
 def _train_epoch(cfg: Config, source: ChunkSource, trainer: Trainer, checkpoints: Checkpointer, epoch: int,
-                 start_batch: int, log: Log, run_id: str | None) -> dict:
+                 start_batch: int, log: Log, run_id: str | None, loggers) -> dict:
     """Train one epoch from `start_batch`, saving where checkpoints fall due; returns its record."""
     n_batches, k = source.n_batches, cfg.train.chunk_size
     progress = Progress(epoch + 1, cfg.train.epochs, n_batches - start_batch, cfg.data.batch_size, log,
-                        cfg.train.log_every_s)
+                        cfg.train.log_every_s, loggers)
     chunks = source.chunks(epoch, start_batch)
     seconds = 0.0
     for first, end in checkpoints.segments(epoch, start_batch, n_batches, k):
@@ -194,3 +203,4 @@ def _train_epoch(cfg: Config, source: ChunkSource, trainer: Trainer, checkpoints
         record.update(partial=True, from_batch=start_batch)
     checkpoints.save(trainer, Position((epoch + 1) * n_batches, epoch + 1, 0), record)
     return record
+

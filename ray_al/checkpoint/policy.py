@@ -11,6 +11,7 @@ import time
 from ray_al.checkpoint import files
 from ray_al.config import CheckpointConfig, Config
 from ray_al.errors import BlockLost, CheckpointError, TrainingError
+from ray_al.provenance import provenance
 
 
 def fingerprint(cfg: Config, input_shape: tuple, num_classes: int) -> dict:
@@ -55,6 +56,7 @@ class Checkpointer:
         digests = trainer.save_blocks(ckpt)
         manifest = {"run_id": self.run_id, "step": position.step, "epoch": position.epoch, "batch": position.batch,
                     "time": time.time(), "fingerprint": self.fp, "config": self.cfg.to_dict(),
+                    "provenance": provenance(),
                     "blocks": [{"file": f"block-{i + 1}.pt", "sha256": d} for i, d in enumerate(digests)],
                     **({"record": record} if record else {})}
         files.write_manifest(ckpt, manifest, self.cfg.checkpoint.keep)

@@ -57,13 +57,14 @@ def _cpus_gpus(resources: dict) -> str:
     return f"{resources.get('CPU', 0):g} CPU, {resources.get('GPU', 0):g} GPU"
 
 
-def block_bundle(ray_cfg: RayConfig, n_blocks: int) -> dict[str, float]:
+def block_bundle(ray_cfg: RayConfig, n_blocks: int, reserved: float = 0.0) -> dict[str, float]:
     """The resources of one block's bundle as configured: CPU, GPU when asked for, and custom
     resources (`ray.block_resources`) that steer blocks to the nodes that offer them."""
     gpus = ray_cfg.num_gpus_per_block
     if gpus and ray.cluster_resources().get("GPU", 0) == 0:
         raise ConfigError(f"ray.num_gpus_per_block={gpus} but the Ray cluster has no GPU")
-    return {"CPU": cpus_per_block(ray_cfg, n_blocks), **({"GPU": gpus} if gpus else {}), **ray_cfg.block_resources}
+    return {"CPU": cpus_per_block(ray_cfg, n_blocks, reserved), **({"GPU": gpus} if gpus else {}),
+            **ray_cfg.block_resources}
 
 
 @dataclass
