@@ -8,14 +8,18 @@ from __future__ import annotations
 import torch
 
 from ray_al.blocks import ALBlock
-from ray_al.config import OptimConfig
+from ray_al.config import ModelConfig, OptimConfig
 from ray_al.errors import TrainingError
 from ray_al.schedule import lr_multiplier
+from ray_al.target_path import warmup_lr
 
 
 class BlockTrainer:
-    def __init__(self, block: ALBlock, optim: OptimConfig, total_steps: int, index: int):
+    def __init__(self, block: ALBlock, optim: OptimConfig, total_steps: int, index: int,
+                 model: ModelConfig | None = None):
         self.block, self.index = block, index
+        self.model = model or ModelConfig()
+        self.opt_warmup = None  # target-path warm-up's own Adam, made on the first warm-up step
         self.optim, self.total_steps = optim, total_steps
         self.device = next(block.parameters()).device
         wd = optim.weight_decay
@@ -61,6 +65,39 @@ class BlockTrainer:
         stats = {"block": self.index + 1, "step": self.step_count, "steps": len(losses),
                  "bridge_loss": float(losses[:, 0].mean()), "ae_loss": float(losses[:, 1].mean())}
         return torch.stack(outs_s), torch.stack(outs_t), stats
+
+    # -- target path alone (ray_al/target_path.py) -----------------------------------------
+    def warmup_chunk(self, t_prev: torch.Tensor):
+        """K target-path-only steps (g_i, h_i on L'_i) over stacked t_{i-1} [K, B, ...]; block 1
+        gets labels. Returns the stacked t_i for the next block and this block's stats."""
+        t_prev = t_prev.to(self.device)
+        if self.opt_warmup is None:  # its own Adam: the data steps then start exactly as in the paper
+            lr = warmup_lr(self.model, self.block.g.out_features)
+            self.opt_warmup = torch.optim.Adam(self.block.target_params(), lr=lr)
+        opt = self.opt_warmup
+        self.block.train()
+        outs, losses = [], []
+        for k in range(t_prev.shape[0]):
+            t, loss = self.block.target_losses(t_prev[k])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            outs.append(t.detach())
+            losses.append(loss.detach())
+        losses = torch.stack(losses).cpu()
+        if not torch.isfinite(losses).all():
+            raise TrainingError(f"block {self.index + 1}: non-finite loss in target warm-up")
+        return torch.stack(outs), {"block": self.index + 1, "steps": len(losses), "ae_loss": float(losses.mean())}
+
+    def end_warmup(self) -> None:
+        """Drop warm-up's own Adam: the data steps start with the block's usual optimizers."""
+        self.opt_warmup = None
+
+    @torch.no_grad()
+    def encode_targets(self, t_prev: torch.Tensor) -> torch.Tensor:
+        """t_i = g_i(t_{i-1}) in eval mode; block 1 takes labels."""
+        self.block.eval()
+        return self.block.encode_target(self.block.target_input(t_prev.to(self.device)))
 
     # -- inference -----------------------------------------------------------------
     @torch.no_grad()

@@ -53,18 +53,20 @@ class ALBlock(nn.Module):
             return F.one_hot(t_prev.long(), self.num_classes).to(torch.get_default_dtype())
         return t_prev
 
+    def target_losses(self, t_prev: torch.Tensor):
+        """(t_i, L'_i): the target path alone, which never sees x (what warm-up trains)."""
+        t_in = self.target_input(t_prev).detach()
+        t = self.encode_target(t_in)
+        if self.is_first and self.options.first_decoder_ce:
+            return t, F.cross_entropy(self.decode_logits(t), t_prev.long())
+        return t, F.mse_loss(self.decode(t), t_in)
+
     def local_losses(self, s_prev: torch.Tensor, t_prev: torch.Tensor):
         """Returns (s_i, t_i, bridge loss, autoencoder loss); s_i and t_i still carry graph."""
-        labels = t_prev if self.is_first else None
-        t_in = self.target_input(t_prev).detach()
         s = self.f(s_prev.detach())
-        t = self.encode_target(t_in)
+        t, ae_loss = self.target_losses(t_prev)
         t_ref = t if self.options.bridge_grad_to_g else t.detach()
         bridge_loss = F.mse_loss(self.b(s), t_ref)
-        if self.is_first and self.options.first_decoder_ce:
-            ae_loss = F.cross_entropy(self.decode_logits(t), labels.long())
-        else:
-            ae_loss = F.mse_loss(self.decode(t), t_in)
         return s, t, bridge_loss, ae_loss
 
     def forward_params(self):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from ray_al.errors import ConfigError, RayALError
@@ -14,25 +15,46 @@ def _train(args) -> int:
     from ray_al.run import train
     from ray_al.session import ray_session, sigterm_raises_interrupt
 
+    changes = {}
     if args.resume:
-        from ray_al.storage import run_config
+        from ray_al.storage import resume_config
         if args.config:
             raise ConfigError("give either a config or --resume RUN_DIR, not both")
-        cfg = run_config(args.resume, args.overrides)
+        cfg, changes = resume_config(args.resume, args.overrides, args.allow_change)
     else:
+        if args.step is not None or args.allow_change:
+            raise ConfigError("--step and --allow-change go with --resume RUN_DIR")
         cfg = load_config(args.config, args.overrides)
     with ray_session(cfg.ray if cfg.train.trainer == "al" else None), sigterm_raises_interrupt():
-        train(cfg, resume_dir=args.resume) if args.resume else train(cfg)
+        if args.resume:
+            train(cfg, resume_dir=args.resume, resume_step=args.step, config_changes=changes)
+        else:
+            train(cfg)
     return 0
 
 
 def _tune(args) -> int:
     from ray_al.session import ray_session, sigterm_raises_interrupt
-    from ray_al.tune import Sweep, run_sweep
+    from ray_al.tune import Sweep, resume_sweep, run_sweep
 
-    sweep = Sweep(args.sweep, args.overrides)
+    if args.resume:
+        if args.sweep:
+            raise ConfigError("give either a sweep file or --resume SWEEP_DIR, not both")
+        sweep = Sweep.saved(args.resume, args.overrides)
+    elif not args.sweep:
+        raise ConfigError("give a sweep file (e.g. configs/sweeps/mnist_mlp.yaml) or --resume SWEEP_DIR")
+    else:
+        sweep = Sweep(args.sweep, args.overrides)
     with ray_session(sweep.base_cfg.ray), sigterm_raises_interrupt():
-        run_sweep(sweep)
+        resume_sweep(sweep) if args.resume else run_sweep(sweep)
+    return 0
+
+
+def _config(args) -> int:
+    from ray_al.config import format_keys, load_config
+
+    for line in format_keys(load_config(args.config, args.overrides)):
+        print(line)
     return 0
 
 
@@ -130,16 +152,30 @@ def _bench(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ray-al", description="Associated Learning on Ray")
+    from ray_al.provenance import version_line
+
+    parser = argparse.ArgumentParser(prog="ray-al", description="Associated Learning on Ray",
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # --version unwrapped
+    parser.add_argument("--version", action="version", version=version_line())
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("train", help="train a model (default: the embedded digits MLP through Ray actors)")
-    p.add_argument("config", nargs="?", default=DEFAULT_CONFIG, help="YAML config (default: built-in defaults)")
+    p.add_argument("config", nargs="?", default=DEFAULT_CONFIG,
+                   help="YAML config, from here or shipped (e.g. paper/mnist_mlp_al); default: built-in defaults")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.epochs=3 optim.lr=1e-3")
-    p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its newest complete checkpoint")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its newest usable checkpoint")
+    p.add_argument("--step", type=int, metavar="N", help="with --resume: continue from the checkpoint of step N "
+                   "(later ones are set aside, not deleted)")
+    p.add_argument("--allow-change", action="store_true", help="with --resume: accept overrides that change what "
+                   "the run learns (data, optimizer, ...); recorded in config.yaml and run.json")
     p.set_defaults(fn=_train)
+    p = sub.add_parser("config", help="every config key with its type, default and value (* where changed)")
+    p.add_argument("config", nargs="?", default=DEFAULT_CONFIG, help="YAML config (default: built-in defaults)")
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.epochs=3")
+    p.set_defaults(fn=_config)
     p = sub.add_parser("tune", help="a Ray Tune sweep (see ray_al/tune.py for the sweep file)")
-    p.add_argument("sweep", help="sweep YAML: base/config, param_space over dotted keys, tune options")
+    p.add_argument("sweep", nargs="?", help="sweep YAML (e.g. sweeps/mnist_mlp): base/config, param_space, tune")
     p.add_argument("overrides", nargs="*", help="dotted overrides of the base config, e.g. data.path=...")
+    p.add_argument("--resume", metavar="SWEEP_DIR", help="continue an interrupted sweep (its output folder)")
     p.set_defaults(fn=_tune)
     p = sub.add_parser("eval", help="test accuracy of every exit of a run's newest checkpoint")
     p.add_argument("run_dir")
@@ -200,17 +236,26 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)
-    if getattr(args, "config", None) and "=" in args.config:
-        args.overrides.insert(0, args.config)
-        args.config = None
+    for name in ("config", "sweep"):  # `ray-al train k=v` or `ray-al tune --resume DIR k=v`: no file given
+        value = getattr(args, name, None)
+        if value and "=" in value:
+            args.overrides.insert(0, value)
+            setattr(args, name, None)
     try:
-        return args.fn(args)
+        code = args.fn(args)
     except RayALError as e:
         print(f"ray-al: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("ray-al: interrupted", file=sys.stderr)
-        return 130
+        code = 2
+    except KeyboardInterrupt as e:
+        print("ray-al: interrupted" + (f"\n{e}" if str(e) else ""), file=sys.stderr)  # e: how to resume, if any
+        code = 130
+    if "ray_al.session" in sys.modules and sys.modules["ray_al.session"].Lost.cluster:
+        # the cluster died after the work: Ray's own exit would wait for it, then exit 1
+        print("ray-al: the Ray cluster stopped answering at the end; the run's files are written", file=sys.stderr)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
 
 
 if __name__ == "__main__":

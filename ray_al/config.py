@@ -7,6 +7,8 @@ Every error is a ConfigError whose message names the offending key in one line.
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -30,10 +32,12 @@ class DataConfig:
     normalize: bool = True            # per-channel mean/std of the training split
     limit_train: int | None = None    # keep n training samples, drawn with a fixed seed (quick runs)
     limit_test: int | None = None
+    num_classes: int | None = None    # None: from the class names in the data, else max label + 1 with no gaps
     cache_dir: str | None = None      # where decoded Parquet arrays are cached (default: beside the data or ~/.cache)
     synthetic_shape: list[int] = field(default_factory=lambda: [1, 8, 8])
     synthetic_classes: int = 10
     synthetic_size: int = 512
+    synthetic_noise: float = 40.0     # std of the pixel noise around each class's mean image (0..255 scale)
     factory: str | None = None        # python: "module:function" returning (train, test) splits (ray_al/user_data.py)
     factory_args: dict[str, Any] = field(default_factory=dict)  # keyword arguments of the factory
     image_size: list[int] | None = None  # imagefolder: resize every image to [H, W] (None: all must agree)
@@ -49,6 +53,10 @@ class ModelConfig:
     act: str | None = None            # f activation; None: elu for AL, relu for the BP twin
     bridge_grad_to_g: bool = False
     first_decoder_ce: bool = False
+    # target-path warm-up (ray_al/target_path.py): g and h alone on the C class points, through
+    # the chain, before the first data step; 0 = the paper's algorithm, untouched
+    target_warmup_steps: int = 0
+    target_warmup_lr: float | None = None    # its own Adam, dropped after; None: 3e-3 x min(1, 256 / d)
     module: str | None = None         # the user's module whose @register builders `name` may refer to;
                                       # imported in the driver and in every block actor before the lookup
 
@@ -97,6 +105,16 @@ class CheckpointConfig:
 
 
 @dataclass
+class LogConfig:
+    tensorboard: bool = True          # event files in the run folder: tensorboard --logdir runs
+    mlflow: bool = False              # needs ray_al[mlflow]; MLFLOW_TRACKING_URI or log.mlflow_uri
+    wandb: bool = False               # needs ray_al[wandb]; WANDB_MODE=offline works without network
+    every_steps: int = 50             # per-block losses and samples/s every this many steps; 0: epochs only
+    project: str = "ray_al"           # MLflow experiment, W&B project
+    mlflow_uri: str | None = None     # None: MLflow's own default (MLFLOW_TRACKING_URI)
+
+
+@dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -104,6 +122,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     ray: RayConfig = field(default_factory=RayConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    log: LogConfig = field(default_factory=LogConfig)
     run_dir: str = "runs"             # each run writes to run_dir/<name>
     name: str | None = None           # None: <model>-<trainer>-<time>
 
@@ -123,10 +142,14 @@ CHOICES = {
 }
 POSITIVE = {"data.batch_size", "train.chunk_size", "train.max_inflight_chunks", "train.eval_batch_size",
             "optim.lr", "optim.target_lr_scale", "checkpoint.keep", "data.synthetic_classes",
-            "data.synthetic_size", "model.d", "model.depth", "train.threads", "ray.num_cpus",
-            "ray.num_cpus_per_block", "data.limit_train", "data.limit_test"}
+            "data.synthetic_size", "data.num_classes", "model.d", "model.depth", "train.threads", "ray.num_cpus",
+            "ray.num_cpus_per_block", "data.limit_train", "data.limit_test", "ray.placement_timeout_s",
+            "model.target_warmup_lr"}
+MAX_SEED = 10 ** 8 - 1  # (seed * 100_003 + epoch) * 1_000_003 + batch must fit a 64-bit generator seed
+RUN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,199}")  # one folder, never `..` or a path
 NON_NEGATIVE = {"train.epochs", "optim.weight_decay", "checkpoint.every_steps", "ray.num_gpus_per_block",
-                "train.log_every_s", "checkpoint.max_restarts"}
+                "train.log_every_s", "checkpoint.max_restarts", "model.target_warmup_steps", "data.synthetic_noise",
+                "log.every_steps"}
 
 
 def _check_type(key: str, value: Any, tp: Any) -> Any:
@@ -156,13 +179,15 @@ def _check_type(key: str, value: Any, tp: Any) -> Any:
             raise ConfigError(f"{key}: expected a list, got {value!r}")
         (item,) = typing.get_args(tp)
         return [_check_type(f"{key}[{i}]", v, item) for i, v in enumerate(value)]
-    if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if tp is float and isinstance(value, str):
+    if tp is float and isinstance(value, (int, float, str)) and not isinstance(value, bool):
         try:  # YAML reads 1e-4 (no dot) as a string
-            return float(value)
-        except ValueError:
-            pass
+            number = float(value)
+        except (ValueError, OverflowError):
+            number = None
+        if number is not None:
+            if not math.isfinite(number):  # NaN passes every `<= 0` check, inf reaches the optimizers
+                raise ConfigError(f"{key} must be a finite number, got {value!r}")
+            return number
     if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
         raise ConfigError(f"{key}: expected {tp.__name__}, got {value!r}")
     return value
@@ -207,9 +232,22 @@ def validate(cfg: Config) -> Config:
         value = _get(cfg, key)
         if value < 0:
             raise ConfigError(f"{key} must not be negative, got {value}")
-    if cfg.ray.num_cpus_per_block is not None and cfg.ray.num_cpus_per_block > 1 \
-            and cfg.ray.num_cpus_per_block != int(cfg.ray.num_cpus_per_block):
-        raise ConfigError("ray.num_cpus_per_block above 1 must be a whole number")
+    for key in ("ray.num_cpus_per_block", "ray.num_gpus_per_block"):  # Ray's rule for fractional resources
+        value = _get(cfg, key)
+        if value is not None and value > 1 and value != int(value):
+            raise ConfigError(f"{key} above 1 must be a whole number, got {value}")
+    if not 0 <= cfg.train.seed <= MAX_SEED:  # mixed with epoch and batch into 64-bit generator seeds
+        raise ConfigError(f"train.seed must be in 0..{MAX_SEED}, got {cfg.train.seed}")
+    for name, amount in cfg.ray.block_resources.items():
+        if amount <= 0:
+            raise ConfigError(f"ray.block_resources.{name} must be positive, got {amount}")
+    if not 1 <= len(cfg.data.synthetic_shape) <= 3 or min(cfg.data.synthetic_shape) <= 0:
+        raise ConfigError(f"data.synthetic_shape must be 1 to 3 positive sizes, got {cfg.data.synthetic_shape}")
+    if cfg.name is not None and not RUN_NAME.fullmatch(cfg.name):
+        raise ConfigError(f"name: '{cfg.name}' is not a plain folder name (letters, digits, . _ - ; "
+                          f"not starting with a dot)")
+    if not cfg.run_dir:
+        raise ConfigError("run_dir must not be empty")
     if cfg.data.loader == "ray_data" and (cfg.data.source != "parquet" or cfg.train.trainer != "al"):
         raise ConfigError("data.loader=ray_data streams Parquet shards into the Ray pipeline: "
                           "it needs data.source=parquet and train.trainer=al")
@@ -315,14 +353,72 @@ def read_yaml(path: str | Path) -> dict:
 
 # `ray-al train` with no config file: the embedded digits through two Ray block actors, in
 # seconds. Config files start from the paper's settings instead (configs/default.yaml = this).
-EMBEDDED_DEFAULT = {"model": {"name": "mlp", "d": 256}, "optim": {"lr": 1e-3}, "train": {"epochs": 10}}
+EMBEDDED_DEFAULT = {"model": {"name": "mlp", "d": 256, "target_warmup_steps": 300}, "optim": {"lr": 1e-3},
+                    "train": {"epochs": 10}}
+
+
+# The shipped configs: ray_al/configs links to the repository's configs/ and is packaged with it.
+SHIPPED_CONFIGS = Path(__file__).resolve().parent / "configs"
+
+
+def find_config(path: str | Path) -> Path:
+    """A config file as given (from the working directory), else the shipped config of that name:
+    `configs/paper/mnist_mlp_al.yaml`, `paper/mnist_mlp_al.yaml` and `paper/mnist_mlp_al` all find
+    configs/paper/mnist_mlp_al.yaml from any directory. A missing file is a one-line error."""
+    given = Path(path).expanduser()
+    if given.is_file():
+        return given
+    candidates = [given.with_name(given.name + ".yaml")]
+    if not given.is_absolute():
+        inside = Path(*given.parts[1:]) if given.parts[:1] == ("configs",) else given
+        candidates += [SHIPPED_CONFIGS / inside, SHIPPED_CONFIGS / inside.with_name(inside.name + ".yaml")]
+    for candidate in candidates:
+        if candidate.suffix in (".yaml", ".yml") and candidate.is_file():
+            return candidate
+    raise ConfigError(f"config file not found: {path} (looked in the working directory and in {SHIPPED_CONFIGS})")
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
     import copy
-    values = read_config_file(path) if path else copy.deepcopy(EMBEDDED_DEFAULT)
+    values = read_config_file(find_config(path)) if path else copy.deepcopy(EMBEDDED_DEFAULT)
     return config_from_dict(apply_overrides(values, overrides or []))
 
 
 def save_config(cfg: Config, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+def _type_name(tp) -> str:
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in typing.get_args(tp))
+    if tp is type(None):
+        return "None"
+    return tp.__name__ if isinstance(tp, type) and not typing.get_args(tp) else str(tp)
+
+
+def describe_keys(cfg: Config) -> list[tuple[str, str, Any, Any]]:
+    """(dotted key, type, default, value) of every key, in the order `ray-al config` prints them."""
+    rows = []
+
+    def walk(obj, default, prefix: str) -> None:
+        hints = typing.get_type_hints(type(obj))
+        for f in dataclasses.fields(obj):
+            value, base = getattr(obj, f.name), getattr(default, f.name)
+            if dataclasses.is_dataclass(value):
+                walk(value, base, f"{prefix}{f.name}.")
+            else:
+                rows.append((f"{prefix}{f.name}", _type_name(hints[f.name]), base, value))
+
+    walk(cfg, Config(), "")
+    return rows
+
+
+def format_keys(cfg: Config) -> list[str]:
+    """One line per key: key, type, default, value; a `*` marks values that differ from the default."""
+    rows = [(k, t, yaml.safe_dump(d, default_flow_style=True).strip().removesuffix("\n..."),
+             yaml.safe_dump(v, default_flow_style=True).strip().removesuffix("\n..."), "*" if d != v else "")
+            for k, t, d, v in describe_keys(cfg)]
+    head = ("key", "type", "default", "value", "")
+    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(4)]
+    return ["  ".join(c.ljust(w) for c, w in zip(r[:3], widths)) + "  " + r[3] + (" " + r[4] if r[4] else "")
+            for r in [head, *rows]]

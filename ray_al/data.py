@@ -9,6 +9,8 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import secrets
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,6 +19,7 @@ import torch
 
 from ray_al.config import DataConfig
 from ray_al.errors import DataError
+from ray_al.labels import Origin, column_labels, count_classes
 from ray_al.user_data import load_imagefolder, load_python
 
 
@@ -80,10 +83,10 @@ def normalise(x, mean, std):
     return (x - mean[None, :, None, None]) / std[None, :, None, None]
 
 
-def _decode_parquet(files: list[Path]) -> tuple[np.ndarray, np.ndarray, list[str]]:
+def _decode_parquet(files: list[Path], split: str) -> tuple[np.ndarray, np.ndarray, list[str], list[tuple[str, int]]]:
     import pyarrow.parquet as pq
 
-    images, labels, names = [], [], []
+    images, labels, names, counts = [], [], [], []
     for f in files:
         try:
             label = _label_column(pq.read_schema(f).names, f)
@@ -98,10 +101,13 @@ def _decode_parquet(files: list[Path]) -> tuple[np.ndarray, np.ndarray, list[str
                 images.append(decode_png(cell))
             except Exception as e:
                 raise DataError(f"cannot decode an image in {f}: {e}") from None
-        labels.extend(table.column(label).to_pylist())
+        labels.append(column_labels(table.column(label), str(f)))
+        counts.append((str(f), table.num_rows))
+    if not images:
+        raise DataError(f"the {split} split in {files[0].parent} has no rows")
     if len({im.shape for im in images}) > 1:
         raise DataError(f"images of different shapes in {files[0].parent}")
-    return np.stack(images).transpose(0, 3, 1, 2), np.asarray(labels, dtype=np.int64), names
+    return np.stack(images).transpose(0, 3, 1, 2), np.concatenate(labels), names, counts
 
 
 def _label_column(columns: list[str], f: Path) -> str:
@@ -122,31 +128,38 @@ def _class_names(metadata, label: str = "label") -> list[str]:
 
 
 def _load_split(folder: Path, split: str, cache_dir: str | None):
+    """(x, y, class names, Origin) of one split, decoded once and then read from the .npz cache."""
     files = _parquet_files(folder, split)
     if not files:
         raise DataError(f"no {split}-*.parquet files in {folder}")
     cache = _cache_path(folder, files, cache_dir)
     if cache.is_file():
-        with np.load(cache, allow_pickle=False) as z:
-            return z["x"], z["y"], list(z["names"])
-    x, y, names = _decode_parquet(files)
+        try:
+            with np.load(cache, allow_pickle=False) as z:
+                origin = Origin(split, list(zip(z["files"].tolist(), z["counts"].tolist())))
+                return z["x"], z["y"], list(z["names"]), origin
+        except Exception as e:  # truncated, damaged or from an older layout: decode again and replace it
+            print(f"data: cache {cache} is unreadable ({type(e).__name__}); decoding the shards again",
+                  file=sys.stderr)
+    x, y, names, counts = _decode_parquet(files, split)
     try:
         cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_suffix(".tmp.npz")
-        np.savez(tmp, x=x, y=y, names=np.asarray(names, dtype=str))
+        tmp = cache.with_name(f"{cache.stem}.{os.getpid()}-{secrets.token_hex(4)}.tmp.npz")  # concurrent runs
+        np.savez(tmp, x=x, y=y, names=np.asarray(names, dtype=str),
+                 files=np.asarray([f for f, _ in counts], dtype=str), counts=np.asarray([n for _, n in counts]))
         tmp.replace(cache)
     except OSError:
         pass  # a read-only home only costs a decode next time
-    return x, y, names
+    return x, y, names, Origin(split, counts)
 
 
 def load_parquet(cfg: DataConfig):
     folder = Path(cfg.path).expanduser()
     if not folder.is_dir():
         raise DataError(f"dataset folder not found: {folder}")
-    tr_x, tr_y, names = _load_split(folder, "train", cfg.cache_dir)
-    te_x, te_y, _ = _load_split(folder, "test", cfg.cache_dir)
-    return tr_x, tr_y, te_x, te_y, names, folder.name
+    tr_x, tr_y, names, tr_origin = _load_split(folder, "train", cfg.cache_dir)
+    te_x, te_y, _, te_origin = _load_split(folder, "test", cfg.cache_dir)
+    return tr_x, tr_y, te_x, te_y, names, folder.name, (tr_origin, te_origin)
 
 
 # -- torchvision -------------------------------------------------------------------------
@@ -191,7 +204,7 @@ def load_synthetic(cfg: DataConfig):
 
     def sample(count):
         y = torch.randint(0, k, (count,), generator=g)
-        x = (means[y] + 40 * torch.randn(count, *shape, generator=g)).clamp(0, 255)
+        x = (means[y] + cfg.synthetic_noise * torch.randn(count, *shape, generator=g)).clamp(0, 255)
         return x.to(torch.uint8).numpy(), y.numpy()
 
     tr_x, tr_y = sample(n)
@@ -200,23 +213,34 @@ def load_synthetic(cfg: DataConfig):
 
 
 # -- assembly --------------------------------------------------------------------------------
-def _check_labels(y: np.ndarray, num_classes: int, split: str) -> None:
-    if len(y) and (y.min() < 0 or y.max() >= num_classes):
-        raise DataError(f"{split} labels out of range: found {y.min()}..{y.max()}, expected 0..{num_classes - 1}")
+def subset_indices(total: int, n: int) -> np.ndarray:
+    """n of `total` indices drawn at random (fixed seed, sorted), not the first n: some splits are
+    sorted by class (CIFAR-10's Parquet test split starts with 1000 airplanes)."""
+    return np.arange(total) if n >= total else np.sort(np.random.default_rng(0).permutation(total)[:n])
 
 
 def _subset(x: np.ndarray, y: np.ndarray, n: int):
-    """n samples drawn at random (fixed seed, original order kept), not the first n: some splits are
-    sorted by class (CIFAR-10's Parquet test split starts with 1000 airplanes)."""
     if n >= len(x):
         return x, y
-    keep = np.sort(np.random.default_rng(0).permutation(len(x))[:n])
+    keep = subset_indices(len(x), n)
     return x[keep], y[keep]
 
 
+def hold_out(x: np.ndarray, y: np.ndarray, fraction: float, seed: int = 0):
+    """(train_x, train_y, val_x, val_y): `fraction` of the samples drawn at random with a fixed seed
+    (order kept), so every run and every sweep trial validates on the same samples."""
+    n_val = int(round(fraction * len(x)))
+    if n_val == 0 or n_val == len(x):
+        raise DataError(f"data.val_fraction={fraction} of {len(x)} training samples leaves an empty split")
+    is_val = np.zeros(len(x), dtype=bool)
+    is_val[np.random.default_rng(seed).permutation(len(x))[:n_val]] = True
+    return x[~is_val], y[~is_val], x[is_val], y[is_val]
+
+
 def load_dataset(cfg: DataConfig) -> Dataset:
+    origins = (Origin("train"), Origin("test"))
     if cfg.source == "parquet":
-        tr_x, tr_y, te_x, te_y, names, name = load_parquet(cfg)
+        tr_x, tr_y, te_x, te_y, names, name, origins = load_parquet(cfg)
     elif cfg.source == "torchvision":
         tr_x, tr_y, te_x, te_y, names, name = load_torchvision(cfg)
     elif cfg.source == "digits":
@@ -233,32 +257,23 @@ def load_dataset(cfg: DataConfig) -> Dataset:
         raise DataError(f"images must be (C, H, W), got shape {tr_x.shape[1:]}")
     if tr_x.shape[1:] != te_x.shape[1:]:
         raise DataError(f"train images are {tr_x.shape[1:]} (C, H, W) but test images are {te_x.shape[1:]}")
-    num_classes = len(names) or int(max(tr_y.max(), te_y.max())) + 1
-    _check_labels(tr_y, num_classes, "train")
-    _check_labels(te_y, num_classes, "test")
+    for split, x, origin in (("train", tr_x, origins[0]), ("test", te_x, origins[1])):
+        if len(x) == 0:
+            raise DataError(f"the {split} split of {name} is empty")
+    num_classes = count_classes(cfg.num_classes, names, [(tr_y, origins[0]), (te_y, origins[1])])
     if cfg.limit_train:
         tr_x, tr_y = _subset(tr_x, tr_y, cfg.limit_train)
     if cfg.limit_test:
         te_x, te_y = _subset(te_x, te_y, cfg.limit_test)
-    val_x = val_y = None
+    va_x = va_y = None
     if cfg.val_fraction:
-        tr_x, tr_y, val_x, val_y = _hold_out(tr_x, tr_y, cfg.val_fraction)
+        tr_x, tr_y, va_x, va_y = hold_out(tr_x, tr_y, cfg.val_fraction)
     train_x, test_x = to_float(tr_x), to_float(te_x)
-    val_x = None if val_x is None else to_float(val_x)
+    val_x = None if va_x is None else to_float(va_x)
     mean = std = None
-    if cfg.normalize:  # statistics of the training samples only (not the held-out ones)
+    if cfg.normalize:  # statistics of the samples trained on, applied to every split
         mean, std = train_x.mean(dim=(0, 2, 3)), train_x.std(dim=(0, 2, 3)).clamp_min(1e-6)
         train_x, test_x = normalise(train_x, mean, std), normalise(test_x, mean, std)
         val_x = None if val_x is None else normalise(val_x, mean, std)
     return Dataset(train_x, torch.from_numpy(tr_y), test_x, torch.from_numpy(te_y), num_classes, name, names,
-                   val_x, None if val_y is None else torch.from_numpy(val_y), mean, std)
-
-
-def _hold_out(x: np.ndarray, y: np.ndarray, fraction: float):
-    """A seeded validation split (seed 0: the same samples in every run on this data)."""
-    n_val = int(round(fraction * len(x)))
-    if n_val == 0 or n_val == len(x):
-        raise DataError(f"data.val_fraction={fraction} of {len(x)} training samples leaves an empty split")
-    order = np.random.default_rng(0).permutation(len(x))
-    val, train = np.sort(order[:n_val]), np.sort(order[n_val:])
-    return x[train], y[train], x[val], y[val]
+                   val_x, None if va_y is None else torch.from_numpy(va_y), mean, std)

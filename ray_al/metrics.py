@@ -29,7 +29,8 @@ def exit_accuracies(batches: Iterable[list[torch.Tensor]], y: torch.Tensor) -> d
 
 def split_accuracies(split: str, accs: dict[str, float]) -> dict[str, float]:
     """exit_accuracies of another split, renamed: {"val_exit_1": .., "val_acc": ..} for split "val"."""
-    return {(f"{split}_acc" if k == "test_acc" else f"{split}_{k}"): v for k, v in accs.items()}
+    return {(f"{split}_acc" if k == "test_acc" else f"{split}_{k}"): v for k, v in accs.items()
+            if not k.startswith("sep_")}  # the target path's separability does not depend on the split
 
 
 # -- class-distance metafeatures (paper Table 4) ------------------------------------------------

@@ -4,26 +4,29 @@ from __future__ import annotations
 import time
 from typing import Callable
 
+from ray_al.loggers import loss_scalars
+from ray_al.target_path import format_separability
+
 Log = Callable[[str], None]
 
 
 class Progress:
     """Sums every block's losses over an epoch and prints a line every `interval` seconds."""
 
-    def __init__(self, epoch: int, epochs: int, steps: int, batch_size: int, log: Log, interval: float):
+    def __init__(self, epoch: int, epochs: int, steps: int, batch_size: int, log: Log, interval: float,
+                 loggers=None):
         self.epoch, self.epochs, self.steps, self.batch_size = epoch, epochs, steps, batch_size
-        self.log, self.interval = log, interval
+        self.log, self.interval, self.loggers = log, interval, loggers  # loggers: ray_al.loggers.RunLoggers
         self.done, self.sums = 0, {}
         self.start = self.last = time.perf_counter()
 
     def __call__(self, stats: list[dict]) -> None:
         k = stats[-1]["steps"]
         self.done += k
-        for st in stats:
-            for key, value in st.items():
-                if key.endswith("loss"):
-                    name = f"b{st['block']}_{key}"
-                    self.sums[name] = self.sums.get(name, 0.0) + value * k
+        for name, value in loss_scalars(stats).items():
+            self.sums[name] = self.sums.get(name, 0.0) + value * k
+        if self.loggers:
+            self.loggers.log_chunk(stats)
         now = time.perf_counter()
         if self.interval and now - self.last >= self.interval and self.done < self.steps:
             self.last = now
@@ -44,4 +47,6 @@ def format_record(r: dict) -> str:
     losses = " ".join(f"{k}={v:.4f}" for k, v in r.items() if k.endswith("loss"))
     line = (f"epoch {r['epoch']}/{r['epochs']} train {r['train_time_s']:.1f}s ({r['samples_per_s']:,.0f} samples/s) "
             f"{losses}" + (f" val_acc={r['val_acc']:.4f}" if "val_acc" in r else "") + f" test_acc={r['test_acc']:.4f}")
-    return line + (f" exits=[{' '.join(exits)}]" if len(exits) > 1 else "")
+    line += f" exits=[{' '.join(exits)}]" if len(exits) > 1 else ""
+    sep = format_separability(r)
+    return line + (f" {sep}" if sep else "")

@@ -28,6 +28,7 @@ from ray_al.metrics import (
     tsne_figure,
 )
 from ray_al.paper import NAMES, PAPER_EPOCHS, RESULTS, TABLES, dataset_key, method, paper_result
+from ray_al.target_path import format_separability
 
 Log = Callable[[str], None]
 
@@ -245,7 +246,9 @@ def curves_figure(run: Run, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     epochs = [h["epoch"] for h in run.history]
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    depths = sorted({int(k[8:]) for h in run.history for k in h if k.startswith("sep_acc_")})
+    fig, axes = plt.subplots(1, 3 if depths else 2, figsize=(15 if depths else 10, 4))
+    ax_loss, ax_acc = axes[0], axes[1]
     for key in sorted({k for h in run.history for k in h if k.endswith("loss")}):
         ax_loss.plot(epochs, [h.get(key, float("nan")) for h in run.history], marker="o", label=key)
     ax_loss.set(xlabel="epoch", ylabel="mean training loss", yscale="log", title=f"{run.label}: losses per block")
@@ -255,6 +258,17 @@ def curves_figure(run: Run, path: Path) -> None:
         ax_acc.plot(epochs, [h.get(key, float("nan")) for h in run.history], linestyle="--", label=key)
     ax_acc.set(xlabel="epoch", ylabel="test accuracy", title="test accuracy per epoch")
     ax_acc.legend(fontsize=7)
+    if depths:  # when the prediction path comes alive: class targets decodable at each depth
+        ax_sep, ax_dist = axes[2], axes[2].twinx()
+        for k in depths:
+            line, = ax_sep.plot(epochs, [h.get(f"sep_acc_{k}", float("nan")) for h in run.history], marker="o",
+                                label=f"depth {k}: decoded")
+            ax_dist.plot(epochs, [h.get(f"sep_dist_{k}", float("nan")) for h in run.history], linestyle=":",
+                         color=line.get_color())
+        ax_sep.set(xlabel="epoch", ylabel="class targets decoded to their class (solid)", ylim=(0, 1.05),
+                   title="target separability per depth")
+        ax_dist.set_ylabel("mean pairwise distance of class targets (dotted)")
+        ax_sep.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)
@@ -355,6 +369,10 @@ def write_report(run_dirs: list[str | Path], out: str | Path, overrides: list[st
         name = f"curves-{_slug(r.label)}.png"
         curves_figure(r, out / name)
         lines += [f"### {r.label}", "", f"![curves {r.label}]({name})", ""]
+        seps = [f"{h['epoch']}: `{format_separability(h)}`" for h in r.history if format_separability(h)]
+        if seps:
+            lines += ["Target separability (class targets decoded back to their class, depth 1..N) after epoch "
+                      + ", ".join(seps), ""]
     path = out / "report.md"
     path.write_text("\n".join(lines))
     log(f"report: {path}")

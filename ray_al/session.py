@@ -49,6 +49,22 @@ def check_reachable(address: str, timeout: float = 5.0) -> None:
         raise ConfigError(f"cannot reach the Ray cluster at {address}: {e.strerror or e}") from None
 
 
+def gcs_reachable(timeout: float = 2.0) -> bool:
+    """Whether the cluster's GCS still answers: once it is gone, every call that needs it (killing an actor,
+    removing a placement group, ray.shutdown) blocks until Ray ends the process with exit 1 a minute later."""
+    try:
+        host, _, port = ray.get_runtime_context().gcs_address.rpartition(":")
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+        return True
+    except (OSError, ValueError, RuntimeError):
+        return False
+
+
+class Lost:
+    """Set when the cluster went away after the work was done: the CLI then exits without Ray's shutdown."""
+    cluster = False
+
+
 @contextlib.contextmanager
 def ray_session(ray_cfg: RayConfig | None):
     """Join Ray for the block (None: a run that needs no Ray) and leave a Ray joined here at its end,
@@ -60,7 +76,10 @@ def ray_session(ray_cfg: RayConfig | None):
         yield
     finally:
         if joined_here:
-            ray.shutdown()
+            if gcs_reachable():
+                ray.shutdown()
+            else:
+                Lost.cluster = True
 
 
 @contextlib.contextmanager

@@ -1,24 +1,33 @@
 """`ray-al tune SWEEP.yaml`: a Ray Tune sweep over dotted config keys, each trial a full AL run.
 
-A sweep file:
+A sweep file (a path, or a shipped one by name: `sweeps/mnist_mlp`):
 
     base: ../mnist_mlp.yaml          # optional; relative to the sweep file
     config:                          # optional; nested keys laid over the base
       train: {epochs: 3}
+      data: {val_fraction: 0.1}      # the validation split the default metric needs
     param_space:                     # dotted config keys -> a value or one search form
       optim.lr: {loguniform: [1.0e-4, 1.0e-2]}
       model.d: {grid_search: [256, 1024]}
       train.seed: {choice: [0, 1]}
     tune:
       num_samples: 1                 # samples per grid point
-      metric: test_acc               # reported per epoch; mode max (default val_acc with data.val_fraction)
-      scheduler: asha                # none | asha (early stopping on `metric` by epoch)
-      driver_cpus: 1                 # the trial's own process; each block takes ray.num_*_per_block
-    output: runs/sweeps/mnist_mlp    # results.csv, results.json and every trial's run folder
+      metric: val_acc                # reported per epoch (default val_acc, mode max)
+      scheduler: asha                # none | asha | hyperband | pbt (epochs are the time unit)
+      search_alg: basic              # basic (Ray's variant generator) | optuna | hyperopt (extras)
+      max_failures: 1                # a failed trial restarts from its last checkpoint this often
+      driver_cpus: 1                 # the trial's own process; blocks are sized as `train` sizes them
+    output: runs/sweeps/mnist_mlp    # results.csv/json, sweep.yaml, tune/ (Tune's state), trials/
 
 Each trial reserves its driver and its block actors as one placement group,
 `tune.with_resources(trainable, tune.PlacementGroupFactory([driver, block x N]))`; the
-pipeline finds that group and puts block i in bundle i + 1 (ray_al/trainers/placement.py).
+pipeline finds that group and puts block i in bundle i + 1 (ray_al/trainers/placement.py). Blocks take
+`ray.num_cpus_per_block` or, unset, an equal share of the cluster's CPUs less the driver's, as
+`ray-al train` does; a sweep whose trial cannot fit the cluster is refused before it starts.
+Every epoch a trial reports its record and its own checkpoint folder as a `tune.Checkpoint`, so
+`best_result.checkpoint` holds the blocks, Tune restarts a failed trial from it, and PBT and
+HyperBand can pause, copy and resume trials. `ray-al tune --resume OUTPUT` continues an
+interrupted sweep (Tuner.restore) from the `sweep.yaml` saved beside it.
 Relative paths in the config (data.path, data.cache_dir, run_dir) are taken from the working
 directory, as in `ray-al train`, and made absolute before trials start (trials run elsewhere).
 The training data is loaded once here and shared through the object store, unless the sweep
@@ -28,26 +37,38 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
 from pathlib import Path
 from typing import Any, Callable
+
+import yaml
 
 from ray_al.config import (
     Config,
     apply_overrides,
     config_from_dict,
+    find_config,
     merge_values,
     read_config_file,
     read_yaml,
     set_dotted,
 )
 from ray_al.errors import ConfigError, TrainingError
+from ray_al.loggers import console
+from ray_al.storage import RunStorage
 
 SEARCH_FORMS = {"grid_search", "choice", "uniform", "loguniform", "randint", "quniform", "qloguniform"}
 SWEEP_KEYS = {"base", "config", "param_space", "tune", "output", "name"}
-TUNE_KEYS = {"num_samples", "metric", "mode", "scheduler", "grace_period", "reduction_factor",
-             "max_concurrent_trials", "driver_cpus", "verbose"}
+SCHEDULERS = ("none", "asha", "hyperband", "pbt")
+SEARCH_ALGS = ("basic", "optuna", "hyperopt")
+TUNE_DEFAULTS = {"num_samples": 1, "metric": "val_acc", "mode": "max", "scheduler": "none", "search_alg": "basic",
+                 "grace_period": 1, "reduction_factor": 2,                  # asha, hyperband
+                 "perturbation_interval": 1, "quantile_fraction": 0.25, "synch": False,  # pbt
+                 "max_concurrent_trials": None, "max_failures": 1, "driver_cpus": 1.0, "seed": None, "verbose": 1}
 # keys that change only how the loaded data is batched: trials may share one loaded copy
 DATA_KEYS_SAFE_TO_SHARE = {"data.batch_size", "data.augment"}
+# a checkpoint carries these (ray_al.run.fingerprint): PBT may not change them inside a trial
+FINGERPRINT_PREFIXES = ("model.", "data.", "train.seed", "train.trainer")
 Log = Callable[[str], None]
 
 
@@ -82,7 +103,7 @@ def _search_form(key: str, spec: Any):
 
 class Sweep:
     def __init__(self, path: str | Path, overrides: list[str] | None = None):
-        path = Path(path)
+        path = find_config(path)
         raw = read_yaml(path)
         unknown = set(raw) - SWEEP_KEYS
         if unknown:
@@ -96,29 +117,77 @@ class Sweep:
         self.name = raw.get("name") or path.stem
         self.base = _absolute_paths(base)
         self.tune = raw.get("tune") or {}
-        bad = set(self.tune) - TUNE_KEYS
+        bad = set(self.tune) - set(TUNE_DEFAULTS)
         if bad:
             raise ConfigError(f"{path}: unknown tune key(s) {', '.join(sorted(bad))} "
-                              f"(known: {', '.join(sorted(TUNE_KEYS))})")
+                              f"(known: {', '.join(sorted(TUNE_DEFAULTS))})")
+        self.opts = {**TUNE_DEFAULTS, **self.tune}
         space = raw.get("param_space") or {}
         if not isinstance(space, dict) or not space:
             raise ConfigError(f"{path}: param_space must map dotted config keys to values or search forms")
-        self.param_space, probes = {}, {}
+        self.raw_space = space
+        self.param_space, self.probes = {}, {}
         for key, spec in space.items():
-            self.param_space[key], probes[key] = _search_form(key, spec)
+            self.param_space[key], self.probes[key] = _search_form(key, spec)
         self.base_cfg = config_from_dict(copy.deepcopy(self.base))
-        for key, values in probes.items():  # every listed value and both ends of a range must make a valid config
+        for key, values in self.probes.items():  # every listed value and both ends of a range must make a valid config
             for value in values:
                 trial_config(self.base, {key: value})
-        scheduler = self.tune.get("scheduler", "none")
-        if scheduler not in ("none", "asha"):
-            raise ConfigError(f"tune.scheduler: '{scheduler}' is not one of none, asha")
-        if scheduler == "asha" and int(self.tune.get("grace_period", 1)) > max(self.base_cfg.train.epochs, 1):
-            raise ConfigError(f"tune.grace_period={self.tune['grace_period']} exceeds train.epochs="
-                              f"{self.base_cfg.train.epochs}: ASHA could never stop a trial")
+        self._check_options()
         output = raw.get("output") or f"runs/sweeps/{self.name}"
         self.output = Path(output).expanduser().resolve()
         self.shares_data = not any(k.startswith("data.") and k not in DATA_KEYS_SAFE_TO_SHARE for k in space)
+
+    @classmethod
+    def saved(cls, folder: str | Path, overrides: list[str] | None = None) -> "Sweep":
+        """The sweep that ran into `folder` (its output), as saved there when it started."""
+        path = Path(folder).expanduser() / "sweep.yaml"
+        if not path.is_file():
+            raise ConfigError(f"{folder} is not a sweep's output folder (no sweep.yaml)")
+        sweep = cls(path, overrides)
+        sweep.output = path.parent.resolve()  # where it is now, should it have moved
+        return sweep
+
+    def save(self) -> None:
+        """sweep.yaml in the output folder: a sweep file complete in itself, for --resume."""
+        self.output.mkdir(parents=True, exist_ok=True)
+        spec = {"name": self.name, "config": self.base, "param_space": self.raw_space, "tune": self.tune,
+                "output": str(self.output)}
+        (self.output / "sweep.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+
+    def _check_options(self) -> None:
+        o, cfg = self.opts, self.base_cfg
+        if o["scheduler"] not in SCHEDULERS:
+            raise ConfigError(f"tune.scheduler: '{o['scheduler']}' is not one of {', '.join(SCHEDULERS)}")
+        if o["search_alg"] not in SEARCH_ALGS:
+            raise ConfigError(f"tune.search_alg: '{o['search_alg']}' is not one of {', '.join(SEARCH_ALGS)}")
+        if o["scheduler"] in ("asha", "hyperband") and int(o["grace_period"]) > max(cfg.train.epochs, 1):
+            raise ConfigError(f"tune.grace_period={o['grace_period']} exceeds train.epochs={cfg.train.epochs}: "
+                              f"{o['scheduler']} could never stop a trial")
+        if o["scheduler"] in ("hyperband", "pbt") and not cfg.checkpoint.enabled:
+            raise ConfigError(f"tune.scheduler={o['scheduler']} pauses and restores trials from their checkpoints: "
+                              "set checkpoint.enabled=true")
+        if o["scheduler"] == "pbt":
+            if o["search_alg"] != "basic":
+                raise ConfigError("tune.scheduler=pbt chooses its own values: use tune.search_alg=basic")
+            if not self.mutations():
+                raise ConfigError("tune.scheduler=pbt needs a param_space key it may change inside a running trial "
+                                  "(e.g. optim.lr as choice or a range; model.*, data.*, train.seed cannot change)")
+        grids = [k for k, spec in self.raw_space.items() if isinstance(spec, dict) and "grid_search" in spec]
+        if o["search_alg"] != "basic" and grids:
+            raise ConfigError(f"tune.search_alg={o['search_alg']} cannot search a grid_search ({', '.join(grids)}): "
+                              "use choice")
+        if o["metric"].startswith("val_") and not self.base_cfg.data.val_fraction:
+            raise ConfigError(f"tune.metric={o['metric']} needs a validation split: set data.val_fraction "
+                              "(e.g. 0.1) in the sweep's config, or tune.metric=test_acc")
+        if int(o["max_failures"]) < 0 or float(o["driver_cpus"]) < 0:
+            raise ConfigError("tune.max_failures and tune.driver_cpus must not be negative")
+
+    def mutations(self) -> dict:
+        """What PBT may resample inside a trial: searched keys that a checkpoint does not fix."""
+        return {k: v for k, v in self.param_space.items()
+                if not isinstance(self.raw_space[k], dict) or "grid_search" not in self.raw_space[k]
+                if hasattr(v, "sample") and not k.startswith(FINGERPRINT_PREFIXES)}
 
 
 def _absolute_paths(values: dict) -> dict:
@@ -142,124 +211,251 @@ def trial_config(base: dict, params: dict) -> Config:
 
 # -- trials --------------------------------------------------------------------------------
 def _trainable(params: dict, base: dict, run_dir: str, data=None):
-    """One trial: a whole `run.train`, reporting each epoch's record to Tune."""
+    """One trial: a whole `run.train`, reporting each epoch's record and checkpoint to Tune, and
+    continuing from the checkpoint Tune hands it (its own after a failure, another trial's in PBT)."""
     from ray import tune
 
+    from ray_al.checkpoint import files
+    from ray_al.loggers import numeric
     from ray_al.run import train
 
     cfg = trial_config(base, params)
     cfg.run_dir, cfg.name = run_dir, tune.get_context().get_trial_name()
+    folder = Path(run_dir) / cfg.name
+    resume = restore_trial_folder(tune.get_checkpoint(), cfg, folder)
+    uri = RunStorage(folder, cfg.checkpoint.uri).checkpoint_uri
 
     def report(record: dict) -> None:
-        tune.report({k: v for k, v in record.items() if isinstance(v, (int, float))})
+        checkpoint = None
+        if cfg.checkpoint.enabled:  # the epoch-end checkpoint the run has just written
+            fs, path = files.filesystem(files.step_dir(uri, record["step"]))
+            checkpoint = tune.Checkpoint(path, filesystem=fs)
+        tune.report(numeric({**record, "step": record["step"]}), checkpoint=checkpoint)
 
-    train(cfg, on_epoch=report, data=data)
+    train(cfg, on_epoch=report, data=data, resume_dir=resume)
+
+
+def restore_trial_folder(checkpoint, cfg: Config, folder: Path) -> Path | None:
+    """Make `folder` a run folder that resumes from Tune's `checkpoint` (a copy of one of the run's
+    checkpoint folders), the one the trial must continue from: its checkpoints/ is replaced by it.
+    Without a checkpoint the trial starts (again) from scratch in an empty folder."""
+    import pyarrow.fs as pafs
+
+    from ray_al.checkpoint import files
+
+    if checkpoint is None:
+        shutil.rmtree(folder, ignore_errors=True)  # an earlier attempt that saved nothing Tune kept
+        return None
+    storage = RunStorage(folder, cfg.checkpoint.uri)
+    with checkpoint.as_directory() as local:
+        step = json.loads((Path(local) / files.MANIFEST).read_text())["step"]
+        fs, root = files.filesystem(f"{storage.checkpoint_uri.rstrip('/')}/checkpoints")
+        fs.delete_dir_contents(root, missing_dir_ok=True)
+        target = files.filesystem(files.step_dir(storage.checkpoint_uri, step))[1]
+        fs.create_dir(target, recursive=True)
+        pafs.copy_files(local, target, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
+    folder.mkdir(parents=True, exist_ok=True)
+    storage.save_config(cfg)  # PBT may have changed the config
+    return folder
 
 
 def trial_resources(cfg: Config, n_blocks: int, driver_cpus: float):
-    """One bundle for the trial's driver, one per block (CPU and optional GPU from cfg.ray)."""
+    """One bundle for the trial's driver, one per block, sized as `train` sizes them (block_bundle),
+    the driver's CPUs set aside."""
     from ray import tune
 
     from ray_al.trainers.placement import block_bundle
 
-    block = block_bundle(cfg.ray, n_blocks)
-    bundles = [{"CPU": driver_cpus}] + [dict(block) for _ in range(n_blocks)]
-    if cfg.train.trainer != "al":
-        bundles = bundles[:1]  # in-process trainers start no actors
+    bundles = [{"CPU": driver_cpus}]
+    if cfg.train.trainer == "al":  # in-process trainers start no actors
+        bundles += [block_bundle(cfg.ray, n_blocks, reserved=driver_cpus) for _ in range(n_blocks)]
     return tune.PlacementGroupFactory(bundles, strategy=cfg.ray.placement_strategy)
 
 
-def run_sweep(sweep: Sweep, log: Log = print):
-    """Run every trial; print and save the results table; return the ResultGrid."""
+def check_fits(sweep: Sweep, resources: Callable[[dict], Any]) -> None:
+    """Refuse at once a sweep whose trials cannot fit the cluster (Tune would leave them PENDING)."""
+    import ray
+
+    cluster = ray.cluster_resources()
+    largest_node = max((n["Resources"].get("CPU", 0) for n in ray.nodes() if n.get("Alive")), default=0)
+    driver = float(sweep.opts["driver_cpus"])
+    probes = [{}] + [{k: v} for k, values in sweep.probes.items() for v in values]
+    for params in probes:
+        cfg = trial_config(sweep.base, params)
+        bundles = resources(params).bundles
+        blocks = bundles[1:]
+        for kind, key in (("CPU", "ray.num_cpus_per_block"), ("GPU", "ray.num_gpus_per_block")):
+            need, have = sum(b.get(kind, 0) for b in bundles), cluster.get(kind, 0)
+            if need > have + 1e-9:
+                per_block = blocks[0].get(kind, 0) if blocks else 0
+                where = f" with {params}" if params else ""
+                raise ConfigError(
+                    f"a trial{where} needs {need:g} {kind}s (tune.driver_cpus={driver:g} + {len(blocks)} blocks x "
+                    f"{key}={per_block:g}) but the Ray cluster has {have:g}: lower {key} or tune.driver_cpus"
+                    if kind == "CPU" else
+                    f"a trial{where} needs {need:g} GPUs ({len(blocks)} blocks x {key}={per_block:g}) but the Ray "
+                    f"cluster has {have:g}: lower {key}")
+        if cfg.ray.placement_strategy == "STRICT_PACK" and sum(b.get("CPU", 0) for b in bundles) > largest_node:
+            raise ConfigError(f"ray.placement_strategy=STRICT_PACK puts a trial's {len(bundles)} bundles on one "
+                              f"node, but the largest node has {largest_node:g} CPUs")
+
+
+def _searcher(sweep: Sweep):
+    o = sweep.opts
+    if o["search_alg"] == "basic":
+        return None
+    package = o["search_alg"]
+    try:
+        __import__(package)
+    except ImportError:
+        raise ConfigError(f"tune.search_alg={package} needs the {package} package: pip install 'ray_al[{package}]'") \
+            from None
+    if package == "optuna":
+        from ray.tune.search.optuna import OptunaSearch
+        return OptunaSearch(seed=o["seed"])
+    from ray.tune.search.hyperopt import HyperOptSearch
+    return HyperOptSearch(random_state_seed=o["seed"])
+
+
+def _scheduler(sweep: Sweep):
+    o, epochs = sweep.opts, max(sweep.base_cfg.train.epochs, 1)
+    if o["scheduler"] == "asha":
+        from ray.tune.schedulers import ASHAScheduler
+        return ASHAScheduler(time_attr="epoch", max_t=epochs, grace_period=int(o["grace_period"]),
+                             reduction_factor=o["reduction_factor"])
+    if o["scheduler"] == "hyperband":
+        from ray.tune.schedulers import HyperBandScheduler
+        return HyperBandScheduler(time_attr="epoch", max_t=epochs, reduction_factor=o["reduction_factor"])
+    if o["scheduler"] == "pbt":
+        from ray.tune.schedulers import PopulationBasedTraining
+        return PopulationBasedTraining(time_attr="epoch", perturbation_interval=int(o["perturbation_interval"]),
+                                       hyperparam_mutations=sweep.mutations(),
+                                       quantile_fraction=float(o["quantile_fraction"]), synch=bool(o["synch"]))
+    return None
+
+
+def _prepare(sweep: Sweep, log: Log):
+    """Join Ray, load the data once, check that a trial fits; returns the trainable with its resources."""
     from ray import tune
 
     from ray_al.data import load_dataset
     from ray_al.models import block_count
     from ray_al.session import connect
 
-    metric = "val_acc" if sweep.base_cfg.data.val_fraction else "test_acc"  # select on held-out data if any
-    opts = {"num_samples": 1, "metric": metric, "mode": "max", "scheduler": "none", "grace_period": 1,
-            "reduction_factor": 2, "max_concurrent_trials": None, "driver_cpus": 1.0, "verbose": 1, **sweep.tune}
     connect(sweep.base_cfg.ray)
     data = load_dataset(sweep.base_cfg.data)
     log(f"sweep {sweep.name}: data {data.name} train {tuple(data.train_x.shape)}; output {sweep.output}")
-
     shape, classes = data.input_shape, data.num_classes
 
     def resources(params: dict):
         cfg = trial_config(sweep.base, params)
-        return trial_resources(cfg, block_count(cfg.model, shape, classes),
-                               float(opts["driver_cpus"]))
+        return trial_resources(cfg, block_count(cfg.model, shape, classes), float(sweep.opts["driver_cpus"]))
 
+    check_fits(sweep, resources)
     shared = {"data": data} if sweep.shares_data else {}
     trainable = tune.with_parameters(_trainable, base=sweep.base, run_dir=str(sweep.output / "trials"), **shared)
-    trainable = tune.with_resources(trainable, resources)
-    scheduler = None
-    if opts["scheduler"] == "asha":
-        from ray.tune.schedulers import ASHAScheduler
-        scheduler = ASHAScheduler(time_attr="epoch", max_t=max(sweep.base_cfg.train.epochs, 1),
-                                  grace_period=int(opts["grace_period"]), reduction_factor=opts["reduction_factor"])
-    tuner = tune.Tuner(
-        trainable, param_space=sweep.param_space,
-        tune_config=tune.TuneConfig(metric=opts["metric"], mode=opts["mode"], num_samples=int(opts["num_samples"]),
-                                    scheduler=scheduler, max_concurrent_trials=opts["max_concurrent_trials"]),
-        run_config=tune.RunConfig(name="tune", storage_path=str(sweep.output), verbose=opts["verbose"]))
-    del data  # trials hold their own reference
-    results = tuner.fit()
-    table = results_table(results, list(sweep.param_space), opts["metric"])
+    return tune.with_resources(trainable, resources)
+
+
+def _fit(tuner, sweep: Sweep, log: Log):
+    """tuner.fit() with SIGTERM (`ray job stop`) taken as Ctrl-C, which Tune ends cleanly, saving its state."""
+    import os
+    import signal
+    import threading
+
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, lambda signum, frame: os.kill(os.getpid(), signal.SIGINT))
+    try:
+        results = tuner.fit()
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+    from ray.tune import ExperimentAnalysis
+
+    # each trial's state as Tune saved it last (on Ctrl-C: before it stopped the running ones)
+    status = {t.trial_id: t.status for t in ExperimentAnalysis(results.experiment_path).trials}
+    table = results_table(results, list(sweep.param_space), sweep.opts["metric"], sweep.opts["mode"], status)
     save_table(table, sweep.output)
-    for line in format_table(table):
+    for line in table.to_string(index=False).splitlines():
         log(line)
     log(f"results: {sweep.output / 'results.csv'}, {sweep.output / 'results.json'}")
+    if any(s not in ("TERMINATED", "ERROR") for s in status.values()):  # Tune stopped on Ctrl-C (or SIGTERM)
+        raise KeyboardInterrupt(f"resume with: ray-al tune --resume {sweep.output}")
     if results.num_errors:
         first = str(results.errors[0]).strip().splitlines()[-1]
         raise TrainingError(f"{results.num_errors} of {len(results)} trial(s) failed; first: {first}")
+    metric = sweep.opts["metric"]
+    try:
+        best = results.get_best_result()
+    except RuntimeError:  # no trial reported the metric (Tune says which)
+        return results
+    if best.checkpoint:
+        log(f"best trial {best.metrics.get('trial_id')}: {metric}={best.metrics.get(metric)}, "
+            f"checkpoint {best.checkpoint.path}")
     return results
 
 
+def _run_config(sweep: Sweep):
+    from ray import tune
+
+    o = sweep.opts
+    return tune.RunConfig(
+        name="tune", storage_path=str(sweep.output), verbose=o["verbose"],
+        failure_config=tune.FailureConfig(max_failures=int(o["max_failures"])),
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=sweep.base_cfg.checkpoint.keep,
+                                                checkpoint_score_attribute=o["metric"],
+                                                checkpoint_score_order=o["mode"]))
+
+
+def run_sweep(sweep: Sweep, log: Log = console):
+    """Run every trial; print and save the results table; return the ResultGrid."""
+    from ray import tune
+
+    o = sweep.opts
+    trainable = _prepare(sweep, log)
+    sweep.save()
+    tuner = tune.Tuner(
+        trainable, param_space=sweep.param_space,
+        tune_config=tune.TuneConfig(metric=o["metric"], mode=o["mode"], num_samples=int(o["num_samples"]),
+                                    scheduler=_scheduler(sweep), search_alg=_searcher(sweep),
+                                    max_concurrent_trials=o["max_concurrent_trials"]),
+        run_config=_run_config(sweep))
+    return _fit(tuner, sweep, log)
+
+
+def resume_sweep(sweep: Sweep, log: Log = console):
+    """Continue the sweep saved in sweep.output: finished trials stay, the others go on from their
+    last checkpoints (Tuner.restore), errored ones too."""
+    from ray import tune
+
+    path = sweep.output / "tune"
+    if not tune.Tuner.can_restore(str(path)):
+        raise ConfigError(f"nothing to resume in {sweep.output} (no Tune state under {path})")
+    trainable = _prepare(sweep, log)
+    log(f"resuming sweep {sweep.name} from {path}")
+    tuner = tune.Tuner.restore(str(path), trainable, resume_unfinished=True, resume_errored=True)
+    return _fit(tuner, sweep, log)
+
+
 # -- the results table -------------------------------------------------------------------------
-def results_table(results, keys: list[str], metric: str) -> list[dict]:
-    rows = []
-    for r in results:
-        m = r.metrics or {}
-        rows.append({"trial": m.get("trial_id", Path(r.path).name if r.path else "?"),
-                     **{k: r.config.get(k) for k in keys},
-                     "epochs_done": m.get("epoch", 0), metric: m.get(metric),
-                     "best_" + metric: _best(r, metric), "samples_per_s": m.get("samples_per_s"),
-                     "status": "ERROR" if r.error else "OK"})
-    return sorted(rows, key=lambda row: (-(row["best_" + metric] or -1), -row["epochs_done"]))
+def results_table(results, keys: list[str], metric: str, mode: str, status: dict[str, str]):
+    """One row per trial from ResultGrid.get_dataframe(): its last report, the best `metric` it
+    reached, and its Tune status (TERMINATED, ERROR, ...); best trial first."""
+    import pandas as pd
+
+    last = results.get_dataframe()
+    if last.empty:
+        return pd.DataFrame(columns=["trial_id", *keys, "epoch", metric, f"best_{metric}", "status"])
+    best = results.get_dataframe(filter_metric=metric, filter_mode=mode).set_index("trial_id")[metric]
+    columns = ["trial_id", *[f"config/{k}" for k in keys], "epoch", metric, "samples_per_s"]
+    table = last[[c for c in columns if c in last.columns]].rename(columns=lambda c: c.removeprefix("config/"))
+    table[f"best_{metric}"] = table["trial_id"].map(best)
+    table["status"] = table["trial_id"].map(status)
+    return table.sort_values(f"best_{metric}", ascending=(mode == "min"), na_position="last").reset_index(drop=True)
 
 
-def _best(result, metric: str):
-    df = result.metrics_dataframe
-    if df is None or metric not in getattr(df, "columns", []):
-        return None
-    return float(df[metric].max())
-
-
-def save_table(rows: list[dict], folder: Path) -> None:
-    import csv
-
+def save_table(table, folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "results.json").write_text(json.dumps(rows, indent=1, default=str))
-    with open(folder / "results.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["trial"])
-        writer.writeheader()
-        writer.writerows(rows)
-
-
-def format_table(rows: list[dict]) -> list[str]:
-    if not rows:
-        return ["(no trials)"]
-    cols = list(rows[0])
-    cell = [[_fmt(row[c]) for c in cols] for row in rows]
-    widths = [max(len(c), *(len(r[i]) for r in cell)) for i, c in enumerate(cols)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(cols, widths))]
-    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths)) for r in cell]
-    return lines
-
-
-def _fmt(v) -> str:
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    return str(v)
+    table.to_csv(folder / "results.csv", index=False)
+    table.to_json(folder / "results.json", orient="records", indent=1)

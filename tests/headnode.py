@@ -36,7 +36,10 @@ def clean_env() -> dict:
 
 
 class HeadNode:
-    def __init__(self, num_cpus: int = 2):
+    def __init__(self, num_cpus: int = 2, start_args: list[str] | None = None, env: dict | None = None):
+        """start_args: `ray start` options to use instead of the defaults (a launcher YAML's, say), put
+        after ours so they win; ports, temp dir and loopback address stay ours. env: the environment
+        (default: clean_env(), which turns token auth on)."""
         self.temp_dir = tempfile.mkdtemp(prefix="rayal-", dir="/tmp")  # short: socket paths have a limit
         self.port, self.dashboard_port = free_port(), free_port()
         self.address = f"http://127.0.0.1:{self.dashboard_port}"
@@ -46,11 +49,12 @@ class HeadNode:
                  "--object-manager-port": free_port(), "--dashboard-agent-listen-port": free_port(),
                  "--dashboard-agent-grpc-port": free_port(), "--runtime-env-agent-port": free_port(),
                  "--metrics-export-port": free_port(), "--min-worker-port": low, "--max-worker-port": low + 99}
-        cmd = [RAY, "start", "--head", "--block", "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1",
-               "--include-dashboard=true", f"--num-cpus={num_cpus}", f"--temp-dir={self.temp_dir}",
-               "--disable-usage-stats", *(f"{k}={v}" for k, v in ports.items())]
+        defaults = ["--dashboard-host=127.0.0.1", f"--num-cpus={num_cpus}"] if start_args is None else start_args
+        cmd = [RAY, "start", "--head", "--block", "--node-ip-address=127.0.0.1", "--include-dashboard=true",
+               *defaults, f"--temp-dir={self.temp_dir}", "--disable-usage-stats",
+               *(f"{k}={v}" for k, v in ports.items())]
         self.log = open(Path(self.temp_dir) / "ray-start.log", "w")
-        self.env = clean_env()
+        self.env = clean_env() if env is None else env
         self.proc = subprocess.Popen(cmd, env=self.env, stdout=self.log, stderr=subprocess.STDOUT,
                                      start_new_session=True)
 

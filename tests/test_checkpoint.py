@@ -72,8 +72,8 @@ def test_truncated_and_foreign_checkpoints_are_refused_and_kept(tmp_path):
     block = result.run_dir / "checkpoints" / f"step-{newest:09d}" / "block-2.pt"
     size = block.stat().st_size
     block.write_bytes(block.read_bytes()[: size // 2])
-    with pytest.raises(CheckpointError, match="block-2.pt is damaged or truncated"):
-        train(run_config(result.run_dir), resume_dir=result.run_dir, **QUIET)
+    with pytest.raises(CheckpointError, match="block-2.pt is damaged or truncated"):  # chosen: no fallback
+        train(run_config(result.run_dir), resume_dir=result.run_dir, resume_step=newest, **QUIET)
     with pytest.raises(CheckpointError, match="checkpoint was made for model="):
         train(run_config(result.run_dir, ["model.d=64"]), resume_dir=result.run_dir, **QUIET)
     with pytest.raises(CheckpointError, match="checkpoint was made for kind="):
@@ -110,3 +110,58 @@ def test_an_unwritable_checkpoint_location_is_one_line(tmp_path):
                       checkpoint={"enabled": True, "uri": f"file://{tmp_path / 'a_file'}"})
     with pytest.raises(CheckpointError, match="cannot write checkpoint file"):
         train(cfg, **QUIET)
+
+
+# -- checkpoint.uri with a query string (S3-compatible stores) ----------------------------------------
+QUERY_URI = "s3://bucket/runs?endpoint_override=127.0.0.1:9&region=eu-west-3&scheme=http"
+
+
+def test_a_query_string_configures_the_filesystem_and_names_are_joined_to_the_path():
+    run = ckpt.location(QUERY_URI).join("run-a")
+    assert run.path == "bucket/runs/run-a" and run.fs.region == "eu-west-3"
+    assert run.fs.__reduce__()[1][0]["endpoint_override"] == "127.0.0.1:9"  # the query went to the filesystem
+    assert ckpt.step_dir(run, 5).path == "bucket/runs/run-a/checkpoints/step-000000005"
+    assert ckpt.step_dir(run, 5).parent.parent == run
+    assert str(run) == "s3://bucket/runs/run-a"  # messages never show the query (it may hold credentials)
+    # the old way appended the name inside the query: every run and step had the same key
+    assert f"{QUERY_URI}/run-a/checkpoints".startswith("s3://bucket/runs?")
+
+
+@pytest.fixture
+def s3_server(monkeypatch):
+    """A real S3-compatible server (moto's) on loopback, with test credentials."""
+    import logging
+
+    moto_server = pytest.importorskip("moto.server")
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    for key, value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing"),
+                       ("AWS_EC2_METADATA_DISABLED", "true")):
+        monkeypatch.setenv(key, value)
+    host, port = server.get_host_and_port()
+    uri = f"s3://ckpt/runs?endpoint_override={host}:{port}&scheme=http&region=us-east-1"
+    ckpt.location(uri + "&allow_bucket_creation=true").fs.create_dir("ckpt")
+    yield uri
+    server.stop()
+
+
+def test_two_runs_checkpoint_to_an_s3_server_through_a_query_uri_and_resume(tmp_path, s3_server):
+    import pyarrow.fs as pafs
+
+    for name in ("a", "b"):
+        cfg = tiny_config(tmp_path / "runs", train={"trainer": "bp"}, checkpoint={"enabled": True, "uri": s3_server},
+                          name=name)
+        train(cfg, **QUIET)
+    fs = ckpt.location(s3_server).fs
+    keys = {i.path for i in fs.get_file_info(pafs.FileSelector("ckpt", recursive=True)) if i.type == pafs.FileType.File}
+    for name in ("a", "b"):  # each run under its own name, each step under its own folder
+        assert f"ckpt/runs/{name}/checkpoints/step-000000044/manifest.json" in keys
+        assert f"ckpt/runs/{name}/checkpoints/step-000000000/block-1.pt" in keys
+    assert not [k for k in keys if "?" in k or "endpoint" in k]
+    run_b = tmp_path / "runs" / "b"
+    assert ckpt.complete_checkpoints(ckpt.location(s3_server).join("b")) == [0, 44]
+    resumed = train(run_config(run_b, ["train.epochs=2"]), resume_dir=run_b, **QUIET)
+    assert [r["epoch"] for r in resumed.history] == [1, 2]
+    _, trainer, manifest = load_run(run_b)
+    assert manifest["step"] == 88

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from ray_al.cli import main
+from ray_al.errors import ConfigError
 from tests.helpers import REPO, write_parquet
 
 FAST = ["train.epochs=1", "train.log_every_s=0"]
@@ -45,9 +46,11 @@ def data_folders(tmp_path_factory):
     return root
 
 
-def _truncate(run):
-    newest = sorted((run / "checkpoints").iterdir())[-1] / "block-1.pt"
-    newest.write_bytes(newest.read_bytes()[:100])
+def _truncate(run) -> str:
+    """Damage the newest checkpoint; its step (chosen with --step: unchosen, a run falls back past it)."""
+    step = sorted((run / "checkpoints").iterdir())[-1]
+    (step / "block-1.pt").write_bytes((step / "block-1.pt").read_bytes()[:100])
+    return str(int(step.name.split("-")[1]))
 
 
 CASES = {
@@ -70,10 +73,11 @@ CASES = {
                                                                  "data.synthetic_shape=[8,8]", f"run_dir={t}"],
                                                 "images must be (C, H, W), got shape (8, 8)"),
     "labels out of range": (lambda t, r, d: ["train", "data.source=parquet", f"data.path={d}/labels",
-                                             f"data.cache_dir={t}"], "train labels out of range"),
-    "truncated checkpoint": (lambda t, r, d: (_truncate(r), ["train", "--resume", str(r)])[1],
+                                             f"data.cache_dir={t}"],
+                            "train-00000-of-00001.parquet row 39: label -1 is negative"),
+    "truncated checkpoint": (lambda t, r, d: ["train", "--resume", str(r), "--step", _truncate(r)],
                              "damaged or truncated"),
-    "checkpoint of another model": (lambda t, r, d: ["train", "--resume", str(r), "model.d=99"],
+    "checkpoint of another model": (lambda t, r, d: ["train", "--resume", str(r), "--allow-change", "model.d=99"],
                                     "checkpoint was made for model="),
     "not a run folder": (lambda t, r, d: ["eval", str(t)], "is not a run folder"),
     "unwritable run folder": (lambda t, r, d: ["train", f"run_dir={d}/a_file/runs"], "is not writable"),
@@ -112,3 +116,64 @@ def test_gpu_requested_where_there_is_none(tmp_path):
     proc = _cli("train", "ray.num_gpus_per_block=0.5", "ray.num_cpus=2", f"run_dir={tmp_path}", *FAST)
     assert proc.returncode == 2
     assert "ray.num_gpus_per_block=0.5 but the Ray cluster has no GPU" in proc.stderr.strip().splitlines()[-1]
+    assert list(tmp_path.iterdir()) == []  # a failed start makes no run folder
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["model.name=transformer"], "unknown model 'transformer'"),
+    (["train.device=cuda"], "train.device=cuda but no CUDA device is available"),
+    (["log.wandb=true", "model.d=8"], None),  # only where wandb is missing
+])
+def test_a_failed_start_leaves_no_run_folder(tmp_path, capsys, argv, expected):
+    import importlib.util
+
+    import torch
+    if "train.device=cuda" in argv and torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA device")
+    if "log.wandb=true" in argv and importlib.util.find_spec("wandb"):
+        argv = ["log.wandb=true", "model.name=nonesuch"]  # wandb present: fail on the model instead
+        expected = "unknown model 'nonesuch'"
+    assert main(["train", "train.trainer=al_local", f"run_dir={tmp_path}", *FAST, *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert expected is None or expected in err, err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_version_names_the_package_commit_torch_and_ray(capsys):
+    import ray
+    import torch
+
+    from ray_al import __version__
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0
+    line = capsys.readouterr().out.strip()
+    assert line.startswith(f"ray-al {__version__}") and f"torch {torch.__version__.split('+')[0]}" in line
+    assert f"ray {ray.__version__}" in line and ("git " in line) == (REPO / ".git").exists()
+
+
+def test_config_prints_every_key_with_type_default_and_value(capsys):
+    from ray_al.config import describe_keys, load_config
+    assert main(["config", "paper/mnist_mlp_bp", "train.epochs=3"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["key", "type", "default", "value"]
+    rows = {line.split()[0]: line for line in lines[1:]}
+    assert set(rows) == {key for key, *_ in describe_keys(load_config())}
+    assert rows["train.epochs"].split() == ["train.epochs", "int", "1", "3", "*"]
+    assert rows["train.trainer"].split() == ["train.trainer", "str", "al", "bp", "*"]
+    assert rows["ray.num_cpus_per_block"].split() == ["ray.num_cpus_per_block", "float", "|", "None", "null", "null"]
+    assert rows["log.tensorboard"].split() == ["log.tensorboard", "bool", "true", "true"]
+
+
+def test_shipped_configs_are_found_from_any_directory(tmp_path, monkeypatch):
+    from ray_al.config import find_config, load_config
+    monkeypatch.chdir(tmp_path)
+    shipped = REPO / "configs" / "paper" / "mnist_mlp_al.yaml"
+    for name in ("paper/mnist_mlp_al", "paper/mnist_mlp_al.yaml", "configs/paper/mnist_mlp_al.yaml"):
+        assert find_config(name).resolve() == shipped.resolve(), name
+    assert load_config("paper/mnist_mlp_bp").train.trainer == "bp"  # its base: resolves beside it
+    (tmp_path / "paper").mkdir()
+    (tmp_path / "paper" / "mnist_mlp_al.yaml").write_text("train: {epochs: 7}\n")
+    assert load_config("paper/mnist_mlp_al.yaml").train.epochs == 7  # a file here comes first
+    with pytest.raises(ConfigError, match="config file not found: paper/nothing"):
+        find_config("paper/nothing")

@@ -211,3 +211,22 @@ def test_limits_sample_every_class_of_a_sorted_split(tmp_path):
     # each image stays with its label (image value i belongs to sample i, label i // 20)
     idx = (a.train_x[:, 0, 0, 0] * 255).round().long()
     assert torch.equal(a.train_y, idx // 20) and bool((idx.diff() > 0).all())
+
+
+def test_validation_split_is_seeded_disjoint_and_reported(tmp_path):
+    """data.val_fraction holds out a seeded share of the training split; runs report val_acc on it."""
+    from ray_al.data import hold_out
+    from ray_al.run import train
+    from tests.helpers import tiny_config
+    x, y = np.arange(100), np.arange(100) % 10
+    tr_x, tr_y, va_x, va_y = hold_out(x, y, 0.25)
+    assert len(va_x) == 25 and sorted([*tr_x, *va_x]) == list(range(100)) and (tr_y == tr_x % 10).all()
+    assert (hold_out(x, y, 0.25)[2] == va_x).all() and (np.diff(va_x) > 0).all()  # seeded, order kept
+    full = load_dataset(DataConfig())
+    held = load_dataset(DataConfig(val_fraction=0.25))
+    assert len(held.train_x) + len(held.val_x) == len(full.train_x) and len(held.val_x) == round(0.25 * 1437)
+    assert held.test_x.shape == full.test_x.shape
+    with pytest.raises(Exception, match="data.val_fraction must be below 1"):
+        tiny_config(tmp_path, data={"val_fraction": 1.0})
+    result = train(tiny_config(tmp_path, train={"trainer": "al_local"}, data={"val_fraction": 0.2}), log=lambda s: None)
+    assert {"val_acc", "val_exit_1", "val_exit_2", "test_acc"} <= set(result.final)

@@ -41,6 +41,38 @@ def test_killed_block_is_rebuilt_from_checkpoint_and_ends_bitwise_equal(ray_clus
         result.trainer.close()
 
 
+def test_block_lost_during_warmup_is_rebuilt_from_its_seed_and_warms_up_again(ray_cluster, tmp_path):
+    """No checkpoint exists before warm-up ends: every block is rebuilt from (seed, index) and the
+    warm-up is redone; the run still ends bitwise where one in-process run ends."""
+    import threading
+    import time
+
+    torch.set_num_threads(1)
+    over = dict(model={"target_warmup_steps": 3000}, train={"epochs": 1, "chunk_size": 1})
+    cfg = tiny_config(tmp_path / "ray", checkpoint={"enabled": True}, name="run", **over)
+    lines: list[str] = []
+
+    def kill_once_warmup_runs():
+        while not any(line.startswith("block 2: node") for line in lines):
+            time.sleep(0.002)
+        time.sleep(0.5)  # 3000 one-step chunks through 2 actors: seconds of warm-up still to go
+        _kill(next(line for line in lines if line.startswith("block 2: node")))
+
+    killer = threading.Thread(target=kill_once_warmup_runs, daemon=True)
+    killer.start()
+    result = train(cfg, log=lines.append, keep_trainer=True)
+    try:
+        assert result.restarts and result.restarts[0]["step"] is None, lines  # lost before step 0 was saved
+        assert "rebuilt every block from its seed; warming up again" in lines
+        assert sum(line.startswith("target warm-up: 3000 steps") for line in lines) == 1
+        reference = train(tiny_config(tmp_path / "local", train={**over["train"], "trainer": "al_local"},
+                                      model=over["model"]), log=lambda line: None, keep_trainer=True)
+        for i, (a, b) in enumerate(zip(result.trainer.state_dicts(), reference.trainer.state_dicts())):
+            assert_states_equal(a, b, f"block {i + 1}")
+    finally:
+        result.trainer.close()
+
+
 def test_restarts_are_bounded(ray_cluster, tmp_path):
     cfg = _cfg(tmp_path, "al", max_restarts=0)
     fault = FaultInjector(tmp_path / "run", after_step=60, block=1, fault=_kill)

@@ -10,6 +10,8 @@ from tests.helpers import assert_states_equal, tiny_config
 CASES = {
     "mlp-2-blocks": {"model": {"name": "mlp", "d": 32}},
     "cnn-4-blocks": {"model": {"name": "cnn", "d": 16}, "data": {"source": "synthetic", "synthetic_size": 384}},
+    # target-path warm-up streamed down the same chain of actors
+    "mlp-2-blocks-warmup": {"model": {"name": "mlp", "d": 32, "target_warmup_steps": 30}},
 }
 
 
@@ -30,8 +32,9 @@ def test_pipeline_equals_sequential_reference_bitwise(ray_cluster, tmp_path, cas
         assert [s["step_count"] for s in ray_states] == [steps] * piped.trainer.n
         for i, (a, b) in enumerate(zip(ray_states, local_states)):
             assert_states_equal(a, b, f"block {i + 1}")  # parameters, both optimizers, step counts
-        assert piped.history == [{**r, "train_time_s": p["train_time_s"], "samples_per_s": p["samples_per_s"]}
-                                 for r, p in zip(local.history, piped.history)]
+        assert "sep_acc_2" in piped.history[-1]  # separability through the actors equals in-process too
+        assert piped.history == [{**r, "train_time_s": p["train_time_s"], "samples_per_s": p["samples_per_s"],
+                                  "run_id": p["run_id"]} for r, p in zip(local.history, piped.history)]
     finally:
         piped.trainer.close()
 

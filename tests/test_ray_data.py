@@ -38,7 +38,7 @@ def cfg_for(folder, tmp_path, **train):
 
 def epoch_indices(stream, batch_size, chunk_size, epoch, n_batches):
     """Run one epoch of a reader; undo the normalisation and read each sample's index from its pixels."""
-    reader = ChunkReader.remote(stream.decoded, batch_size, chunk_size, 0, "none")
+    reader = ChunkReader.remote(stream, batch_size, chunk_size, 0, "none")
     try:
         ray.get(reader.start_epoch.remote(epoch))
         seen = []
@@ -92,7 +92,7 @@ def test_real_mnist_streams(ray_cluster, tmp_path):
     cfg = cfg_for(folder, tmp_path)
     stream = TrainStream(cfg)
     assert stream.rows == 60000
-    reader = ChunkReader.remote(stream.decoded, 32, 2, 0, "none")
+    reader = ChunkReader.remote(stream, 32, 2, 0, "none")
     ray.get(reader.start_epoch.remote(0))
     x, y = ray.get(reader.next_chunk.remote(2), timeout=120)
     ray.kill(reader)

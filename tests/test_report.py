@@ -35,6 +35,10 @@ def test_report_of_an_al_and_a_bp_run(tmp_path, capsys):
     for name in pngs:
         _png(out / name)
         assert f"]({name})" in text
+    assert "Target separability (class targets decoded back to their class, depth 1..N) after epoch 1: `sep=[" in text
+    al_width, bp_width = (struct.unpack(">I", (out / f"curves-digits-{t}.png").read_bytes()[16:20])[0]
+                          for t in ("al_local", "bp"))
+    assert al_width > bp_width  # the AL curves have a third panel: separability per depth
 
 
 def test_report_puts_the_paper_figure_beside_ours(tmp_path):

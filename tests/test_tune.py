@@ -1,48 +1,77 @@
-"""Ray Tune sweeps: trials reserve their block actors and report test accuracy per epoch."""
+"""Ray Tune sweeps: trials sized like `train`, reporting checkpoints; restore, resume, PBT, search algorithms."""
+import hashlib
+import io
 import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
 
 import pytest
 import ray
+import torch
 import yaml
 
 from ray_al.cli import main
 from ray_al.errors import ConfigError
-from ray_al.tune import Sweep
+from ray_al.tune import Sweep, check_fits, trial_resources
+from tests.helpers import REPO
+
+# 256 synthetic samples, 20% held out: 6 batches of 32 per epoch
+DATA = {"source": "synthetic", "synthetic_size": 256, "batch_size": 32, "val_fraction": 0.2}
+# trials that test Tune's side (restore, resume, PBT) train the blocks in the trial's own process:
+# one process per trial instead of three (the Ray pipeline in trials is the first test's)
+LOCAL = {"trainer": "al_local", "threads": 1}
+# MNIST-sized synthetic images: epochs long enough (26 steps) that a signal lands while a trial runs
+LONGER = {"data": {"synthetic_size": 1024, "synthetic_shape": [1, 28, 28]}, "model": {"d": 64}}
 
 
-@pytest.fixture(scope="module")
-def cluster():
-    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
-    yield
-    ray.shutdown()
-
-
-def write_sweep(tmp_path, **extra):
+def write_sweep(tmp_path, config=None, **extra):
     sweep = {
-        "config": {"data": {"source": "synthetic", "synthetic_size": 256, "batch_size": 32},
-                   "model": {"name": "mlp", "d": 32}, "train": {"trainer": "al", "epochs": 2, "chunk_size": 2},
-                   "ray": {"num_cpus_per_block": 0.25}, "run_dir": str(tmp_path / "runs")},
+        "config": {"data": dict(DATA), "model": {"name": "mlp", "d": 32},
+                   "train": {"trainer": "al", "epochs": 2, "chunk_size": 2, "log_every_s": 0},
+                   "ray": {"num_cpus_per_block": 0.25}, "log": {"every_steps": 0}, "run_dir": str(tmp_path / "runs")},
         "param_space": {"optim.lr": {"grid_search": [1.0e-3, 3.0e-3]}, "train.seed": {"choice": [0, 1]}},
         "tune": {"driver_cpus": 0.5, "verbose": 0, "scheduler": "asha", "grace_period": 1},
         "output": str(tmp_path / "sweep"),
     }
+    for section, values in (config or {}).items():
+        sweep["config"].setdefault(section, {}).update(values)
     sweep.update(extra)
     path = tmp_path / "sweep.yaml"
     path.write_text(yaml.safe_dump(sweep))
     return path
 
 
-def test_two_trials_report_each_epoch_and_use_their_reserved_bundles(cluster, tmp_path, capsys):
-    assert main(["tune", str(write_sweep(tmp_path))]) == 0
+def trial_frames(output: Path) -> dict[str, list[int]]:
+    """Each trial's reported epochs, in order, from Tune's own progress files."""
+    import pandas as pd
+    return {p.parent.name: list(pd.read_csv(p)["epoch"]) for p in (output / "tune").glob("*/progress.csv")}
+
+
+def test_two_trials_on_two_cpus_report_their_checkpoints(ray_cluster, tmp_path, capsys):
+    from ray_al.tune import Sweep, run_sweep
+    results = run_sweep(Sweep(write_sweep(tmp_path)))
     rows = json.loads((tmp_path / "sweep" / "results.json").read_text())
     assert sorted(r["optim.lr"] for r in rows) == [1.0e-3, 3.0e-3]
     # ASHA (grace 1, max 2 epochs) may stop the worse trial after epoch 1, never the better one
-    assert all(r["status"] == "OK" and 0 <= r["test_acc"] <= 1 for r in rows)
-    assert rows[0]["epochs_done"] == 2 and rows[1]["epochs_done"] in (1, 2) and rows[0]["train.seed"] in (0, 1)
-    assert (tmp_path / "sweep" / "results.csv").read_text().startswith("trial,optim.lr,")
-    out = capsys.readouterr().out
-    assert "best_test_acc" in out
-    # each trial's run folder: two epoch records; its blocks ran in the trial's placement group
+    assert all(r["status"] == "TERMINATED" and 0 <= r["val_acc"] <= 1 for r in rows)
+    assert rows[0]["epoch"] == 2 and rows[1]["epoch"] in (1, 2) and rows[0]["train.seed"] in (0, 1)
+    assert rows[0]["best_val_acc"] >= rows[1]["best_val_acc"]
+    assert (tmp_path / "sweep" / "results.csv").read_text().startswith("trial_id,optim.lr,train.seed,epoch,val_acc")
+    assert "best_val_acc" in capsys.readouterr().out
+    # the best trial's checkpoint is the run's own checkpoint folder of its last epoch: blocks load from it
+    best = results.get_best_result()
+    manifest = json.loads((Path(best.checkpoint.path) / "manifest.json").read_text())
+    assert manifest["step"] == 2 * 6 and manifest["epoch"] == 2 and manifest["provenance"]["ray"] == ray.__version__
+    for entry in manifest["blocks"]:
+        data = (Path(best.checkpoint.path) / entry["file"]).read_bytes()
+        assert hashlib.sha256(data).hexdigest() == entry["sha256"]
+        assert "block" in torch.load(io.BytesIO(data), weights_only=True)
+    # each trial's run folder: epoch records; its blocks ran in the trial's placement group
     trials = sorted((tmp_path / "sweep" / "trials").iterdir())
     assert len(trials) == 2
     assert sorted(len((t / "metrics.jsonl").read_text().splitlines()) for t in trials)[-1] == 2
@@ -51,6 +80,146 @@ def test_two_trials_report_each_epoch_and_use_their_reserved_bundles(cluster, tm
     # 2 trials x (driver 0.5 + 2 blocks x 0.25) fill the 2 CPUs exactly: any extra placement group
     # made by a trial would have waited and failed, so every group seen is a trial's 3-bundle group
     assert {len(pg["bundles"]) for pg in ray.util.placement_group_table().values()} == {3}
+
+
+def test_a_killed_trial_is_restored_from_its_last_checkpoint(ray_cluster, tmp_path):
+    """SIGKILL the trial's process after its first report: Tune (max_failures=1) starts it again and
+    the run goes on from the checkpoint it reported, not from epoch 1."""
+    path = write_sweep(tmp_path, config={"train": {"epochs": 12, **LOCAL}, **LONGER},
+                       param_space={"optim.lr": 1.0e-3}, tune={"driver_cpus": 0.5, "verbose": 0, "max_failures": 1})
+    killed = []
+
+    def kill_after_first_report():
+        deadline = time.time() + 300
+        while time.time() < deadline and not killed:
+            for result in (tmp_path / "sweep" / "tune").glob("*/result.json"):
+                lines = result.read_text().splitlines()
+                if lines:
+                    pid = json.loads(lines[0])["pid"]
+                    os.kill(pid, signal.SIGKILL)  # the trial's own process, started by this test's cluster
+                    killed.append((pid, json.loads(lines[-1])["epoch"]))
+                    return
+            time.sleep(0.02)
+
+    watcher = threading.Thread(target=kill_after_first_report, daemon=True)
+    watcher.start()
+    assert main(["tune", str(path)]) == 0
+    watcher.join()
+    assert killed, "the trial finished before it could be killed"
+    from ray.tune import ExperimentAnalysis
+    (trial,) = ExperimentAnalysis(str(tmp_path / "sweep" / "tune")).trials
+    last = trial.last_result
+    # the restarted trial went on from a reported checkpoint (epoch >= 1), not from epoch 1
+    assert last["epoch"] == 12 and 1 <= last["epoch"] - last["iterations_since_restore"] <= killed[0][1] + 1
+    rows = json.loads((tmp_path / "sweep" / "results.json").read_text())
+    assert rows[0]["status"] == "TERMINATED" and rows[0]["epoch"] == 12
+    (trial,) = (tmp_path / "sweep" / "tune").glob("*/result.json")
+    pids = {json.loads(line)["pid"] for line in trial.read_text().splitlines()}
+    assert killed[0][0] in pids and len(pids) == 2  # two processes: the killed one and its replacement
+
+
+def test_an_interrupted_sweep_resumes_to_completion(ray_cluster, tmp_path):
+    """Ctrl-C (SIGINT) a running `ray-al tune`: one line and how to resume; `--resume` finishes every
+    trial, each from the last checkpoint Tune had registered for it (from scratch where it had none)."""
+    from ray.tune import ExperimentAnalysis
+    path = write_sweep(tmp_path, config={"train": {"epochs": 12, **LOCAL}, **LONGER},
+                       tune={"driver_cpus": 1, "verbose": 0})
+    address = ray.get_runtime_context().gcs_address
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-m", "ray_al", "tune", str(path), f"ray.address={address}"],
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300  # a trial's second checkpoint: Tune has registered its first
+    while time.time() < deadline and not list((tmp_path / "sweep" / "tune").glob("*/checkpoint_000001")):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines()[-2:] == ["ray-al: interrupted",
+                                             f"resume with: ray-al tune --resume {tmp_path / 'sweep'}"]
+    before = trial_frames(tmp_path / "sweep")
+    saved = {Path(t.path).name: json.loads((Path(t.checkpoint.path) / "manifest.json").read_text())["epoch"]
+             for t in ExperimentAnalysis(str(tmp_path / "sweep" / "tune")).trials if t.checkpoint}
+    assert saved and all(e < 12 for e in saved.values())  # stopped part-way, with checkpoints
+
+    assert main(["tune", "--resume", str(tmp_path / "sweep")]) == 0
+    after = {Path(t.path).name: t.last_result for t in ExperimentAnalysis(str(tmp_path / "sweep" / "tune")).trials}
+    assert set(before) <= set(after) and len(after) == 2  # a trial may not have reported before the interrupt
+    for trial, last in after.items():
+        # after --resume a trial trains the epochs after its checkpoint, not from epoch 1 again
+        assert last["epoch"] == 12 and last["epoch"] - last["iterations_since_restore"] == saved.get(trial, 0), trial
+    rows = json.loads((tmp_path / "sweep" / "results.json").read_text())
+    assert [r["status"] for r in rows] == ["TERMINATED", "TERMINATED"] and [r["epoch"] for r in rows] == [12, 12]
+    print("resumed sweep: epochs reported before the interrupt", before, "checkpoints", saved,
+          "after --resume", {t: (r["epoch"], r["iterations_since_restore"]) for t, r in after.items()})
+
+
+def test_a_sweep_that_cannot_fit_the_cluster_is_refused_in_seconds(ray_cluster, tmp_path, capsys):
+    path = write_sweep(tmp_path, config={"ray": {"num_cpus_per_block": 2}})
+    start = time.perf_counter()
+    assert main(["tune", str(path)]) == 2
+    assert time.perf_counter() - start < 20
+    err = capsys.readouterr().err.strip().splitlines()[-1]  # (earlier trials' worker logs may come first)
+    assert err == ("ray-al: error: a trial needs 4.5 CPUs (tune.driver_cpus=0.5 + 2 blocks x ray.num_cpus_per_block=2)"
+                   " but the Ray cluster has 2: lower ray.num_cpus_per_block or tune.driver_cpus")
+    assert not (tmp_path / "sweep" / "tune").exists()
+
+
+def test_blocks_of_a_trial_are_sized_like_train_sizes_them(ray_cluster):
+    """No ray.num_cpus_per_block: the CPUs left after the driver's, shared by the blocks (at most 1 each);
+    the shipped sweep fits a 2-CPU machine."""
+    from ray_al.models import block_count
+    sweep = Sweep(REPO / "configs" / "sweeps" / "mnist_mlp.yaml", ["data.path=/somewhere/mnist"])
+    assert sweep.base_cfg.ray.num_cpus_per_block is None and sweep.opts["metric"] == "val_acc"
+
+    def resources(params):
+        from ray_al.tune import trial_config
+        cfg = trial_config(sweep.base, params)
+        return trial_resources(cfg, block_count(cfg.model, (1, 28, 28), 10), float(sweep.opts["driver_cpus"]))
+
+    assert resources({}).bundles == [{"CPU": 1.0}, {"CPU": 0.5}, {"CPU": 0.5}]
+    check_fits(sweep, resources)  # raises if it does not fit
+
+
+def test_population_based_training_copies_a_better_trial(ray_cluster, tmp_path):
+    """PBT (synchronous, 2 trials, bottom half copies top half every epoch): the worse trial goes on
+    from the better one's checkpoint with a perturbed lr, which its run folder's config records."""
+    path = write_sweep(tmp_path, config={"train": {"epochs": 2, **LOCAL}},
+                       param_space={"optim.lr": {"choice": [1.0e-4, 3.0e-3]}, "train.seed": 0},
+                       tune={"driver_cpus": 0.5, "verbose": 0, "num_samples": 2, "scheduler": "pbt",
+                             "perturbation_interval": 1, "quantile_fraction": 0.5, "synch": True})
+    assert main(["tune", str(path)]) == 0
+    rows = json.loads((tmp_path / "sweep" / "results.json").read_text())
+    assert [r["status"] for r in rows] == ["TERMINATED", "TERMINATED"] and [r["epoch"] for r in rows] == [2, 2]
+    # PBT's log of exploits: [target, source, target epoch, source epoch, old config, new config]
+    exploits = [json.loads(line) for line in (tmp_path / "sweep" / "tune" / "pbt_global.txt").read_text().splitlines()]
+    assert exploits and all(target != source for target, source, *_ in exploits)
+    target, _, _, _, _, new = exploits[-1]
+    (folder,) = (tmp_path / "sweep" / "trials").glob(f"*_{int(target.split('_')[0]):05d}")  # tag "<index>_..."
+    assert yaml.safe_load((folder / "config.yaml").read_text())["optim"]["lr"] == pytest.approx(new["optim.lr"])
+
+
+@pytest.mark.parametrize("algorithm", ["optuna", "hyperopt"])
+def test_search_algorithms_suggest_from_the_param_space(tmp_path, algorithm):
+    from ray_al.tune import _searcher
+    sweep = Sweep(write_sweep(tmp_path, param_space={"optim.lr": {"loguniform": [1.0e-4, 1.0e-2]},
+                                                     "train.chunk_size": {"choice": [2, 4]}},
+                              tune={"search_alg": algorithm, "seed": 0}))
+    searcher = _searcher(sweep)
+    assert searcher.set_search_properties("val_acc", "max", sweep.param_space)
+    for i in range(3):
+        params = searcher.suggest(f"t{i}")
+        assert 1e-4 <= params["optim.lr"] <= 1e-2 and params["train.chunk_size"] in (2, 4)
+
+
+@pytest.mark.parametrize("algorithm", ["optuna", "hyperopt"])
+def test_a_search_algorithm_without_its_package_is_one_line(tmp_path, monkeypatch, algorithm):
+    from ray_al.tune import _searcher
+    monkeypatch.setitem(sys.modules, algorithm, None)
+    sweep = Sweep(write_sweep(tmp_path, param_space={"optim.lr": {"choice": [1e-3, 1e-2]}},
+                              tune={"search_alg": algorithm}))
+    with pytest.raises(ConfigError, match=rf"^tune.search_alg={algorithm} needs the {algorithm} package: "
+                                          rf"pip install 'ray_al\[{algorithm}\]'$"):
+        _searcher(sweep)
 
 
 def test_search_forms_become_tune_objects(tmp_path):
@@ -74,24 +243,35 @@ def test_bad_sweeps_fail_in_one_line(tmp_path, space, message):
         Sweep(write_sweep(tmp_path, param_space=space))
 
 
-@pytest.mark.parametrize("tune_opts, message", [
-    ({"scheduler": "hyperband"}, "is not one of none, asha"),
-    ({"scheduler": "asha", "grace_period": 5}, "exceeds train.epochs=2"),
-    ({"sample": 3}, "unknown tune key"),
+@pytest.mark.parametrize("tune_opts, config, message", [
+    ({"scheduler": "bogus"}, {}, "is not one of none, asha, hyperband, pbt"),
+    ({"scheduler": "asha", "grace_period": 5}, {}, "exceeds train.epochs=2"),
+    ({"sample": 3}, {}, "unknown tune key"),
+    ({"search_alg": "optuna"}, {}, r"cannot search a grid_search \(optim.lr\): use choice"),
+    ({"search_alg": "bayes"}, {}, "is not one of basic, optuna, hyperopt"),
+    ({}, {"data": {"val_fraction": 0.0}}, "tune.metric=val_acc needs a validation split: set data.val_fraction"),
+    ({"scheduler": "pbt"}, {"checkpoint": {"enabled": False}}, "restores trials from their checkpoints"),
 ])
-def test_bad_tune_options_fail_in_one_line(tmp_path, tune_opts, message):
+def test_bad_tune_options_fail_in_one_line(tmp_path, tune_opts, config, message):
     with pytest.raises(ConfigError, match=message):
-        Sweep(write_sweep(tmp_path, tune=tune_opts))
+        Sweep(write_sweep(tmp_path, config=config, tune=tune_opts))
+
+
+def test_pbt_needs_a_key_it_may_change_inside_a_trial(tmp_path):
+    with pytest.raises(ConfigError, match="tune.scheduler=pbt needs a param_space key it may change"):
+        Sweep(write_sweep(tmp_path, param_space={"model.d": {"choice": [16, 32]}}, tune={"scheduler": "pbt"}))
 
 
 def test_cli_reports_bad_sweep_as_one_line(tmp_path, capsys):
     assert main(["tune", str(tmp_path / "missing.yaml")]) == 2
     assert capsys.readouterr().err.strip().startswith("ray-al: error: config file not found")
+    assert main(["tune", "--resume", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"ray-al: error: {tmp_path} is not a sweep's output folder (no sweep.yaml)"
 
 
-def test_the_shipped_sweep_is_valid(tmp_path):
-    from pathlib import Path
-    path = Path(__file__).resolve().parents[1] / "configs" / "sweeps" / "mnist_mlp.yaml"
-    sweep = Sweep(path, ["data.path=/somewhere/mnist"])
-    assert sweep.base_cfg.data.path == "/somewhere/mnist" and sweep.tune["scheduler"] == "asha"
+def test_the_shipped_sweep_is_valid_and_found_by_name(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # not the repository
+    sweep = Sweep("sweeps/mnist_mlp", ["data.path=/somewhere/mnist"])
+    assert sweep.base_cfg.data.path == "/somewhere/mnist" and sweep.opts["scheduler"] == "asha"
     assert set(sweep.param_space) == {"optim.lr", "model.d", "train.chunk_size", "train.seed"}

@@ -10,7 +10,8 @@ import time
 
 from ray_al.checkpoint import files
 from ray_al.config import CheckpointConfig, Config
-from ray_al.errors import BlockLost, TrainingError
+from ray_al.errors import BlockLost, CheckpointError, TrainingError
+from ray_al.provenance import provenance
 
 
 def fingerprint(cfg: Config, input_shape: tuple, num_classes: int) -> dict:
@@ -29,32 +30,84 @@ class Position:
 
 
 class Checkpointer:
-    """Saves checkpoints at chunk boundaries as configured and restores the newest complete one."""
+    """Saves checkpoints at chunk boundaries as configured and restores the newest usable one: a damaged
+    newest checkpoint falls back to the one before it, saying so."""
 
-    def __init__(self, cfg: Config, uri: str, fp: dict, enabled: bool = True):
-        self.cfg, self.uri, self.fp = cfg, uri, fp
+    def __init__(self, cfg: Config, uri, fp: dict, enabled: bool = True, run_id: str | None = None,
+                 n_batches: int | None = None, log=print):
+        self.cfg, self.uri, self.fp, self.run_id, self.n_batches, self.log = cfg, uri, fp, run_id, n_batches, log
         self.enabled = enabled and cfg.checkpoint.enabled
         self.every = cfg.checkpoint.every_steps if self.enabled else 0
 
-    def check(self) -> None:
-        """Refuse the newest checkpoint now if it belongs to another model, data shape or trainer."""
-        files.check_compatible(files.read_manifest(self.uri), self.fp)
+    def exists(self) -> bool:
+        """Whether a complete checkpoint is there to restore (none before the step-0 save)."""
+        return bool(files.complete_checkpoints(self.uri))
 
-    def save(self, trainer, position: Position) -> None:
+    def check(self, step: int | None = None) -> None:
+        """Refuse now (before any actor starts) a checkpoint of another model, data shape or trainer, and a
+        requested step that is not there."""
+        files.check_compatible(files.read_manifest(self.uri, step), self.fp)
+
+    def save(self, trainer, position: Position, record: dict | None = None) -> None:
+        """`record`: the epoch's record, kept in the epoch-end manifest so metrics.jsonl can be repaired."""
         if not self.enabled:
             return
         ckpt = files.step_dir(self.uri, position.step)
         digests = trainer.save_blocks(ckpt)
-        manifest = {"step": position.step, "epoch": position.epoch, "batch": position.batch, "time": time.time(),
-                    "fingerprint": self.fp, "config": self.cfg.to_dict(),
-                    "blocks": [{"file": f"block-{i + 1}.pt", "sha256": d} for i, d in enumerate(digests)]}
+        manifest = {"run_id": self.run_id, "step": position.step, "epoch": position.epoch, "batch": position.batch,
+                    "time": time.time(), "fingerprint": self.fp, "config": self.cfg.to_dict(),
+                    "provenance": provenance(),
+                    "blocks": [{"file": f"block-{i + 1}.pt", "sha256": d} for i, d in enumerate(digests)],
+                    **({"record": record} if record else {})}
         files.write_manifest(ckpt, manifest, self.cfg.checkpoint.keep)
 
-    def restore(self, trainer) -> Position:
-        manifest = files.read_manifest(self.uri)
-        files.check_compatible(manifest, self.fp)
-        trainer.load_blocks(self.uri, manifest)
-        return Position(manifest["step"], manifest["epoch"], manifest["batch"])
+    def restore(self, trainer, step: int | None = None) -> Position:
+        """Load checkpoint `step`, or the newest one that loads: each one tried is checked (schema, model,
+        position against the data, every block's digest and step count); a damaged one is reported and
+        the one before it tried."""
+        candidates = [step] if step is not None else files.complete_checkpoints(self.uri)[::-1]
+        if not candidates:
+            raise CheckpointError(f"no complete checkpoint under {files.location(self.uri)}")
+        errors = []
+        for s in candidates:
+            try:
+                manifest = files.read_manifest(self.uri, s)
+                files.check_compatible(manifest, self.fp)
+                position = self._position(manifest)
+                trainer.load_blocks(self.uri, manifest)
+            except CheckpointError as e:
+                if step is not None or str(e).startswith("checkpoint was made for"):
+                    raise
+                errors.append(f"step {s}")
+                self.log(f"{e}; trying the one before it")
+                continue
+            if errors:
+                self.log(f"resuming from checkpoint step {s}: the newer {', '.join(errors)} could not be used "
+                         f"(choose one with --resume RUN_DIR --step N)")
+            return position
+        raise CheckpointError(f"no usable checkpoint under {files.location(self.uri)}: {', '.join(errors)} "
+                              f"all damaged")
+
+    def _position(self, manifest: dict) -> Position:
+        """The manifest's data position, checked against its step and this run's batches per epoch."""
+        position = Position(manifest["step"], manifest["epoch"], manifest["batch"])
+        n = self.n_batches
+        if n and (position.batch >= n or position.epoch * n + position.batch != position.step):
+            raise CheckpointError(f"checkpoint step {position.step}: its position (epoch {position.epoch + 1}, batch "
+                                  f"{position.batch}) does not match {n} batches per epoch")
+        return position
+
+    def records(self) -> dict[int, dict]:
+        """Epoch records kept in the complete checkpoints' manifests, by epoch (for repairing metrics.jsonl)."""
+        found = {}
+        for step in files.complete_checkpoints(self.uri) if self.enabled else []:
+            try:
+                record = files.read_manifest(self.uri, step).get("record")
+            except CheckpointError:
+                continue
+            if isinstance(record, dict) and isinstance(record.get("epoch"), int):
+                found[record["epoch"]] = record
+        return found
 
     def segments(self, epoch: int, start_batch: int, n_batches: int, chunk: int) -> list[tuple[int, int]]:
         """An epoch's batches [start_batch, n_batches) cut where a checkpoint falls due (at whole chunks):
@@ -84,5 +137,6 @@ class RestartPolicy:
         if not self.checkpoints_on or made >= self.max_restarts:
             raise TrainingError(f"block lost and no restart left ({made} made): {error}") from None
 
-    def record(self, step: int, error: BlockLost) -> None:
+    def record(self, step: int | None, error: BlockLost) -> None:
+        """step None: lost before the step-0 checkpoint (during target-path warm-up)."""
         self.restarts.append({"step": step, "error": str(error)})

@@ -34,7 +34,7 @@ class BlockActor:
         # Ray sets CUDA_VISIBLE_DEVICES to the GPUs it assigned, so cuda:0 is ours.
         self.device = torch.device("cuda:0" if ray.get_gpu_ids() and torch.cuda.is_available() else "cpu")
         block = build_al_block(model, input_shape, num_classes, index, seed, self.device)
-        self.trainer = BlockTrainer(block, optim, total_steps, index)
+        self.trainer = BlockTrainer(block, optim, total_steps, index, model)
         self.is_last = index == n_blocks - 1
         # fault-injection hook for tests and demos: RAY_AL_SLOW_BLOCK="2:0.05" sleeps 50 ms per chunk in block 2
         block_no, _, seconds = os.environ.get("RAY_AL_SLOW_BLOCK", "").partition(":")
@@ -60,6 +60,20 @@ class BlockActor:
         s, t, stats = self.trainer.train_chunk(*inputs)
         out = None if self.is_last else (s.cpu(), t.cpu())  # the last block's outputs go nowhere
         return out, stats
+
+    @ray.method(num_returns=2)
+    def warmup_chunk(self, t_prev: torch.Tensor):
+        """K target-path-only steps; block 1 gets labels [K, B]; t_i goes on to the next block."""
+        if self.delay:
+            time.sleep(self.delay)
+        t, stats = self.trainer.warmup_chunk(t_prev)
+        return (None if self.is_last else t.cpu()), stats
+
+    def end_warmup(self) -> None:
+        self.trainer.end_warmup()
+
+    def encode_targets(self, t_prev: torch.Tensor) -> torch.Tensor:
+        return self.trainer.encode_targets(t_prev).cpu()
 
     @ray.method(num_returns=2)
     def infer(self, s_prev: torch.Tensor):

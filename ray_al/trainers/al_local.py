@@ -5,7 +5,7 @@ reference the Ray pipeline is checked against bitwise (tests/test_pipeline.py).
 """
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import torch
 
@@ -14,7 +14,8 @@ from ray_al.block_trainer import BlockTrainer
 from ray_al.blocks import ALBlock, decode_exits
 from ray_al.config import Config
 from ray_al.models import block_count, build_al_block
-from ray_al.trainers.base import InProcessTrainer
+from ray_al.target_path import class_points, separability
+from ray_al.trainers.base import InProcessTrainer, OnChunk
 
 
 class ALLocal(InProcessTrainer):
@@ -22,7 +23,8 @@ class ALLocal(InProcessTrainer):
         super().__init__(cfg)
         self.n = block_count(cfg.model, input_shape, num_classes)
         self.trainers = [BlockTrainer(build_al_block(cfg.model, input_shape, num_classes, i, cfg.train.seed,
-                                                     self.device), cfg.optim, total_steps, i) for i in range(self.n)]
+                                                     self.device), cfg.optim, total_steps, i, cfg.model)
+                         for i in range(self.n)]
 
     @property
     def blocks(self) -> list[ALBlock]:
@@ -39,6 +41,28 @@ class ALLocal(InProcessTrainer):
             inputs = (s, t)
             stats.append(st)
         return stats
+
+    def warmup(self, chunks: Iterable[torch.Tensor], on_chunk: OnChunk) -> None:
+        """Target-path warm-up: label chunks down the chain, each block passing t_i on."""
+        for labels in chunks:
+            t, stats = labels, []
+            for trainer in self.trainers:
+                t, st = trainer.warmup_chunk(t)
+                stats.append(st)
+            on_chunk(stats)
+        for trainer in self.trainers:
+            trainer.end_warmup()
+
+    def target_separability(self) -> dict[str, float]:
+        t, targets = class_points(self.blocks[0].num_classes), []
+        for trainer in self.trainers:
+            t = trainer.encode_targets(t)
+            targets.append(t)
+        with torch.no_grad():
+            return separability(targets, decode_exits(self.blocks, targets))
+
+    def evaluate(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+        return {**super().evaluate(x, y), **self.target_separability()}
 
     def predict_exits(self, x: torch.Tensor, batch_size: int) -> Iterator[list[torch.Tensor]]:
         for xb in eval_batches(x, batch_size):

@@ -32,6 +32,10 @@ class Trainer(Protocol):
     def predict_exits(self, x: torch.Tensor, batch_size: int) -> Iterator[list[torch.Tensor]]:
         """Logits of every exit [exit 1, ..., exit N], batch by batch, in eval mode."""
 
+    # AL trainers only (the run loop asks for them when model.target_warmup_steps > 0):
+    # warmup(label_chunks, on_chunk) trains g and h alone down the chain (ray_al/target_path.py);
+    # target_separability() -> {"sep_dist_k", "sep_acc_k"}, which evaluate() includes.
+
     def evaluate(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
         """Accuracy of every exit ("exit_k") and "test_acc" (the last exit: the paper's prediction)."""
 

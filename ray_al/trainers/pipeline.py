@@ -9,6 +9,7 @@ arithmetic of the blocks run one after another (tests/test_pipeline.py checks bi
 from __future__ import annotations
 
 import collections
+import re
 from typing import Iterable, Iterator
 
 import ray
@@ -19,32 +20,39 @@ from ray_al.config import Config
 from ray_al.errors import BlockLost, ConfigError, RayALError, TrainingError
 from ray_al.metrics import exit_accuracies
 from ray_al.models import block_count
-from ray_al.session import connect
+from ray_al.session import connect, gcs_reachable
+from ray_al.target_path import class_points, separability
 from ray_al.trainers.actors import BlockActor
 from ray_al.trainers.base import OnChunk
 from ray_al.trainers.placement import reserve
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+def last_line(text: str) -> str:
+    """The line of a Ray error that names the exception (its traceback's last), without colour codes."""
+    lines = [ln.strip() for ln in _ANSI.sub("", text).splitlines() if ln.strip()]
+    return lines[-1][:300] if lines else "unknown error"
+
 
 def _unwrap(e: Exception) -> RayALError:
+    if isinstance(e, ray.exceptions.RayActorError) and getattr(e, "actor_init_failed", False):
+        # the cause is the last line of the creation task's traceback; a restart would fail again
+        return TrainingError(f"a block actor failed to start: {last_line(str(e))}")
     if isinstance(e, (ray.exceptions.RayActorError, ray.exceptions.ObjectLostError)):
-        return BlockLost(str(e).strip().splitlines()[0][:300])
+        return BlockLost(last_line(str(e).strip().splitlines()[0]))
     cause = getattr(e, "cause", None)
     if isinstance(cause, RayALError):
         return type(cause)(str(cause))
-    return TrainingError(f"a block actor failed: {str(e).strip().splitlines()[-1]}")
+    return TrainingError(f"a block actor failed: {last_line(str(e))}")
 
 
 def _startup_error(e: Exception) -> RayALError:
     """A block actor that never ran our code (runtime_env set-up, its process dying, ray_al missing
     on the node): the cause in one line, not a restartable BlockLost."""
     if isinstance(e, ray.exceptions.RuntimeEnvSetupError):
-        return ConfigError(f"ray.runtime_env of the block actors could not be set up: {_last_line(e)}")
-    return TrainingError(f"a block actor could not start: {_last_line(e)}")
-
-
-def _last_line(e: Exception) -> str:
-    lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()]
-    return lines[-1][:300] if lines else type(e).__name__
+        return ConfigError(f"ray.runtime_env of the block actors could not be set up: {last_line(str(e))}")
+    return TrainingError(f"a block actor could not start: {last_line(str(e))}")
 
 
 def _settle(refs: list, timeout: float = 10.0) -> None:
@@ -114,10 +122,25 @@ class ALPipeline:
 
     def train_epoch(self, chunks: Iterable[Chunk], on_chunk: OnChunk) -> None:
         """on_chunk gets every block's stats of a chunk, in chunk order, as the chunk completes."""
+        self._stream(map(self.submit, chunks), on_chunk)
+
+    def warmup(self, chunks: Iterable[torch.Tensor], on_chunk: OnChunk) -> None:
+        """Target-path warm-up: label chunks down the same chain, each block passing t_i on."""
+        def submit(labels):
+            ref, stats = labels, []
+            for actor in self.actors:
+                ref, stat = actor.warmup_chunk.remote(ref)
+                stats.append(stat)
+            return stats
+        self._stream(map(submit, chunks), on_chunk)
+        self._get([a.end_warmup.remote() for a in self.actors])
+
+    def _stream(self, submitted: Iterator[list], on_chunk: OnChunk) -> None:
+        """Keep at most max_inflight_chunks submitted chunks unfinished; results in submission order."""
         inflight: collections.deque = collections.deque()
         try:
-            for chunk in chunks:
-                inflight.append(self.submit(chunk))
+            for stats in submitted:
+                inflight.append(stats)
                 self.peak_inflight = max(self.peak_inflight, len(inflight))
                 if len(inflight) >= self.cfg.train.max_inflight_chunks:
                     on_chunk(self._get(inflight.popleft()))
@@ -127,16 +150,29 @@ class ALPipeline:
             _settle([ref for refs in inflight for ref in refs])
             raise
 
+    def target_separability(self) -> dict[str, float]:
+        """The C class points up through g_1..g_N and each t_i back down through h_i..h_1."""
+        t, targets = class_points(self.num_classes), []
+        for actor in self.actors:
+            t = actor.encode_targets.remote(t)
+            targets.append(t)
+        logits = self._get(self._decode_down(targets))[::-1]
+        return separability(self._get(targets), logits)
+
     # -- inference -------------------------------------------------------------------------
     def _submit_predict(self, x: torch.Tensor):
         s, bridged = x, []
         for actor in self.actors:
             s, b = actor.infer.remote(s)
             bridged.append(b)
+        return self._decode_down(bridged)
+
+    def _decode_down(self, per_block: list):
+        """Block k's value through h_k..h_1 for every k: a ref of the list for k = N..1."""
         carried = []
-        for actor, b in zip(reversed(self.actors), reversed(bridged)):
+        for actor, b in zip(reversed(self.actors), reversed(per_block)):
             carried = actor.decode_exits.remote(carried, b)
-        return carried  # exits N..1
+        return carried
 
     def predict_exits(self, x: torch.Tensor, batch_size: int) -> Iterator[list[torch.Tensor]]:
         """Logits of exits 1..N, batch by batch, f's forward then b and h's in reverse."""
@@ -149,7 +185,8 @@ class ALPipeline:
             yield self._get(pending.popleft())[::-1]
 
     def evaluate(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
-        return exit_accuracies(self.predict_exits(x, self.cfg.train.eval_batch_size), y)
+        return {**exit_accuracies(self.predict_exits(x, self.cfg.train.eval_batch_size), y),
+                **self.target_separability()}
 
     # -- state ---------------------------------------------------------------------------------
     def state_dicts(self) -> list[dict]:
@@ -170,6 +207,9 @@ class ALPipeline:
                 f"{p['threads']} thread(s)" for p in self.placement]
 
     def close(self) -> None:
+        if self.actors and not gcs_reachable():  # the cluster is gone, and with it what we held
+            self.actors = []
+            return
         for actor in self.actors:
             try:
                 ray.kill(actor)

@@ -8,7 +8,9 @@ cluster for more than the trials hold (a second placement group would wait for C
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
+from typing import Callable
 
 import ray
 from ray.util.placement_group import (
@@ -23,22 +25,46 @@ from ray_al.config import RayConfig
 from ray_al.errors import ConfigError
 
 
-def cpus_per_block(ray_cfg: RayConfig, n_blocks: int) -> float:
-    """ray.num_cpus_per_block, else an equal share of the cluster's CPUs, at most 1 (the one default,
-    for runs and for Tune trials alike)."""
+def cpus_per_block(ray_cfg: RayConfig, n_blocks: int, reserved: float = 0.0) -> float:
+    """ray.num_cpus_per_block, else an equal share of the cluster's CPUs after `reserved` (CPUs held for
+    something else, e.g. the Ray Data reader), at most 1 (the one default, for runs and Tune trials alike)."""
     if ray_cfg.num_cpus_per_block is not None:
         return ray_cfg.num_cpus_per_block
-    total = ray.cluster_resources().get("CPU", 1.0)
+    total = ray.cluster_resources().get("CPU", 1.0) - reserved
     return max(0.01, min(1.0, int(100 * total / n_blocks) / 100))
 
 
-def block_bundle(ray_cfg: RayConfig, n_blocks: int) -> dict[str, float]:
+def wait_for_group(pg: PlacementGroup, what: str, timeout: float, log: Callable[[str], None] = print,
+                   every: float | None = None) -> None:
+    """Wait until `pg` is placed, saying every `every` seconds what it waits for and what the cluster has;
+    after `timeout` seconds remove it and stop with one line."""
+    every = every or min(10.0, max(1.0, timeout / 4))
+    ready_ref, start = pg.ready(), time.monotonic()
+    while True:
+        waited = time.monotonic() - start
+        ready, _ = ray.wait([ready_ref], timeout=max(0.0, min(every, timeout - waited)))
+        if ready:
+            return
+        waited = time.monotonic() - start
+        have = f"available {_cpus_gpus(ray.available_resources())} of {_cpus_gpus(ray.cluster_resources())}"
+        if waited >= timeout:
+            remove_placement_group(pg)
+            raise ConfigError(f"cannot place {what} within {timeout:g}s (ray.placement_timeout_s): cluster has {have}")
+        log(f"waiting for resources: {what}; cluster has {have}; {waited:.0f}s of {timeout:g}s")
+
+
+def _cpus_gpus(resources: dict) -> str:
+    return f"{resources.get('CPU', 0):g} CPU, {resources.get('GPU', 0):g} GPU"
+
+
+def block_bundle(ray_cfg: RayConfig, n_blocks: int, reserved: float = 0.0) -> dict[str, float]:
     """The resources of one block's bundle as configured: CPU, GPU when asked for, and custom
     resources (`ray.block_resources`) that steer blocks to the nodes that offer them."""
     gpus = ray_cfg.num_gpus_per_block
     if gpus and ray.cluster_resources().get("GPU", 0) == 0:
         raise ConfigError(f"ray.num_gpus_per_block={gpus} but the Ray cluster has no GPU")
-    return {"CPU": cpus_per_block(ray_cfg, n_blocks), **({"GPU": gpus} if gpus else {}), **ray_cfg.block_resources}
+    return {"CPU": cpus_per_block(ray_cfg, n_blocks, reserved), **({"GPU": gpus} if gpus else {}),
+            **ray_cfg.block_resources}
 
 
 @dataclass
@@ -73,9 +99,5 @@ def reserve(ray_cfg: RayConfig, n_blocks: int, pg: PlacementGroup | None = None)
         return Placement(pg, offset, [dict(s) for s in specs[offset:]], owned=False)
     bundle = block_bundle(ray_cfg, n_blocks)
     pg = placement_group([dict(bundle) for _ in range(n_blocks)], strategy=ray_cfg.placement_strategy)
-    ready, _ = ray.wait([pg.ready()], timeout=ray_cfg.placement_timeout_s)
-    if not ready:
-        remove_placement_group(pg)
-        raise ConfigError(f"cannot place {n_blocks} blocks of {bundle} ({ray_cfg.placement_strategy}) within "
-                          f"{ray_cfg.placement_timeout_s:.0f}s; cluster has {ray.cluster_resources()}")
+    wait_for_group(pg, f"{n_blocks} blocks of {bundle} ({ray_cfg.placement_strategy})", ray_cfg.placement_timeout_s)
     return Placement(pg, 0, [dict(bundle) for _ in range(n_blocks)], owned=True)

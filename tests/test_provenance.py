@@ -1,0 +1,29 @@
+"""What made a run: package version, git commit, torch and Ray versions in summary.json and every manifest."""
+import importlib.metadata
+import json
+import subprocess
+
+from ray_al import __version__
+from ray_al.provenance import provenance
+from ray_al.run import train
+from tests.helpers import REPO, tiny_config
+
+
+def test_summary_and_every_checkpoint_manifest_record_the_versions_and_commit(tmp_path):
+    cfg = tiny_config(tmp_path, train={"trainer": "al_local", "epochs": 2}, checkpoint={"enabled": True})
+    result = train(cfg, log=lambda line: None)
+    recorded = json.loads((result.run_dir / "summary.json").read_text())["provenance"]
+    assert recorded == provenance()
+    assert recorded["ray_al"] == __version__
+    assert recorded["torch"] == importlib.metadata.version("torch")
+    assert recorded["ray"] == importlib.metadata.version("ray")
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    assert recorded["git_commit"].split("+")[0] == head
+    manifests = sorted(result.run_dir.glob("checkpoints/*/manifest.json"))
+    assert len(manifests) == 2  # checkpoint.keep
+    assert all(json.loads(m.read_text())["provenance"] == recorded for m in manifests)
+
+
+def test_no_commit_outside_a_checkout(tmp_path):
+    from ray_al.provenance import git_commit
+    assert git_commit(tmp_path) is None
