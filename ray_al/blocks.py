@@ -7,6 +7,7 @@ so no gradient ever leaves the block.
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -73,25 +74,40 @@ class ALBlock(nn.Module):
         return list(self.g.parameters()) + list(self.h.parameters())
 
 
+@contextlib.contextmanager
+def eval_mode(blocks: list[ALBlock]):
+    """Prediction uses BatchNorm's running statistics and leaves them alone; training mode is restored after."""
+    was = [b.training for b in blocks]
+    for b in blocks:
+        b.eval()
+    try:
+        yield
+    finally:
+        for b, mode in zip(blocks, was):
+            b.train(mode)
+
+
 def predict(blocks: list[ALBlock], x: torch.Tensor, exit_at: int | None = None) -> torch.Tensor:
-    """The paper's Eq. 7 (and its early exits): h_1(...h_k(b_k(f_k(...f_1(x)))))."""
+    """The paper's Eq. 7 (and its early exits): h_1(...h_k(b_k(f_k(...f_1(x))))), in eval mode."""
     k = len(blocks) if exit_at is None else exit_at
     s = x
-    for block in blocks[:k]:
-        s = block(s)
-    t = blocks[k - 1].bridge(s)
-    for block in reversed(blocks[1:k]):
-        t = block.decode(t)
-    return blocks[0].decode_logits(t)
+    with eval_mode(blocks):
+        for block in blocks[:k]:
+            s = block(s)
+        t = blocks[k - 1].bridge(s)
+        for block in reversed(blocks[1:k]):
+            t = block.decode(t)
+        return blocks[0].decode_logits(t)
 
 
 def predict_all_exits(blocks: list[ALBlock], x: torch.Tensor) -> list[torch.Tensor]:
-    """Logits of every exit k = 1..N in one pass over the f's."""
+    """Logits of every exit k = 1..N in one pass over the f's, in eval mode."""
     bridged, s = [], x
-    for block in blocks:
-        s = block(s)
-        bridged.append(block.bridge(s))
-    return decode_exits(blocks, bridged)
+    with eval_mode(blocks):
+        for block in blocks:
+            s = block(s)
+            bridged.append(block.bridge(s))
+        return decode_exits(blocks, bridged)
 
 
 def decode_exits(blocks: list[ALBlock], bridged: list[torch.Tensor]) -> list[torch.Tensor]:

@@ -1,4 +1,4 @@
-"""`ray-al train | eval | tune | report | bench`: every failure is one line and a non-zero exit."""
+"""`ray-al train | eval | predict | serve | export | tune | report | bench`: failures are one line, exit 2."""
 from __future__ import annotations
 
 import argparse
@@ -49,10 +49,64 @@ def _eval(args) -> int:
     from ray_al.data import load_dataset
     from ray_al.trainers import load_run
 
+    if args.thresholds:
+        from ray_al.early_exit import format_tradeoff
+        from ray_al.prediction import evaluate_thresholds
+        result = evaluate_thresholds(args.run_dir, args.thresholds, args.confidence, args.overrides)
+        print(f"early exit on {result['test_samples']} test inputs (step {result['step']}, confidence "
+              f"{result['measure']}): answer at the first exit whose confidence reaches the threshold")
+        print(format_tradeoff(result["rows"]))
+        return 0
+
     cfg, trainer, manifest = load_run(args.run_dir, args.overrides, device=args.device)
     data = load_dataset(cfg.data)
     accs = trainer.evaluate(data.test_x, data.test_y)
     print(json.dumps({"run_dir": args.run_dir, "step": manifest["step"], **accs}, indent=1))
+    return 0
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a comma-separated list of numbers") from None
+
+
+def _predict(args) -> int:
+    from ray_al import prediction as p
+
+    if args.exit != "auto" and not args.exit.isdigit():
+        raise ConfigError(f"--exit must be a block number or auto, got '{args.exit}'")
+    from ray_al.session import ray_session, sigterm_raises_interrupt
+    from ray_al.storage import run_config
+
+    with ray_session(run_config(args.run_dir).ray if args.ray else None), sigterm_raises_interrupt():
+        records = p.predict(args.run_dir, args.inputs, args.exit, args.threshold, args.confidence,
+                            use_ray=args.ray, batch_size=args.batch_size)
+    p.write(records, args.out, args.format)
+    return 0
+
+
+def _serve(args) -> int:
+    from ray_al.serve import serve_forever
+    from ray_al.session import ray_session, sigterm_raises_interrupt
+    from ray_al.storage import run_config
+
+    try:
+        replicas = [int(r) for r in args.replicas.split(",")] if args.replicas else None
+    except ValueError:
+        raise ConfigError(f"--replicas must be counts separated by commas, got '{args.replicas}'") from None
+    with ray_session(run_config(args.run_dir).ray), sigterm_raises_interrupt():
+        serve_forever(args.run_dir, host=args.host, port=args.port, threshold=args.threshold, measure=args.confidence,
+                      replicas=replicas, cpus_per_block=args.cpus_per_block, gpus_per_block=args.gpus_per_block)
+    return 0
+
+
+def _export(args) -> int:
+    from ray_al.export import export_run
+
+    out = export_run(args.run_dir, args.out)
+    print(f"exported {args.run_dir} to {out}: stage-1..N.pt2 (torch.export), meta.json, al_exits.py (loader)")
     return 0
 
 
@@ -102,7 +156,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. data.path=... for moved data")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--thresholds", type=_floats, metavar="T1,T2,..",
+                   help="early-exit trade-off: accuracy, share per exit, blocks per input at each threshold")
+    p.add_argument("--confidence", default="maxprob", choices=["maxprob", "entropy"],
+                   help="maxprob: top softmax probability; entropy: 1 - H(p)/log(classes)")
     p.set_defaults(fn=_eval)
+    p = sub.add_parser("predict", help="answer new inputs (images, folders, .npy, .parquet) with a run's model")
+    p.add_argument("run_dir")
+    p.add_argument("inputs", nargs="+", help="PNG/JPEG files, folders of them, .npy arrays, Parquet files")
+    p.add_argument("--exit", default="auto", help="exit number 1..N, or auto: the first confident exit")
+    p.add_argument("--threshold", type=float, default=0.9, help="confidence that answers (--exit auto)")
+    p.add_argument("--confidence", default="maxprob", choices=["maxprob", "entropy"])
+    p.add_argument("--ray", action="store_true", help="through the Ray block actors instead of this process")
+    p.add_argument("--out", help="write here (.csv or .json); default: CSV on stdout")
+    p.add_argument("--format", choices=["csv", "json"])
+    p.add_argument("--batch-size", type=int, default=1000)
+    p.set_defaults(fn=_predict)
+    p = sub.add_parser("serve", help="serve a run over HTTP with Ray Serve (POST an image, get JSON)")
+    p.add_argument("run_dir")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--threshold", type=float, default=0.9, help="default confidence that answers (?threshold=)")
+    p.add_argument("--confidence", default="maxprob", choices=["maxprob", "entropy"])
+    p.add_argument("--replicas", help="replicas per block deployment: one count, or one per block (2,1)")
+    p.add_argument("--cpus-per-block", type=float, default=0.5)
+    p.add_argument("--gpus-per-block", type=float, default=0.0, help="GPU share of each block replica")
+    p.set_defaults(fn=_serve)
+    p = sub.add_parser("export", help="write the prediction path and every exit as torch.export programs")
+    p.add_argument("run_dir")
+    p.add_argument("--out", required=True, help="folder for stage-k.pt2, meta.json and the al_exits.py loader")
+    p.set_defaults(fn=_export)
     p = sub.add_parser("bench", help="samples/s: sequential AL, Ray pipeline at chunk sizes K, BP twin, ideal")
     p.add_argument("config", nargs="?", default=None)
     p.add_argument("overrides", nargs="*")

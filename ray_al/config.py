@@ -22,7 +22,7 @@ from ray_al.errors import ConfigError
 
 @dataclass
 class DataConfig:
-    source: str = "digits"            # digits | parquet | torchvision | synthetic
+    source: str = "digits"            # digits | parquet | torchvision | synthetic | python | imagefolder
     loader: str = "memory"            # memory (whole split as tensors) | ray_data (parquet streamed by Ray Data)
     path: str | None = None           # parquet folder, or torchvision root folder
     name: str | None = None           # torchvision: mnist | cifar10 | cifar100
@@ -37,6 +37,11 @@ class DataConfig:
     synthetic_shape: list[int] = field(default_factory=lambda: [1, 8, 8])
     synthetic_classes: int = 10
     synthetic_size: int = 512
+    factory: str | None = None        # python: "module:function" returning (train, test) splits (ray_al/user_data.py)
+    factory_args: dict[str, Any] = field(default_factory=dict)  # keyword arguments of the factory
+    image_size: list[int] | None = None  # imagefolder: resize every image to [H, W] (None: all must agree)
+    test_fraction: float = 0.2        # imagefolder without train/ and test/ subfolders: seeded test share
+    val_fraction: float = 0.0         # seeded share of the training split held out for val_acc each epoch
 
 
 @dataclass
@@ -47,6 +52,8 @@ class ModelConfig:
     act: str | None = None            # f activation; None: elu for AL, relu for the BP twin
     bridge_grad_to_g: bool = False
     first_decoder_ce: bool = False
+    module: str | None = None         # the user's module whose @register builders `name` may refer to;
+                                      # imported in the driver and in every block actor before the lookup
 
 
 @dataclass
@@ -79,6 +86,8 @@ class RayConfig:
     placement_strategy: str = "PACK"  # PACK | SPREAD | STRICT_PACK | STRICT_SPREAD
     placement_timeout_s: float = 60.0
     block_resources: dict[str, float] = field(default_factory=dict)  # custom resources per block, e.g. {worker: 0.01}
+    runtime_env: dict[str, Any] = field(default_factory=dict)  # of the job this driver starts or joins,
+                                      # e.g. {py_modules: [my_pkg]}: ships code to every worker
 
 
 @dataclass
@@ -106,7 +115,7 @@ class Config:
 
 
 CHOICES = {
-    "data.source": {"digits", "parquet", "torchvision", "synthetic"},
+    "data.source": {"digits", "parquet", "torchvision", "synthetic", "python", "imagefolder"},
     "data.augment": {"none", "jitter", "crop_flip"},
     "data.loader": {"memory", "ray_data"},
     "model.act": {None, "elu", "relu", "sigmoid", "tanh"},
@@ -126,6 +135,8 @@ NON_NEGATIVE = {"train.epochs", "optim.weight_decay", "checkpoint.every_steps", 
 
 
 def _check_type(key: str, value: Any, tp: Any) -> Any:
+    if tp is Any:
+        return value
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(tp)
@@ -224,9 +235,26 @@ def validate(cfg: Config) -> Config:
                           "it needs data.source=parquet and train.trainer=al")
     if cfg.data.source in ("parquet",) and not cfg.data.path:
         raise ConfigError("data.path is required when data.source is parquet")
+    _validate_user_data(cfg)
     if cfg.data.source == "torchvision" and not cfg.data.name:
         raise ConfigError("data.name (mnist, cifar10, cifar100) is required when data.source is torchvision")
     return cfg
+
+
+def _validate_user_data(cfg: Config) -> None:
+    d = cfg.data
+    if not 0 <= d.val_fraction < 1:
+        raise ConfigError(f"data.val_fraction must be in [0, 1), got {d.val_fraction}")
+    if not 0 < d.test_fraction < 1:
+        raise ConfigError(f"data.test_fraction must be in (0, 1), got {d.test_fraction}")
+    if d.val_fraction and d.loader == "ray_data":
+        raise ConfigError("data.val_fraction needs the in-memory loader (data.loader=memory)")
+    if d.source == "python" and (not d.factory or ":" not in d.factory):
+        raise ConfigError("data.source=python needs data.factory=module:function")
+    if d.source == "imagefolder" and not d.path:
+        raise ConfigError("data.path (a folder of class folders) is required when data.source is imagefolder")
+    if d.image_size is not None and (len(d.image_size) != 2 or min(d.image_size) <= 0):
+        raise ConfigError(f"data.image_size must be [height, width], got {d.image_size}")
 
 
 def config_from_dict(values: dict | None) -> Config:

@@ -20,6 +20,7 @@ import torch
 from ray_al.config import DataConfig
 from ray_al.errors import DataError
 from ray_al.labels import Origin, column_labels, count_classes
+from ray_al.user_data import load_imagefolder, load_python
 
 
 @dataclass
@@ -31,6 +32,10 @@ class Dataset:
     num_classes: int
     name: str
     class_names: list[str] = field(default_factory=list)
+    val_x: torch.Tensor | None = None      # data.val_fraction of the training split, held out
+    val_y: torch.Tensor | None = None
+    mean: torch.Tensor | None = None       # the normalisation applied, per channel [C] (None: none)
+    std: torch.Tensor | None = None
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -60,9 +65,17 @@ def decode_png(cell) -> np.ndarray:
     return img if img.ndim == 3 else img[:, :, None]
 
 
-def to_float(images: np.ndarray) -> torch.Tensor:
-    """uint8 [n, C, H, W] -> float32 in [0, 1]."""
-    return torch.from_numpy(np.ascontiguousarray(images)).float().div_(255)
+def to_float(images) -> torch.Tensor:
+    """uint8 pixels [n, C, H, W] -> float32 in [0, 1]; float data (a user's factory) is taken as it is."""
+    if isinstance(images, np.ndarray):
+        images = np.ascontiguousarray(images)
+        images = torch.from_numpy(images if images.flags.writeable else images.copy())
+    images = torch.as_tensor(images)
+    if images.dtype == torch.uint8:
+        return images.float().div_(255)
+    if not images.is_floating_point():
+        raise DataError(f"inputs must be uint8 pixels or floats, got {images.dtype}")
+    return images.float()
 
 
 def normalise(x, mean, std):
@@ -223,6 +236,10 @@ def load_dataset(cfg: DataConfig) -> Dataset:
         tr_x, tr_y, te_x, te_y, names, name = load_digits()
     elif cfg.source == "synthetic":
         tr_x, tr_y, te_x, te_y, names, name = load_synthetic(cfg)
+    elif cfg.source == "python":
+        tr_x, tr_y, te_x, te_y, names, name = load_python(cfg)
+    elif cfg.source == "imagefolder":
+        tr_x, tr_y, te_x, te_y, names, name = load_imagefolder(cfg)
     else:
         raise DataError(f"unknown data source '{cfg.source}'")
     if tr_x.ndim != 4:
@@ -237,8 +254,25 @@ def load_dataset(cfg: DataConfig) -> Dataset:
         tr_x, tr_y = _subset(tr_x, tr_y, cfg.limit_train)
     if cfg.limit_test:
         te_x, te_y = _subset(te_x, te_y, cfg.limit_test)
+    val_x = val_y = None
+    if cfg.val_fraction:
+        tr_x, tr_y, val_x, val_y = _hold_out(tr_x, tr_y, cfg.val_fraction)
     train_x, test_x = to_float(tr_x), to_float(te_x)
-    if cfg.normalize:
+    val_x = None if val_x is None else to_float(val_x)
+    mean = std = None
+    if cfg.normalize:  # statistics of the training samples only (not the held-out ones)
         mean, std = train_x.mean(dim=(0, 2, 3)), train_x.std(dim=(0, 2, 3)).clamp_min(1e-6)
         train_x, test_x = normalise(train_x, mean, std), normalise(test_x, mean, std)
-    return Dataset(train_x, torch.from_numpy(tr_y), test_x, torch.from_numpy(te_y), num_classes, name, names)
+        val_x = None if val_x is None else normalise(val_x, mean, std)
+    return Dataset(train_x, torch.from_numpy(tr_y), test_x, torch.from_numpy(te_y), num_classes, name, names,
+                   val_x, None if val_y is None else torch.from_numpy(val_y), mean, std)
+
+
+def _hold_out(x: np.ndarray, y: np.ndarray, fraction: float):
+    """A seeded validation split (seed 0: the same samples in every run on this data)."""
+    n_val = int(round(fraction * len(x)))
+    if n_val == 0 or n_val == len(x):
+        raise DataError(f"data.val_fraction={fraction} of {len(x)} training samples leaves an empty split")
+    order = np.random.default_rng(0).permutation(len(x))
+    val, train = np.sort(order[:n_val]), np.sort(order[n_val:])
+    return x[train], y[train], x[val], y[val]

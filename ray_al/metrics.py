@@ -27,6 +27,11 @@ def exit_accuracies(batches: Iterable[list[torch.Tensor]], y: torch.Tensor) -> d
     return accs
 
 
+def split_accuracies(split: str, accs: dict[str, float]) -> dict[str, float]:
+    """exit_accuracies of another split, renamed: {"val_exit_1": .., "val_acc": ..} for split "val"."""
+    return {(f"{split}_acc" if k == "test_acc" else f"{split}_{k}"): v for k, v in accs.items()}
+
+
 # -- class-distance metafeatures (paper Table 4) ------------------------------------------------
 def class_distances(features: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
     """intra = mean over classes of the mean pairwise (Euclidean) distance inside the class;

@@ -43,5 +43,5 @@ def format_record(r: dict) -> str:
              if k.startswith("exit_")]
     losses = " ".join(f"{k}={v:.4f}" for k, v in r.items() if k.endswith("loss"))
     line = (f"epoch {r['epoch']}/{r['epochs']} train {r['train_time_s']:.1f}s ({r['samples_per_s']:,.0f} samples/s) "
-            f"{losses} test_acc={r['test_acc']:.4f}")
+            f"{losses}" + (f" val_acc={r['val_acc']:.4f}" if "val_acc" in r else "") + f" test_acc={r['test_acc']:.4f}")
     return line + (f" exits=[{' '.join(exits)}]" if len(exits) > 1 else "")

@@ -47,6 +47,7 @@ from ray_al.data import (
 from ray_al.errors import ConfigError, DataError
 from ray_al.labels import Origin, column_labels, count_classes
 from ray_al.models import block_count
+from ray_al.preprocess import Preprocess
 from ray_al.session import connect, gcs_reachable
 from ray_al.trainers.placement import cpus_per_block, wait_for_group
 
@@ -215,6 +216,9 @@ class RayDataSource:
             if self.stream.mean is not None:
                 self.test_x = normalise(self.test_x, torch.from_numpy(self.stream.mean),
                                         torch.from_numpy(self.stream.std))
+            self.val_x = self.val_y = None  # data.val_fraction needs the in-memory loader (config.py says so)
+            stats = [None if a is None else [float(v) for v in a] for a in (self.stream.mean, self.stream.std)]
+            self.preprocess = Preprocess(list(self.input_shape), *stats, None, list(names))
             self.description = (f"data: {folder.name} via Ray Data, train {self.train_size} rows in "
                                 f"{len(self.stream.files)} shard(s) (streamed), test {tuple(self.test_x.shape)} "
                                 f"{self.num_classes} classes")

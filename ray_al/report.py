@@ -16,6 +16,7 @@ from typing import Callable
 import torch
 
 from ray_al.config import Config, apply_overrides, config_from_dict, read_yaml
+from ray_al.early_exit import DEFAULT_THRESHOLDS, format_tradeoff, measure_tradeoff
 from ray_al.errors import ConfigError, RayALError
 from ray_al.metrics import (
     block_count_of,
@@ -42,6 +43,7 @@ class Run:
     tsne: dict = field(default_factory=dict)      # layer -> features of the paper's t-SNE layers
     labels: torch.Tensor | None = None
     note: str = ""                # why distances / t-SNE are missing
+    early_exit: dict = field(default_factory=dict)  # AL: the early-exit trade-off on the test split
 
     @property
     def final(self) -> dict:
@@ -156,6 +158,46 @@ def exits_section(runs: list[Run]) -> list[str]:
     return lines + [""]
 
 
+def tradeoff_section(runs: list[Run], out: Path) -> list[str]:
+    """Answering at the first exit whose top softmax probability reaches a threshold: accuracy against
+    blocks evaluated per input and FLOPs (`ray-al eval RUN --thresholds ...` prints the same)."""
+    done = [r for r in runs if r.early_exit]
+    if not done:
+        return []
+    lines = ["## Early-exit trade-off", "",
+             "Each input is answered at the first exit whose top softmax probability reaches the threshold "
+             "(else at the last); FLOPs per input are relative to the plain path f_1..f_N, b_N, h_N..h_1, and "
+             "count every exit read on the way.", ""]
+    for r in done:
+        lines += [f"### {r.label}", "", "```", format_tradeoff(r.early_exit["rows"]), "```", ""]
+    name = "early-exit.png"
+    tradeoff_figure(done, out / name)
+    return lines + [f"![early-exit trade-off]({name})", ""]
+
+
+def tradeoff_figure(runs: list[Run], path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, key, xlabel in ((axes[0], "blocks_per_input", "blocks evaluated per input"),
+                            (axes[1], "compute_vs_last_exit", "FLOPs per input / plain last-exit path")):
+        for r in runs:
+            rows = [row for row in r.early_exit["rows"] if not isinstance(row["threshold"], str)]
+            line, = ax.plot([row[key] for row in rows], [row["accuracy"] for row in rows], marker="o", label=r.label)
+            ax.axhline(r.early_exit["rows"][-1]["accuracy"], color=line.get_color(), linestyle=":", linewidth=1)
+            for row in rows:
+                ax.annotate(f"{row['threshold']:g}", (row[key], row["accuracy"]), fontsize=6)
+        ax.set(xlabel=xlabel, ylabel="test accuracy")
+    axes[0].set_title("accuracy vs blocks (dotted: last exit only)")
+    axes[1].set_title("accuracy vs compute")
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
 def _pairs(runs: list[Run]) -> list[tuple[Run | None, Run | None]]:
     """(BP, AL) runs of the same cell side by side; a run without a partner stands alone."""
     from itertools import zip_longest
@@ -255,6 +297,8 @@ def analyse(run: Run, overrides: list[str], samples: int, datasets: dict, log: L
     run.features = {name: class_distances(f, y) for name, f in feats.items()}
     run.model, run.labels = model, y
     run.tsne = {name: feats[name] for name in paper_layers(run.cfg.model.name, n)}
+    if isinstance(model, list):
+        run.early_exit = measure_tradeoff(model, data.test_x, data.test_y, DEFAULT_THRESHOLDS)
 
 
 def tsne_section(runs: list[Run], out: Path, samples: int, log: Log) -> list[str]:
@@ -301,7 +345,7 @@ def write_report(run_dirs: list[str | Path], out: str | Path, overrides: list[st
         path = (data_paths or {}).get(r.dataset)
         analyse(r, list(overrides) + ([f"data.path={path}"] if path else []), samples, datasets, log, loader)
     lines = ["# ray_al report", "", "Runs: " + ", ".join(f"`{r.label}`" for r in runs), ""]
-    lines += accuracy_section(runs) + exits_section(runs) + distance_section(runs)
+    lines += accuracy_section(runs) + exits_section(runs) + tradeoff_section(runs, out) + distance_section(runs)
     lines += tsne_section(runs, out, tsne_samples, log)
     lines += ["## Training curves", ""]
     for r in runs:

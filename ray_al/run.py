@@ -18,6 +18,7 @@ from ray_al.checkpoint.policy import Checkpointer, Position, RestartPolicy, fing
 from ray_al.config import Config
 from ray_al.data import Dataset
 from ray_al.errors import BlockLost, ConfigError, DataError
+from ray_al.metrics import split_accuracies
 from ray_al.models import parameter_counts
 from ray_al.progress import Log, Progress, format_record
 from ray_al.sources import ChunkSource, open_source
@@ -75,6 +76,7 @@ def _run(cfg: Config, source: ChunkSource, log: Log, on_epoch, keep_trainer: boo
                 log(f"config changed on resume (recorded in config.yaml and run.json): {', '.join(config_changes)}")
         else:
             storage.save_config(cfg)
+            source.preprocess.save(storage.run_dir)  # what `ray-al predict` repeats on new inputs
         log(source.description)
         counts = parameter_counts(cfg.model, source.input_shape, source.num_classes)
         log(f"model: {cfg.model.name} trainer={cfg.train.trainer} params: AL total {counts['al_total']:,}, "
@@ -123,6 +125,8 @@ def _run(cfg: Config, source: ChunkSource, log: Log, on_epoch, keep_trainer: boo
                 restarts.admit(e)
                 log(f"block lost: {e}; restart {len(restarts.restarts) + 1}/{restarts.max_restarts}")
                 trainer.restart()
+                for line in trainer.describe():  # where the blocks went this time
+                    log(line)
                 position = checkpoints.restore(trainer)
                 restarts.record(position.step, e)
                 log(f"rebuilt every block from checkpoint step {position.step}; replaying from there")
@@ -160,6 +164,8 @@ def _train_epoch(cfg: Config, source: ChunkSource, trainer: Trainer, checkpoints
     record = {"run_id": run_id, "epoch": epoch + 1, "epochs": cfg.train.epochs, "step": (epoch + 1) * n_batches,
               "train_time_s": seconds, "samples_per_s": done * cfg.data.batch_size / max(seconds, 1e-9),
               **progress.summary(), **trainer.evaluate(source.test_x, source.test_y)}
+    if source.val_x is not None:  # data.val_fraction: the held-out part of the training split
+        record.update(split_accuracies("val", trainer.evaluate(source.val_x, source.val_y)))
     if start_batch:  # resumed mid-epoch: time, rate and losses cover batches start_batch.. only
         record.update(partial=True, from_batch=start_batch)
     checkpoints.save(trainer, Position((epoch + 1) * n_batches, epoch + 1, 0), record)

@@ -27,9 +27,13 @@ def connect(ray_cfg: RayConfig) -> None:
         check_reachable(address)
     kwargs = {"address": address} if address else {"address": "local", "num_cpus": ray_cfg.num_cpus,
                                                    "include_dashboard": False}
+    if ray_cfg.runtime_env:  # this driver's job: local folders and files (py_modules, working_dir) are uploaded
+        kwargs["runtime_env"] = ray_cfg.runtime_env
     try:
         ray.init(logging_level="WARNING", **kwargs)
     except (ConnectionError, TimeoutError, ValueError, RuntimeError) as e:
+        if ray_cfg.runtime_env and isinstance(e, ValueError):
+            raise ConfigError(f"ray.runtime_env: {str(e).splitlines()[0]}") from None
         raise ConfigError(f"cannot reach the Ray cluster at {address}: {str(e).splitlines()[0]}") from None
 
 

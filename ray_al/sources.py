@@ -14,6 +14,7 @@ import torch
 from ray_al.batches import Chunk, batches_per_epoch, epoch_chunks
 from ray_al.config import Config
 from ray_al.data import Dataset, load_dataset
+from ray_al.preprocess import Preprocess
 
 
 class ChunkSource(Protocol):
@@ -23,6 +24,9 @@ class ChunkSource(Protocol):
     n_batches: int           # full batches per epoch
     test_x: torch.Tensor     # the test split, normalised as the training split
     test_y: torch.Tensor
+    val_x: torch.Tensor | None  # data.val_fraction of the training split, normalised likewise (None: none)
+    val_y: torch.Tensor | None
+    preprocess: Preprocess   # raw inputs -> model inputs, saved in the run folder for prediction
     checkpoints: bool        # whether a run on this source can save and resume
     description: str         # one line for the log
 
@@ -41,9 +45,12 @@ class MemorySource:
         self.cfg = cfg
         self.input_shape, self.num_classes = data.input_shape, data.num_classes
         self.test_x, self.test_y = data.test_x, data.test_y
+        self.val_x, self.val_y = data.val_x, data.val_y
+        self.preprocess = Preprocess.of(data, cfg.data.image_size)
         self.train_size = len(data.train_x)
         self.n_batches = batches_per_epoch(self.train_size, cfg.data.batch_size)
-        self.description = (f"data: {data.name} train {tuple(data.train_x.shape)} test {tuple(data.test_x.shape)} "
+        val = f" val {tuple(data.val_x.shape)}" if data.val_x is not None else ""
+        self.description = (f"data: {data.name} train {tuple(data.train_x.shape)}{val} test {tuple(data.test_x.shape)} "
                             f"{data.num_classes} classes")
 
     def chunks(self, epoch: int, start_batch: int = 0) -> Iterator[Chunk]:

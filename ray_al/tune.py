@@ -11,7 +11,7 @@ A sweep file:
       train.seed: {choice: [0, 1]}
     tune:
       num_samples: 1                 # samples per grid point
-      metric: test_acc               # reported per epoch; mode max
+      metric: test_acc               # reported per epoch; mode max (default val_acc with data.val_fraction)
       scheduler: asha                # none | asha (early stopping on `metric` by epoch)
       driver_cpus: 1                 # the trial's own process; each block takes ray.num_*_per_block
     output: runs/sweeps/mnist_mlp    # results.csv, results.json and every trial's run folder
@@ -177,7 +177,8 @@ def run_sweep(sweep: Sweep, log: Log = print):
     from ray_al.models import block_count
     from ray_al.session import connect
 
-    opts = {"num_samples": 1, "metric": "test_acc", "mode": "max", "scheduler": "none", "grace_period": 1,
+    metric = "val_acc" if sweep.base_cfg.data.val_fraction else "test_acc"  # select on held-out data if any
+    opts = {"num_samples": 1, "metric": metric, "mode": "max", "scheduler": "none", "grace_period": 1,
             "reduction_factor": 2, "max_concurrent_trials": None, "driver_cpus": 1.0, "verbose": 1, **sweep.tune}
     connect(sweep.base_cfg.ray)
     data = load_dataset(sweep.base_cfg.data)

@@ -9,3 +9,4 @@ def ray_cluster():
     ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
     yield ray
     ray.shutdown()
+

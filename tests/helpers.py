@@ -117,3 +117,29 @@ def pid_of(line: str) -> int:
 
 def node_of(line: str) -> str:
     return re.search(r"node ([0-9a-f]+) ", line).group(1)
+
+
+# A model defined outside the package, as a user would write it: BatchNorm in both blocks, so
+# prediction must use running statistics (eval mode) to answer one input as it answers a batch.
+USER_MODELS = '''
+import math
+
+import torch.nn as nn
+
+from ray_al.models.registry import Architecture, register
+
+
+@register("user_bn_mlp")
+def user_bn_mlp(input_shape, num_classes, act, d=32):
+    n = math.prod(input_shape)
+    return Architecture([nn.Sequential(nn.Flatten(), nn.Linear(n, 48), nn.BatchNorm1d(48), act()),
+                         nn.Sequential(nn.Linear(48, 48), nn.BatchNorm1d(48), act())], d)
+'''
+
+
+def write_user_models(folder: Path, module: str) -> Path:
+    """A module file named `module` defining model 'user_bn_mlp', outside the package."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{module}.py"
+    path.write_text(USER_MODELS)
+    return path

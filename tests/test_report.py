@@ -23,13 +23,15 @@ def test_report_of_an_al_and_a_bp_run(tmp_path, capsys):
     out = tmp_path / "report"
     assert main(["report", *runs, "--out", str(out), "--samples", "200", "--tsne-samples", "90"]) == 0
     text = (out / "report.md").read_text()
-    for section in ("## Test accuracy", "## Early exits", "## Class distances", "## t-SNE", "## Training curves"):
+    for section in ("## Test accuracy", "## Early exits", "## Early-exit trade-off", "## Class distances", "## t-SNE",
+                    "## Training curves"):
         assert section in text, section
+    assert "blocks/input" in text and "FLOPs vs last exit" in text  # the AL run's trade-off table
     assert "| digits-al_local | digits | mlp | 2/2 |" in text            # early exits of the AL run, 2 epochs
     assert "| digits-bp | digits | mlp | bp | 2/2 |" in text             # no paper figure for the digits
     assert "| bridge |" in text and "| s1 |" in text and "skipped" not in text
     pngs = sorted(p.name for p in out.glob("*.png"))
-    assert pngs == ["curves-digits-al_local.png", "curves-digits-bp.png", "tsne-digits-bp.png"]
+    assert pngs == ["curves-digits-al_local.png", "curves-digits-bp.png", "early-exit.png", "tsne-digits-bp.png"]
     for name in pngs:
         _png(out / name)
         assert f"]({name})" in text

@@ -15,7 +15,7 @@ from ray_al.blocks import ALBlock, BlockOptions
 from ray_al.config import ModelConfig
 from ray_al.errors import ConfigError
 from ray_al.models import cnn, mlp, resnet, vgg  # noqa: F401  (registers the builders)
-from ray_al.models.registry import Architecture, build_architecture, model_names, register
+from ray_al.models.registry import Architecture, build_architecture, import_model_module, model_names, register
 
 ACTIVATIONS = {"elu": nn.ELU, "relu": nn.ReLU, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh}
 
@@ -48,6 +48,7 @@ def _materialise(module: nn.Module, seed: int, device) -> nn.Module:
 
 def _architecture(model: ModelConfig, input_shape, num_classes, for_bp: bool) -> Architecture:
     act = ACTIVATIONS[model.act or ("relu" if for_bp else "elu")]
+    import_model_module(model.module)
     with torch.device("meta"):
         return build_architecture(model.name, input_shape, num_classes, act, d=model.d, depth=model.depth)
 

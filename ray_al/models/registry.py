@@ -1,6 +1,7 @@
 """Model registry: a builder turns (input shape, classes, activation, knobs) into f-stages."""
 from __future__ import annotations
 
+import importlib
 import inspect
 from dataclasses import dataclass
 from typing import Callable
@@ -25,6 +26,22 @@ def register(name: str):
         _BUILDERS[name] = fn
         return fn
     return wrap
+
+
+def import_model_module(name: str | None) -> None:
+    """`model.module`: import the user's module so its @register builders exist in this process.
+    The registry is per process, so the driver and every block actor import it before the lookup."""
+    if not name:
+        return
+    try:
+        importlib.import_module(name)
+    except Exception as e:  # the user's code: any failure on import is a config problem
+        raise ConfigError(f"model.module '{name}' cannot be imported: {type(e).__name__}: {e}") from None
+
+
+def builder_module(name: str) -> str | None:
+    """The module that registered model `name` (None: not registered here)."""
+    return getattr(_BUILDERS.get(name), "__module__", None)
 
 
 def model_names() -> list[str]:

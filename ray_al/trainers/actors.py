@@ -11,7 +11,7 @@ import torch
 from ray_al.block_trainer import BlockTrainer
 from ray_al.checkpoint.files import read_block, write_block
 from ray_al.config import ModelConfig, OptimConfig
-from ray_al.errors import TrainingError
+from ray_al.errors import RayALError
 from ray_al.models import build_al_block
 
 
@@ -19,15 +19,15 @@ from ray_al.models import build_al_block
 class BlockActor:
     def __init__(self, model: ModelConfig, optim: OptimConfig, seed: int, threads: int | None,
                  input_shape: tuple, num_classes: int, index: int, n_blocks: int, total_steps: int):
-        # A constructor that raises makes Ray print its traceback and answer every call with a long,
-        # coloured "died in its creation task"; keep the cause and report it from where() in one line.
-        self.start_error = None
+        # A failure here is kept and reported by where() as one line: raised, Ray would print its
+        # traceback once per actor and the driver would see only "died in its creation task".
+        self.startup_error, self.index = None, index
         try:
-            self._start(model, optim, seed, threads, input_shape, num_classes, index, n_blocks, total_steps)
+            self._setup(model, optim, seed, threads, input_shape, num_classes, index, n_blocks, total_steps)
         except Exception as e:
-            self.start_error = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+            self.startup_error = str(e) if isinstance(e, RayALError) else f"{type(e).__name__}: {e}"
 
-    def _start(self, model: ModelConfig, optim: OptimConfig, seed: int, threads: int | None,
+    def _setup(self, model: ModelConfig, optim: OptimConfig, seed: int, threads: int | None,
                input_shape: tuple, num_classes: int, index: int, n_blocks: int, total_steps: int) -> None:
         cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
         torch.set_num_threads(threads or max(1, int(cpus)))
@@ -41,14 +41,15 @@ class BlockActor:
         self.delay = float(seconds) if block_no == str(index + 1) else 0.0
 
     def where(self) -> dict:
-        if self.start_error:
-            raise TrainingError(f"a block actor failed to start: {self.start_error}")
+        if self.startup_error:
+            return {"block": self.index + 1, "error": self.startup_error}
         ctx = ray.get_runtime_context()
         device = str(self.device)
         if self.device.type == "cuda":
             device += f" ({torch.cuda.get_device_name(self.device)}, GPU ids {ray.get_gpu_ids()})"
         return {"block": self.trainer.index + 1, "node": ctx.get_node_id()[:12], "host": socket.gethostname(),
-                "pid": os.getpid(), "device": device, "threads": torch.get_num_threads()}
+                "ip": ray.util.get_node_ip_address(), "pid": os.getpid(), "device": device,
+                "threads": torch.get_num_threads()}
 
     @ray.method(num_returns=2)
     def train_chunk(self, inputs: tuple):
@@ -70,6 +71,10 @@ class BlockActor:
         """Apply h_i to the exits coming down from later blocks and to this block's own exit."""
         outs = self.trainer.decode_exits([*carried, own_bridge], logits=self.trainer.index == 0)
         return [o.cpu() for o in outs]
+
+    def decode_one(self, t: torch.Tensor) -> torch.Tensor:
+        """h_i of one exit's target estimate: a step of exit k's decode chain k, k-1, .., 1 (early exit)."""
+        return self.trainer.decode_exits([t], logits=self.trainer.index == 0)[0].cpu()
 
     def get_state(self) -> dict:
         return _to_cpu(self.trainer.state_dict())

@@ -17,7 +17,7 @@ import torch
 
 from ray_al.batches import Chunk, eval_batches
 from ray_al.config import Config
-from ray_al.errors import BlockLost, RayALError, TrainingError
+from ray_al.errors import BlockLost, ConfigError, RayALError, TrainingError
 from ray_al.metrics import exit_accuracies
 from ray_al.models import block_count
 from ray_al.session import connect, gcs_reachable
@@ -25,25 +25,33 @@ from ray_al.trainers.actors import BlockActor
 from ray_al.trainers.base import OnChunk
 from ray_al.trainers.placement import reserve
 
-_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
-
-
-def last_line(text: str) -> str:
-    """The line of a Ray error that names the exception (its traceback's last), without colour codes."""
-    lines = [ln.strip() for ln in _ANSI.sub("", text).splitlines() if ln.strip()]
-    return lines[-1][:300] if lines else "unknown error"
-
 
 def _unwrap(e: Exception) -> RayALError:
     if isinstance(e, ray.exceptions.RayActorError) and getattr(e, "actor_init_failed", False):
-        # the cause is the last line of the creation task's traceback; a restart would fail again
-        return TrainingError(f"a block actor failed to start: {last_line(str(e))}")
+        return _startup_error(e)  # a restart would fail the same way
     if isinstance(e, (ray.exceptions.RayActorError, ray.exceptions.ObjectLostError)):
-        return BlockLost(last_line(str(e).strip().splitlines()[0]))
+        return BlockLost(_last_line(str(e).strip().splitlines()[0]))
     cause = getattr(e, "cause", None)
     if isinstance(cause, RayALError):
         return type(cause)(str(cause))
-    return TrainingError(f"a block actor failed: {last_line(str(e))}")
+    return TrainingError(f"a block actor failed: {_last_line(e)}")
+
+
+def _startup_error(e: Exception) -> RayALError:
+    """A block actor that never ran our code (runtime_env set-up, its process dying, ray_al missing
+    on the node): the cause in one line, not a restartable BlockLost."""
+    if isinstance(e, ray.exceptions.RuntimeEnvSetupError):
+        return ConfigError(f"ray.runtime_env of the block actors could not be set up: {_last_line(e)}")
+    return TrainingError(f"a block actor could not start: {_last_line(e)}")
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+def _last_line(e: Exception | str) -> str:
+    """The line of a Ray error that names the exception (its traceback's last), without colour codes."""
+    lines = [line.strip() for line in _ANSI.sub("", str(e)).strip().splitlines() if line.strip()]
+    return lines[-1][:300] if lines else type(e).__name__
 
 
 def _settle(refs: list, timeout: float = 10.0) -> None:
@@ -80,13 +88,14 @@ class ALPipeline:
                     i, self.n, self.total_steps)
             for i in range(self.n)
         ]
-        self.placement = []
-        for i, ref in enumerate([a.where.remote() for a in self.actors]):
-            try:
-                self.placement.append(self._get(ref))
-            except RayALError as e:  # name the block; release what started
-                self.close()
-                raise type(e)(f"block {i + 1}: {e}") from None
+        try:
+            self.placement = ray.get([a.where.remote() for a in self.actors])
+            failed = next((p for p in self.placement if "error" in p), None)
+            if failed:
+                raise ConfigError(f"block {failed['block']} could not start: {failed['error']}")
+        except (RayALError, ray.exceptions.RayError) as e:
+            self.close()  # no half-started chain left holding the placement group
+            raise (e if isinstance(e, RayALError) else _startup_error(e)) from None
 
     def restart(self) -> None:
         """Replace every block actor (after a loss): fresh processes, a fresh placement group."""
@@ -164,7 +173,7 @@ class ALPipeline:
         self._get([a.load.remote(run_uri, manifest) for a in self.actors])
 
     def describe(self) -> list[str]:
-        return [f"block {p['block']}: node {p['node']} ({p['host']}) pid {p['pid']} {p['device']}, "
+        return [f"block {p['block']}: node {p['node']} ({p['host']}, {p['ip']}) pid {p['pid']} {p['device']}, "
                 f"{p['threads']} thread(s)" for p in self.placement]
 
     def close(self) -> None:

@@ -1,0 +1,44 @@
+"""`ray-al export RUN --out DIR`: the prediction path and every exit as plain PyTorch programs.
+
+DIR gets one `torch.export` program per block, `stage-k.pt2` (s_{k-1} -> (s_k, exit k's logits):
+f_k, and b_k, h_k..h_1), so chaining stages 1..N computes f_1..f_N, b_N, h_N..h_1 and every exit
+on the way; `meta.json` (the training preprocessing and class names) and `al_exits.py`, a loader
+that needs only PyTorch (see ray_al/exported.py). The batch dimension is dynamic; BatchNorm is
+exported in eval mode.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from ray_al.early_exit import stages_of
+from ray_al.errors import ConfigError
+
+LOADER = Path(__file__).with_name("exported.py")
+
+
+def export_run(run_dir: str | Path, out: str | Path, overrides: list[str] | None = None) -> Path:
+    from ray_al.prediction import load
+
+    run = load(run_dir, overrides)
+    out = Path(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"--out {out}: {e.strerror or e}") from None
+    batch = torch.export.Dim("batch", min=1)
+    s = torch.zeros(2, *run.preprocess.input_shape)
+    with torch.no_grad():
+        for k, stage in enumerate(stages_of(run.blocks), start=1):
+            program = torch.export.export(stage, (s,), dynamic_shapes=({0: batch},))
+            torch.export.save(program, str(out / f"stage-{k}.pt2"))
+            s, _ = stage(s)
+    meta = {**asdict(run.preprocess), "n_blocks": run.n, "run_dir": str(run_dir), "step": run.manifest["step"],
+            "model": run.cfg.model.name}
+    (out / "meta.json").write_text(json.dumps(meta, indent=1))
+    shutil.copyfile(LOADER, out / "al_exits.py")
+    return out

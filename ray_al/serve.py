@@ -1,0 +1,143 @@
+"""`ray-al serve RUN`: a run's model behind HTTP with Ray Serve, answering at the first confident exit.
+
+Layout: one deployment per block (`stage-k`: f_k and exit k's head, see ray_al/early_exit.py)
+and an ingress deployment that decodes the image, preprocesses it as training did and walks the
+stages through DeploymentHandles, stopping at the first exit whose confidence reaches the
+threshold. This is the composition Ray Serve's guide recommends for multi-model pipelines
+(deployments bound into one application, called through handles, each scaled and given its
+resources on its own), and it fits early exit: an input answered at block k never reaches the
+replicas of blocks k+1..N, so the later blocks, which see only the hard inputs, can run fewer
+replicas or smaller GPU shares (`--replicas 2,1`, `--gpus-per-block`). One deployment holding
+the whole model would save a hop per block but scale all blocks as one.
+
+    POST /?threshold=0.9&exit=auto   body: the image file (PNG, JPEG, ...)
+    -> {"prediction": 7, "class": "7", "confidence": 0.97, "exit": 1}
+    A body that is empty, not an image or of the wrong size gets a 400 with {"error": "..."}.
+
+Every replica loads the run's newest checkpoint itself: the run folder (or `checkpoint.uri`) must
+be readable from the nodes that host the replicas.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+
+from ray_al.errors import ConfigError, RayALError
+
+
+@serve.deployment
+class StageDeployment:
+    """Block k: s_{k-1} -> (s_k, exit k's logits), on the GPU Ray gave this replica, else CPU."""
+
+    def __init__(self, run_dir: str, k: int, overrides: list[str]):
+        import ray
+        import torch
+
+        from ray_al.early_exit import stages_of
+        from ray_al.prediction import load
+
+        cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
+        torch.set_num_threads(max(1, int(cpus)))
+        self.device = torch.device("cuda:0" if ray.get_gpu_ids() and torch.cuda.is_available() else "cpu")
+        self.stage = stages_of(load(run_dir, overrides).blocks)[k - 1].to(self.device)
+
+    def __call__(self, s):
+        import torch
+
+        with torch.no_grad():
+            s, logits = self.stage(s.to(self.device))
+        return s.cpu(), logits.cpu()
+
+
+@serve.deployment
+class ALIngress:
+    def __init__(self, stages: list[DeploymentHandle], preprocess: dict, threshold: float, measure: str):
+        from ray_al.preprocess import Preprocess
+
+        self.stages, self.pre = stages, Preprocess(**preprocess)
+        self.threshold, self.measure = threshold, measure
+
+    async def __call__(self, request):
+        from starlette.responses import JSONResponse
+
+        from ray_al.early_exit import ExitPolicy, confidence
+        from ray_al.images import decode_image
+        from ray_al.prediction import _image_args
+
+        try:
+            exit_q = request.query_params.get("exit", "auto")
+            policy = ExitPolicy(None if exit_q == "auto" else _int(exit_q, "exit"),
+                                _float(request.query_params.get("threshold", self.threshold)),
+                                request.query_params.get("confidence", self.measure)).check(len(self.stages))
+            x = self.pre(decode_image(await request.body(), *_image_args(self.pre), name="request body")[None])
+        except RayALError as e:
+            return JSONResponse({"error": str(e)}, status_code=400)
+        s, last = x, policy.exit or len(self.stages)
+        for k in range(1, last + 1):
+            s, logits = await self.stages[k - 1].remote(s)
+            if k < last and policy.exit is not None:
+                continue
+            c = float(confidence(logits, policy.measure)[0])
+            if k == last or c >= policy.threshold:
+                p = int(logits[0].argmax())
+                return {"prediction": p, "class": self.pre.label(p), "confidence": round(c, 6), "exit": k}
+
+
+def _float(v) -> float:
+    try:
+        return float(v)
+    except ValueError:
+        raise ConfigError(f"threshold '{v}' is not a number") from None
+
+
+def _int(v: str, what: str) -> int:
+    if not v.isdigit():
+        raise ConfigError(f"{what} must be a block number or auto, got '{v}'")
+    return int(v)
+
+
+def build_app(run_dir: str | Path, threshold: float = 0.9, measure: str = "maxprob", replicas: list[int] | None = None,
+              cpus_per_block: float = 0.5, gpus_per_block: float = 0.0, overrides: list[str] | None = None):
+    """The Serve application: ingress -> stage-1 .. stage-N."""
+    from ray_al.early_exit import ExitPolicy
+    from ray_al.prediction import load
+
+    run_dir = str(Path(run_dir).resolve())
+    run = load(run_dir, overrides)  # checks the run and its preprocessing here, before any replica starts
+    ExitPolicy(None, threshold, measure).check(run.n)
+    replicas = replicas or [1] * run.n
+    if len(replicas) == 1:
+        replicas = replicas * run.n
+    if len(replicas) != run.n or min(replicas) < 1:
+        raise ConfigError(f"--replicas needs one positive count, or one per block ({run.n}), got {replicas}")
+    stages = [StageDeployment.options(name=f"stage-{k}", num_replicas=replicas[k - 1],
+                                      ray_actor_options={"num_cpus": cpus_per_block, "num_gpus": gpus_per_block})
+              .bind(run_dir, k, list(overrides or [])) for k in range(1, run.n + 1)]
+    return ALIngress.options(ray_actor_options={"num_cpus": 0.1}).bind(stages, asdict(run.preprocess), threshold,
+                                                                       measure)
+
+
+def start(run_dir, host: str = "127.0.0.1", port: int = 8000, name: str = "ray_al", route_prefix: str = "/",
+          **app_options) -> str:
+    """Start Serve's HTTP proxy on host:port (in the Ray this process is connected to) and deploy
+    the run; returns the URL."""
+    app = build_app(run_dir, **app_options)
+    serve.start(http_options={"host": host, "port": port})
+    serve.run(app, name=name, route_prefix=route_prefix)
+    return f"http://{host}:{port}{route_prefix}"
+
+
+def serve_forever(run_dir, **options) -> None:
+    """The CLI: start, print the URL, serve until Ctrl-C (or SIGTERM), then remove the application."""
+    import time
+
+    url = start(run_dir, **options)
+    print(f"serving {run_dir} at {url} (POST an image; ?threshold=0.9&exit=auto); Ctrl-C stops", flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    finally:
+        serve.shutdown()
