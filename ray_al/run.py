@@ -102,6 +102,8 @@ def _run(cfg: Config, source: ChunkSource, log: Log, on_epoch, keep_trainer: boo
                 restarts.admit(e)
                 log(f"block lost: {e}; restart {len(restarts.restarts) + 1}/{restarts.max_restarts}")
                 trainer.restart()
+                for line in trainer.describe():  # where the blocks went this time
+                    log(line)
                 position = checkpoints.restore(trainer)
                 restarts.record(position.step, e)
                 log(f"rebuilt every block from checkpoint step {position.step}; replaying from there")

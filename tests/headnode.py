@@ -1,10 +1,12 @@
 """A real Ray head node (`ray start --head --block`) on loopback, with its own ports and temp dir,
 for tests that need the job server. Stopped by ending its own process group, never `ray stop`
-(which would end every Ray cluster of this user on the machine)."""
+(which would end every Ray cluster of this user on the machine). Below it, `ray job` from the
+command line against any cluster object with `.ray(...)` (a HeadNode, tests/hosts.py's Hosts)."""
 from __future__ import annotations
 
 import os
 import random
+import re
 import shutil
 import signal
 import socket
@@ -13,6 +15,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from tests.helpers import REPO
 
 RAY = str(Path(sys.executable).with_name("ray"))
 
@@ -105,3 +109,34 @@ class HeadNode:
             except OSError:
                 continue
         return pids
+
+
+# -- `ray job` from the command line -----------------------------------------------------------
+def submit(head, job_id: str, args: list[str]) -> None:
+    head.ray("job", "submit", "--no-wait", "--submission-id", job_id, "--working-dir", str(REPO),
+             "--", "python", "-m", "ray_al", "train", *args, cwd=REPO)
+
+
+def status(head, job_id: str) -> str:
+    out = head.ray("job", "status", job_id).stdout
+    found = re.search(r"Status for job '[^']+': (\w+)", out)  # pending / running
+    if found:
+        return found.group(1)
+    for word, state in (("was stopped", "STOPPED"), ("succeeded", "SUCCEEDED"), ("failed", "FAILED")):
+        if word in out:  # finished jobs are reported in a sentence
+            return state
+    return "?"
+
+
+def wait_for(head, job_id: str, states: set[str], timeout: float) -> str:
+    deadline, state = time.time() + timeout, "?"
+    while time.time() < deadline:
+        state = status(head, job_id)
+        if state in states:
+            return state
+        time.sleep(1.0)
+    raise AssertionError(f"job {job_id} still {state} after {timeout}s; logs:\n{logs(head, job_id)[-3000:]}")
+
+
+def logs(head, job_id: str) -> str:
+    return head.ray("job", "logs", job_id, check=False).stdout

@@ -1,13 +1,11 @@
 """`ray job submit --working-dir . -- python -m ray_al train ...` against a real head node
 (`ray start --head` on loopback, its own ports and temp dir), and `ray job stop` mid-run."""
 import json
-import re
 import time
 
 import pytest
 
-from tests.headnode import HeadNode
-from tests.helpers import REPO
+from tests.headnode import HeadNode, logs, status, submit, wait_for
 
 pytestmark = pytest.mark.slow
 TINY = ["data.source=synthetic", "data.synthetic_size=256", "data.batch_size=32", "model.d=32",
@@ -23,36 +21,6 @@ def head():
     finally:
         node.stop()
     assert not node.leftover_pids()
-
-
-def submit(head, job_id: str, args: list[str]) -> None:
-    head.ray("job", "submit", "--no-wait", "--submission-id", job_id, "--working-dir", str(REPO),
-             "--", "python", "-m", "ray_al", "train", *args, cwd=REPO)
-
-
-def status(head, job_id: str) -> str:
-    out = head.ray("job", "status", job_id).stdout
-    found = re.search(r"Status for job '[^']+': (\w+)", out)  # pending / running
-    if found:
-        return found.group(1)
-    for word, state in (("was stopped", "STOPPED"), ("succeeded", "SUCCEEDED"), ("failed", "FAILED")):
-        if word in out:  # finished jobs are reported in a sentence
-            return state
-    return "?"
-
-
-def wait_for(head, job_id: str, states: set[str], timeout: float) -> str:
-    deadline, state = time.time() + timeout, "?"
-    while time.time() < deadline:
-        state = status(head, job_id)
-        if state in states:
-            return state
-        time.sleep(1.0)
-    raise AssertionError(f"job {job_id} still {state} after {timeout}s; logs:\n{logs(head, job_id)[-3000:]}")
-
-
-def logs(head, job_id: str) -> str:
-    return head.ray("job", "logs", job_id, check=False).stdout
 
 
 def alive_actors(head) -> list[dict]:

@@ -48,7 +48,8 @@ class BlockActor:
         if self.device.type == "cuda":
             device += f" ({torch.cuda.get_device_name(self.device)}, GPU ids {ray.get_gpu_ids()})"
         return {"block": self.trainer.index + 1, "node": ctx.get_node_id()[:12], "host": socket.gethostname(),
-                "pid": os.getpid(), "device": device, "threads": torch.get_num_threads()}
+                "ip": ray.util.get_node_ip_address(), "pid": os.getpid(), "device": device,
+                "threads": torch.get_num_threads()}
 
     @ray.method(num_returns=2)
     def train_chunk(self, inputs: tuple):

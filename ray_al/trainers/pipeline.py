@@ -169,7 +169,7 @@ class ALPipeline:
         self._get([a.load.remote(run_uri, manifest) for a in self.actors])
 
     def describe(self) -> list[str]:
-        return [f"block {p['block']}: node {p['node']} ({p['host']}) pid {p['pid']} {p['device']}, "
+        return [f"block {p['block']}: node {p['node']} ({p['host']}, {p['ip']}) pid {p['pid']} {p['device']}, "
                 f"{p['threads']} thread(s)" for p in self.placement]
 
     def close(self) -> None:
