@@ -100,8 +100,9 @@ if __name__ == "__main__":
             say(f"at equal accuracy ({best['accuracy']:.4f} >= last exit {result['rows'][-1]['accuracy']:.4f}): "
                 f"threshold {best['threshold']}, {best['blocks_per_input']:.3f} of {n} blocks per input "
                 f"({1 - best['blocks_per_input'] / n:.1%} fewer blocks); FLOPs {best['compute_vs_last_exit']:.3f} "
-                f"of the plain last-exit path ({1 - best['compute_vs_last_exit']:+.1%} saved: every exit read on "
-                f"the way costs its bridge and decoders)")
+                f"of the plain last-exit path ({abs(1 - best['compute_vs_last_exit']):.1%} "
+                f"{'fewer' if best['compute_vs_last_exit'] < 1 else 'more'}: every exit read on the way costs its "
+                f"bridge and decoders)")
         else:
             say("no threshold answers any input early at the last exit's accuracy")
         results[name] = {**result, "summary_final": final, "equal_accuracy": best, "seconds": trained_s}
