@@ -39,10 +39,13 @@ def _unwrap(e: Exception) -> RayALError:
 
 
 def _startup_error(e: Exception) -> RayALError:
-    """A block actor that never ran our code (runtime_env set-up, its process dying, ray_al missing
-    on the node): the cause in one line, not a restartable BlockLost."""
+    """A block actor that failed before our constructor could report (its runtime_env, ray_al
+    missing on its node): the cause in one line, not a restartable BlockLost. A process or node
+    lost while starting stays a BlockLost."""
     if isinstance(e, ray.exceptions.RuntimeEnvSetupError):
         return ConfigError(f"ray.runtime_env of the block actors could not be set up: {_last_line(e)}")
+    if isinstance(e, ray.exceptions.RayActorError) and not e.actor_init_failed:
+        return _unwrap(e)
     return TrainingError(f"a block actor could not start: {_last_line(e)}")
 
 
