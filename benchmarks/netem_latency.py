@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -53,8 +54,10 @@ def drive(address: str, args) -> None:
             if line.strip() != "measure":
                 break
             for k, (cfg, pipe) in pipes.items():
-                rate = _timed(pipe, data, cfg, k, args.batches, warmup=2 * k * args.inflight)
-                print(json.dumps({"k": k, "samples_per_s": rate, "blocks_on": [p["ip"] for p in pipe.placement]}))
+                batches = max(args.batches, 32 * k)  # at least 32 chunks
+                rates = [_timed(pipe, data, cfg, k, batches, warmup=2 * k * args.inflight) for _ in range(args.repeat)]
+                print(json.dumps({"k": k, "samples_per_s": statistics.median(rates), "runs": rates,
+                                  "batches": batches, "blocks_on": [p["ip"] for p in pipe.placement]}))
             print("done", flush=True)
     finally:
         for _, pipe in pipes.values():
@@ -67,7 +70,8 @@ def main() -> None:
                    help="added one-way latency in ms, in this order; `none`: no delay element at all, 0: the "
                         "element at 0 ms (its own cost); `none` twice shows the drift of a shared machine")
     p.add_argument("--chunks", type=int, nargs="+", default=[1, 16], help="chunk sizes K")
-    p.add_argument("--batches", type=int, default=256, help="timed batches per run")
+    p.add_argument("--batches", type=int, default=256, help="timed batches per run (at least 32 chunks)")
+    p.add_argument("--repeat", type=int, default=3, help="timed runs per row; the table shows their median")
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--pixels", type=int, default=64, help="input size (a square; 784 for MNIST's)")
     p.add_argument("--width", type=int, default=64, help="model.d (small: the network, not the arithmetic, "
@@ -83,10 +87,11 @@ def main() -> None:
     if reason := unavailable():
         raise SystemExit(f"netem_latency: {reason}")
     hosts = Hosts(workers=2)
-    rows, how = [], "none"
+    rows, how, load = [], "none", [os.getloadavg()[0]]
     try:
         inner = ["--chunks", *map(str, args.chunks), "--batches", str(args.batches), "--batch", str(args.batch),
-                 "--pixels", str(args.pixels), "--width", str(args.width), "--inflight", str(args.inflight)]
+                 "--pixels", str(args.pixels), "--width", str(args.width), "--inflight", str(args.inflight),
+                 "--repeat", str(args.repeat)]
         driver = subprocess.Popen(hosts.head.cmd(sys.executable, str(Path(__file__).resolve()), *inner,
                                                  "--driver", hosts.gcs_address),
                                   env=hosts.env, cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
@@ -106,20 +111,23 @@ def main() -> None:
                 hosts.undelay(host)
         driver.stdin.close()
         driver.wait(timeout=120)
+        load.append(os.getloadavg()[0])
     finally:
         hosts.close()
     base = {k: statistics.mean(r["samples_per_s"] for r in rows if r["delay_ms"] == "none" and r["k"] == k)
             for k in args.chunks if any(r["delay_ms"] == "none" and r["k"] == k for r in rows)}
     print(f"pipeline throughput against added one-way latency between hosts ({how}); 2 blocks on 2 worker "
           f"hosts, driver on the head; mlp d={args.width}, input {args.pixels}, batch {args.batch}, "
-          f"{args.batches} batches per run, at most {args.inflight} chunks in flight")
+          f"median of {args.repeat} runs of max({args.batches}, 32 K) batches, at most {args.inflight} chunks in "
+          f"flight; load average {load[0]:.1f} at the start, {load[-1]:.1f} at the end")
     print(f"{'added latency':>14} {'K':>4} {'samples/s':>10} {'vs none (mean of its rows)':>27}")
     for r in rows:
         ratio = f"{r['samples_per_s'] / base[r['k']]:.2f}" if r["k"] in base else "-"
         label = "none" if r["delay_ms"] == "none" else f"{float(r['delay_ms']):g} ms"
         print(f"{label:>14} {r['k']:>4} {r['samples_per_s']:>10,.0f} {ratio:>27}")
     if args.out:
-        Path(args.out).write_text(json.dumps({"delay": how, "args": vars(args), "rows": rows}, indent=1))
+        Path(args.out).write_text(json.dumps({"delay": how, "args": vars(args), "load_average": load, "rows": rows},
+                                             indent=1))
 
 
 if __name__ == "__main__":

@@ -125,8 +125,9 @@ class Hosts:
     start_ray: bool = True                           # False: the network alone
 
     def __post_init__(self):
-        self.tag = f"{os.getpid()}{next(_SEQ)}"
-        net = int(self.tag) % 250 + 1
+        seq = next(_SEQ)
+        self.tag = f"{os.getpid()}x{seq}"  # interface names stay within Linux's 15 characters
+        net = (os.getpid() * 7 + seq) % 250 + 1
         self.subnet = f"10.77.{net}.0/24"
         self.bridge = f"rb{self.tag}"
         self.temp_root = Path(tempfile.mkdtemp(prefix=f"rh{self.tag}-", dir="/tmp"))  # short: socket paths
@@ -137,6 +138,7 @@ class Hosts:
         self.delays: dict[str, subprocess.Popen | None] = {}
         self.env = self._env()
         try:
+            self._remove_leftovers()
             self._build_network()
             if self.start_ray:
                 self.start_node(self.head)
@@ -179,6 +181,16 @@ class Hosts:
         env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=self.token, RAY_USAGE_STATS_ENABLED="0",
                    PYTHONPATH=str(REPO), PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}", **self.env_extra)
         return env
+
+    def _remove_leftovers(self) -> None:
+        """Names carry this process's id, so anything already bearing them was left by a dead
+        process that had the same id before us: remove it (never anything of another name)."""
+        for h in self.hosts.values():
+            if Path(f"/run/netns/{h.netns}").exists():
+                h.kill_all()
+                sh("ip", "netns", "del", h.netns, check=False)
+            sh("ip", "link", "del", h.veth, check=False)
+        sh("ip", "link", "del", self.bridge, check=False)
 
     def _build_network(self) -> None:
         sh("ip", "link", "add", self.bridge, "type", "bridge")
@@ -311,18 +323,17 @@ class Hosts:
     # -- teardown ---------------------------------------------------------------------------
     def close(self) -> None:
         """Everything we made, in order: processes of every host, delay lines, namespaces, links,
-        bridge, temp dirs. Safe to call twice and after a partial build."""
+        bridge, temp dirs. Safe to call twice and after a partial build; raises at the end if a
+        process outlived SIGKILL (its namespace is removed all the same)."""
+        errors = []
         for host in self.hosts.values():
             if host.role in self.delays:
-                try:
-                    self.undelay(host)
-                except HostsError:
-                    pass
+                self.undelay(host)
             if Path(f"/run/netns/{host.netns}").exists():
                 try:
                     host.kill_all()
-                except HostsError:
-                    pass
+                except HostsError as e:
+                    errors.append(str(e))
             if host.proc is not None and host.proc.poll() is None:
                 os.killpg(host.proc.pid, signal.SIGKILL)
                 host.proc.wait(timeout=5)
@@ -330,6 +341,8 @@ class Hosts:
             sh("ip", "link", "del", host.veth, check=False)  # gone with its namespace's end, normally
         sh("ip", "link", "del", self.bridge, check=False)
         shutil.rmtree(self.temp_root, ignore_errors=True)
+        if errors:
+            raise HostsError("; ".join(errors))
 
     def leftovers(self) -> list[str]:
         """Anything of ours still there (for tests of the teardown itself)."""
@@ -341,16 +354,17 @@ class Hosts:
 
 
 def hosts_for_tests(**kwargs) -> Hosts:
-    """Hosts, or a pytest skip that says why they cannot be made here. In CI (CI=true) as root a
-    failure to build them fails the test run instead: there they must run."""
+    """Hosts, or a pytest skip that says why they cannot be made here. In CI (CI=true) as root,
+    where they can be made, a failure to build them fails the test run instead of skipping."""
     import pytest
 
     reason = unavailable()
-    if reason and (os.geteuid() != 0 or os.environ.get("CI") != "true"):
+    must_run = os.environ.get("CI") == "true" and getattr(os, "geteuid", lambda: -1)() == 0
+    if reason and not must_run:
         pytest.skip(f"separate hosts (network namespaces) unavailable: {reason}")
     try:
         return Hosts(**kwargs)
-    except HostsError as e:
-        if os.environ.get("CI") == "true":
+    except (HostsError, OSError) as e:
+        if must_run:
             pytest.fail(f"CI=true and root, but the hosts could not be built: {e}")
         pytest.skip(f"separate hosts (network namespaces) could not be built here: {e}")

@@ -1,7 +1,8 @@
 """The pipeline across real hosts: network namespaces on a private bridge (tests/hosts.py), a Ray
-head and three workers each with its own IP, a client host with none. The driver runs on the head
-(`python -m ray_al train ray.address=HEAD:6379`), jobs are submitted from the client, and faults
-are made for real: a host's processes killed, its link cut, its link slowed.
+head and three workers each with its own IP, a client host with none. Jobs are submitted from the
+client (`ray job submit`), other runs start on the head as a user logged in there would start them
+(`python -m ray_al train ray.address=HEAD:6379`), and faults are made for real: a host's processes
+killed, its link cut, its link slowed.
 
 Run folders and checkpoints live in pytest's tmp_path, on the filesystem every host shares (the
 stand-in for a cluster's shared storage). Every run is compared bitwise with `al_local` in this
@@ -118,24 +119,14 @@ def run_on_head(hosts, tmp_path, name: str, epochs: int, *extra: str, fault=None
     return rc, log.read_text(), stamped
 
 
-def test_one_block_per_host_trains_bitwise_as_one_process(hosts, reference, tmp_path):
-    rc, out, _ = run_on_head(hosts, tmp_path, "spread", 2)
-    assert rc == 0, out[-3000:]
-    placed = placements(out)
-    worker_ips = {h.ip for h in hosts.worker_hosts}
-    assert [b for b, _ in placed] == [1, 2] and len({ip for _, ip in placed}) == 2, out[-3000:]
-    assert {ip for _, ip in placed} <= worker_ips  # never the head (0 CPUs), never the client
-    assert_bitwise_equal_to_reference(reference, tmp_path / "spread", 2)
-    _, history = reference(2)
-    assert f"test_acc={history[-1]['test_acc']:.4f}" in out
-    print(f"\nspread: blocks on {[ip for _, ip in placed]}, driver on {hosts.head.ip}; state diff 0")
-
-
-def test_job_from_a_client_host_runs_and_job_stop_ends_one(hosts, tmp_path):
-    tiny = [*RUN, "ray.num_cpus_per_block=0.5", f"run_dir={tmp_path}"]  # two runs at once
-    submit(hosts, "hosts-long", [*tiny, "train.epochs=100000", "name=long"])
+def test_jobs_from_a_client_host_train_one_block_per_host_bitwise_and_stop_cleanly(hosts, reference, tmp_path):
+    """`ray job submit` from the client: one run to SUCCEEDED, one block per worker host, bitwise
+    equal to al_local; another, submitted beside it, ended by `ray job stop`."""
+    runs = [*RUN, "ray.num_cpus_per_block=0.5", f"run_dir={tmp_path}"]  # both runs at once on 3 CPUs
+    submit(hosts, "hosts-long", [*runs, "train.epochs=100000", "name=long"])
+    stopped = False
     try:
-        submit(hosts, "hosts-ok", [*tiny, "train.epochs=1", "name=ok"])
+        submit(hosts, "hosts-ok", [*runs, "train.epochs=2", "name=ok"])
         # the shared filesystem says when to look (each `ray job` call costs seconds of CPU): a run
         # writes summary.json when it ends, and a line to metrics.jsonl per epoch
         ended, trained = tmp_path / "ok" / "summary.json", tmp_path / "long" / "metrics.jsonl"
@@ -145,34 +136,42 @@ def test_job_from_a_client_host_runs_and_job_stop_ends_one(hosts, tmp_path):
         assert wait_for(hosts, "hosts-ok", {"SUCCEEDED", "FAILED", "STOPPED"}, 60) == "SUCCEEDED", \
             logs(hosts, "hosts-ok")
         ok = logs(hosts, "hosts-ok")
-        assert len({ip for _, ip in placements(ok)}) == 2 and "run folder:" in ok  # run on the head, read here
+        placed = placements(ok)
+        assert [b for b, _ in placed] == [1, 2] and len({ip for _, ip in placed}) == 2, ok[-3000:]
+        assert {ip for _, ip in placed} <= {h.ip for h in hosts.worker_hosts}  # never the head (0 CPUs)
+        assert_bitwise_equal_to_reference(reference, tmp_path / "ok", 2)  # written on the workers, read here
+        assert f"test_acc={reference(2)[1][-1]['test_acc']:.4f}" in ok
         assert trained.is_file() and status(hosts, "hosts-long") == "RUNNING", logs(hosts, "hosts-long")[-3000:]
         hosts.ray("job", "stop", "hosts-long")
-        assert wait_for(hosts, "hosts-long", {"STOPPED", "FAILED", "SUCCEEDED"}, 60) == "STOPPED"
-        assert "ray-al: interrupted" in logs(hosts, "hosts-long")  # SIGTERM became a clean exit
+        stopped = wait_for(hosts, "hosts-long", {"STOPPED", "FAILED", "SUCCEEDED"}, 60) == "STOPPED"
+        assert stopped and "ray-al: interrupted" in logs(hosts, "hosts-long")  # SIGTERM became a clean exit
+        print(f"\njobs: submitted from {hosts.client.ip} to {hosts.address}; blocks on {[ip for _, ip in placed]}, "
+              f"SUCCEEDED, state diff 0; the other STOPPED")
     finally:  # a failed test must not leave a run holding the workers' CPUs
-        hosts.ray("job", "stop", "hosts-long", check=False)
+        if not stopped:
+            hosts.ray("job", "stop", "hosts-long", check=False)
 
 
-def _http(hosts, method: str, path: str, token: str | None) -> int:
-    """Status code of one request from the client host to the head's job server."""
+def _http(hosts, method: str, path: str, token: str | None) -> tuple[int, str]:
+    """Status and body of one request from the client host to the head's job server."""
     headers = f"{{'Authorization': 'Bearer {token}'}}" if token else "{}"
     code = (f"import urllib.request, urllib.error\n"
             f"req = urllib.request.Request('{hosts.address}{path}', method='{method}', headers={headers},\n"
             f"    data=b'{{\"entrypoint\": \"echo should-never-run\"}}' if '{method}' == 'POST' else None)\n"
-            f"try:\n    print(urllib.request.urlopen(req, timeout=20).status)\n"
+            f"try:\n    r = urllib.request.urlopen(req, timeout=20); print(r.status); print(r.read().decode())\n"
             f"except urllib.error.HTTPError as e:\n    print(e.code)\n")
     out = subprocess.run(hosts.client.cmd(sys.executable, "-c", code), capture_output=True, text=True, timeout=60,
                          check=False)
-    return int(out.stdout.strip())
+    status_line, _, body = out.stdout.partition("\n")
+    return int(status_line), body
 
 
 def test_requests_without_the_token_are_refused(hosts):
-    assert _http(hosts, "GET", "/api/jobs/", hosts.token) == 200
-    assert _http(hosts, "GET", "/api/jobs/", None) == 401
-    assert _http(hosts, "GET", "/api/jobs/", "not-the-token") == 403
-    assert _http(hosts, "POST", "/api/jobs/", None) == 401
-    assert "should-never-run" not in hosts.ray("job", "list").stdout
+    assert _http(hosts, "POST", "/api/jobs/", None)[0] == 401      # no token: nothing submitted
+    assert _http(hosts, "GET", "/api/jobs/", None)[0] == 401
+    assert _http(hosts, "GET", "/api/jobs/", "not-the-token")[0] == 403
+    code, jobs = _http(hosts, "GET", "/api/jobs/", hosts.token)
+    assert code == 200 and "should-never-run" not in jobs
     wrong = hosts.ray("job", "list", check=False, env={**hosts.env, "RAY_AUTH_TOKEN": "not-the-token"})
     assert wrong.returncode != 0
 
@@ -188,8 +187,11 @@ def test_slow_link_to_the_head_still_trains_bitwise(hosts, reference, tmp_path):
         assert rtt >= 0.045, f"the delay ({how}) is not in effect: connect took {rtt * 1000:.1f} ms"
         rc, out, _ = run_on_head(hosts, tmp_path, "slow", 2)
         assert rc == 0, out[-3000:]
+        placed = [ip for _, ip in placements(out)]
+        assert len(set(placed)) == 2 and hosts.head.ip not in placed
         assert_bitwise_equal_to_reference(reference, tmp_path / "slow", 2)
-        print(f"\nslow link: head +25 ms each way ({how}), connect {rtt * 1000:.0f} ms; completed, state diff 0")
+        print(f"\nslow link: head (driver, GCS) +25 ms each way ({how}), connect {rtt * 1000:.0f} ms; blocks on "
+              f"{placed}; completed, state diff 0")
     finally:
         hosts.undelay(hosts.head)
 
@@ -273,3 +275,27 @@ def test_cut_link_ends_in_bound_and_keeps_every_checkpoint(hosts, reference, tmp
     print(f"\npartition: cut {cut['host'].role} ({cut['host'].ip}, block 2) after checkpoint "
           f"{max(cut['saved'])} for {LINK_DOWN_S:.0f}s; run ended {ended:.1f}s after the cut; {outcome}; "
           f"{len(cut['saved'])} checkpoints complete at the cut, all intact")
+
+
+def test_where_hosts_cannot_be_made_a_laptop_skips_and_ci_as_root_fails(monkeypatch):
+    from tests import hosts as module
+
+    def build_fails(**kwargs):
+        raise module.HostsError("ip netns add: Operation not permitted")
+
+    monkeypatch.setattr(module, "Hosts", build_fails)
+    monkeypatch.setattr(module, "unavailable", lambda: "iproute2's `ip` is not installed")
+    monkeypatch.delenv("CI", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="`ip` is not installed"):
+        module.hosts_for_tests()
+    monkeypatch.setenv("CI", "true")
+    monkeypatch.setattr(module.os, "geteuid", lambda: 1000)  # not root: cannot be made, even in CI
+    with pytest.raises(pytest.skip.Exception, match="`ip` is not installed"):
+        module.hosts_for_tests()
+    monkeypatch.setattr(module.os, "geteuid", lambda: 0)
+    with pytest.raises(pytest.fail.Exception, match="CI=true and root, but .* Operation not permitted"):
+        module.hosts_for_tests()
+    monkeypatch.setattr(module, "unavailable", lambda: None)
+    monkeypatch.delenv("CI")
+    with pytest.raises(pytest.skip.Exception, match="could not be built here: .* Operation not permitted"):
+        module.hosts_for_tests()
