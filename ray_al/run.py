@@ -84,7 +84,6 @@ def _run(cfg: Config, source: ChunkSource, log: Log, on_epoch, keep_trainer: boo
             raise CheckpointError(f"no complete checkpoint under {storage.checkpoint_uri}")
         elif not resume_dir:
             storage.save_config(cfg)
-            source.preprocess.save(storage.run_dir)  # what `ray-al predict` repeats on new inputs
         log(source.description)
         counts = parameter_counts(cfg.model, source.input_shape, source.num_classes)
         log(f"model: {cfg.model.name} trainer={cfg.train.trainer} params: AL total {counts['al_total']:,}, "
