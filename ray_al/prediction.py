@@ -89,7 +89,8 @@ def read_inputs(items, pre: Preprocess) -> tuple[list[str], torch.Tensor]:
     return names, torch.cat(arrays)
 
 
-def _image_args(pre: Preprocess) -> tuple:
+def image_args(pre: Preprocess) -> tuple:
+    """decode_image's (channels, size, resize) for the model: the run's resize, or its input size exactly."""
     size = pre.image_size or pre.input_shape[1:]
     return pre.input_shape[0], tuple(size), pre.image_size is not None
 
@@ -106,7 +107,7 @@ def _read_path(path: Path, pre: Preprocess):
         raise DataError(f"input not found: {path}")
     suffix = path.suffix.lower()
     if suffix in IMAGE_SUFFIXES:
-        yield [str(path)], pre(decode_image(path.read_bytes(), *_image_args(pre), name=str(path))[None])
+        yield [str(path)], pre(decode_image(path.read_bytes(), *image_args(pre), name=str(path))[None])
     elif suffix == ".npy":
         try:
             x = np.load(path, allow_pickle=False)
@@ -127,7 +128,7 @@ def _read_parquet(path: Path, pre: Preprocess):
         column = pq.read_table(path, columns=["image"]).column("image").to_pylist()
     except Exception as e:  # pyarrow raises several types for a damaged file or a missing column
         raise DataError(f"{path}: cannot read an 'image' column ({str(e).splitlines()[0]})") from None
-    images = [decode_image(cell["bytes"] if isinstance(cell, dict) else cell, *_image_args(pre),
+    images = [decode_image(cell["bytes"] if isinstance(cell, dict) else cell, *image_args(pre),
                            name=f"{path}[{i}]") for i, cell in enumerate(column)]
     return [f"{path}[{i}]" for i in range(len(images))], pre(np.stack(images))
 

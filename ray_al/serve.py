@@ -54,6 +54,8 @@ class StageDeployment:
 
 @serve.deployment
 class ALIngress:
+    """HTTP in: decode and preprocess the image, then stage 1, 2, .. until an exit is confident."""
+
     def __init__(self, stages: list[DeploymentHandle], preprocess: dict, threshold: float, measure: str):
         from ray_al.preprocess import Preprocess
 
@@ -65,14 +67,14 @@ class ALIngress:
 
         from ray_al.early_exit import ExitPolicy, confidence
         from ray_al.images import decode_image
-        from ray_al.prediction import _image_args
+        from ray_al.prediction import image_args
 
         try:
             exit_q = request.query_params.get("exit", "auto")
             policy = ExitPolicy(None if exit_q == "auto" else _int(exit_q, "exit"),
                                 _float(request.query_params.get("threshold", self.threshold)),
                                 request.query_params.get("confidence", self.measure)).check(len(self.stages))
-            x = self.pre(decode_image(await request.body(), *_image_args(self.pre), name="request body")[None])
+            x = self.pre(decode_image(await request.body(), *image_args(self.pre), name="request body")[None])
         except RayALError as e:
             return JSONResponse({"error": str(e)}, status_code=400)
         s, last = x, policy.exit or len(self.stages)

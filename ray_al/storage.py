@@ -120,7 +120,7 @@ class RunStorage:
     def discard(self) -> None:
         """Undo a start that failed before training: a new folder holding only what create() wrote goes."""
         if self._created and self._locks:  # ours alone: we made it and hold it
-            for name in (IDENTITY, "config.yaml", LOCK):
+            for name in (IDENTITY, "config.yaml", "preprocess.json", LOCK):
                 (self.run_dir / name).unlink(missing_ok=True)
             try:
                 self.run_dir.rmdir()

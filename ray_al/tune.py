@@ -230,7 +230,7 @@ def _trainable(params: dict, base: dict, run_dir: str, data=None):
         if cfg.checkpoint.enabled:  # the epoch-end checkpoint the run has just written
             fs, path = files.filesystem(files.step_dir(uri, record["step"]))
             checkpoint = tune.Checkpoint(path, filesystem=fs)
-        tune.report(numeric({**record, "step": record["step"]}), checkpoint=checkpoint)
+        tune.report(numeric(record), checkpoint=checkpoint)
 
     train(cfg, on_epoch=report, data=data, resume_dir=resume)
 
@@ -249,11 +249,11 @@ def restore_trial_folder(checkpoint, cfg: Config, folder: Path) -> Path | None:
     storage = RunStorage(folder, cfg.checkpoint.uri)
     with checkpoint.as_directory() as local:
         step = json.loads((Path(local) / files.MANIFEST).read_text())["step"]
-        fs, root = files.filesystem(f"{storage.checkpoint_uri.rstrip('/')}/checkpoints")
-        fs.delete_dir_contents(root, missing_dir_ok=True)
-        target = files.filesystem(files.step_dir(storage.checkpoint_uri, step))[1]
-        fs.create_dir(target, recursive=True)
-        pafs.copy_files(local, target, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
+        root = files.location(storage.checkpoint_uri).join("checkpoints")
+        root.fs.delete_dir_contents(root.path, missing_dir_ok=True)
+        target = files.step_dir(storage.checkpoint_uri, step)
+        target.fs.create_dir(target.path, recursive=True)
+        pafs.copy_files(local, target.path, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=target.fs)
     folder.mkdir(parents=True, exist_ok=True)
     storage.save_config(cfg)  # PBT may have changed the config
     return folder

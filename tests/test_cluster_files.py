@@ -182,7 +182,7 @@ def test_a_head_started_as_the_launcher_does_refuses_requests_without_the_token(
     import urllib.error
     import urllib.request
 
-    from headnode import HeadNode, clean_env
+    from tests.headnode import HeadNode, clean_env
 
     (line,) = [c for c in load("ray-cluster.yaml")["head_start_ray_commands"] if "ray start" in c]
     words = shlex.split(line)

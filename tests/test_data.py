@@ -226,7 +226,7 @@ def test_validation_split_is_seeded_disjoint_and_reported(tmp_path):
     held = load_dataset(DataConfig(val_fraction=0.25))
     assert len(held.train_x) + len(held.val_x) == len(full.train_x) and len(held.val_x) == round(0.25 * 1437)
     assert held.test_x.shape == full.test_x.shape
-    with pytest.raises(Exception, match="data.val_fraction must be below 1"):
+    with pytest.raises(Exception, match=r"data.val_fraction must be in \[0, 1\)"):
         tiny_config(tmp_path, data={"val_fraction": 1.0})
     result = train(tiny_config(tmp_path, train={"trainer": "al_local"}, data={"val_fraction": 0.2}), log=lambda s: None)
     assert {"val_acc", "val_exit_1", "val_exit_2", "test_acc"} <= set(result.final)

@@ -26,33 +26,37 @@ from ray_al.trainers.actors import BlockActor
 from ray_al.trainers.base import OnChunk
 from ray_al.trainers.placement import reserve
 
-_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
-
-
-def last_line(text: str) -> str:
-    """The line of a Ray error that names the exception (its traceback's last), without colour codes."""
-    lines = [ln.strip() for ln in _ANSI.sub("", text).splitlines() if ln.strip()]
-    return lines[-1][:300] if lines else "unknown error"
-
 
 def _unwrap(e: Exception) -> RayALError:
     if isinstance(e, ray.exceptions.RayActorError) and getattr(e, "actor_init_failed", False):
-        # the cause is the last line of the creation task's traceback; a restart would fail again
-        return TrainingError(f"a block actor failed to start: {last_line(str(e))}")
+        return _startup_error(e)  # a restart would fail the same way
     if isinstance(e, (ray.exceptions.RayActorError, ray.exceptions.ObjectLostError)):
-        return BlockLost(last_line(str(e).strip().splitlines()[0]))
+        return BlockLost(_last_line(str(e).strip().splitlines()[0]))
     cause = getattr(e, "cause", None)
     if isinstance(cause, RayALError):
         return type(cause)(str(cause))
-    return TrainingError(f"a block actor failed: {last_line(str(e))}")
+    return TrainingError(f"a block actor failed: {_last_line(e)}")
 
 
 def _startup_error(e: Exception) -> RayALError:
-    """A block actor that never ran our code (runtime_env set-up, its process dying, ray_al missing
-    on the node): the cause in one line, not a restartable BlockLost."""
+    """A block actor that failed before our constructor could report (its runtime_env, ray_al
+    missing on its node): the cause in one line, not a restartable BlockLost. A process or node
+    lost while starting stays a BlockLost."""
     if isinstance(e, ray.exceptions.RuntimeEnvSetupError):
-        return ConfigError(f"ray.runtime_env of the block actors could not be set up: {last_line(str(e))}")
-    return TrainingError(f"a block actor could not start: {last_line(str(e))}")
+        return ConfigError(f"ray.runtime_env of the block actors could not be set up: {_last_line(e)}")
+    if isinstance(e, ray.exceptions.RayActorError) and not e.actor_init_failed:
+        return _unwrap(e)
+    return TrainingError(f"a block actor could not start: {_last_line(e)}")
+
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+def _last_line(e: Exception | str) -> str:
+    """The line of a Ray error that names the exception (its traceback's last), without colour codes."""
+    lines = [line.strip() for line in _ANSI.sub("", str(e)).strip().splitlines() if line.strip()]
+    return lines[-1][:300] if lines else type(e).__name__
 
 
 def _settle(refs: list, timeout: float = 10.0) -> None:
