@@ -28,8 +28,8 @@ from tests.hosts import FAST_FAILURE_DETECTION, hosts_for_tests
 
 pytestmark = pytest.mark.slow
 WORKERS = 3
-RUN = ["data.source=digits", "model.d=64", "optim.lr=1e-3", "train.chunk_size=2", "train.threads=1",
-       "train.seed=3", "ray.placement_strategy=STRICT_SPREAD", "ray.num_cpus_per_block=1",
+RUN = ["data.source=digits", "model.d=64", "model.target_warmup_steps=0", "optim.lr=1e-3", "train.chunk_size=2",
+       "train.threads=1", "train.seed=3", "ray.placement_strategy=STRICT_SPREAD", "ray.num_cpus_per_block=1",
        "ray.placement_timeout_s=30", "train.log_every_s=0"]
 STEPS_PER_EPOCH = 44          # 1,437 digits in batches of 32
 PLACED = re.compile(r"^block (\d+): node (\w+) \([^,]*, ([\d.]+)\) pid (\d+)")
