@@ -181,10 +181,11 @@ def test_step_0_checkpoint_is_after_warmup_and_resume_is_exact(tmp_path):
 def test_a_run_killed_during_warmup_resumes_from_step_0_exactly(tmp_path):
     torch.set_num_threads(1)
     full = train(_warm_cfg(tmp_path / "a"), keep_trainer=True, **QUIET)
-    # killed during warm-up: the run folder has its config and nothing else
+    # killed during warm-up: the run folder has its identity and config and nothing else
     killed = tmp_path / "b" / "run"
     killed.mkdir(parents=True)
-    shutil.copy(full.run_dir / "config.yaml", killed / "config.yaml")
+    for name in ("run.json", "config.yaml"):
+        shutil.copy(full.run_dir / name, killed / name)
     lines = []
     resumed = train(run_config(killed), resume_dir=killed, keep_trainer=True, log=lines.append)
     assert "no checkpoint yet: starting this run from step 0" in lines
