@@ -12,6 +12,7 @@ from ray_al.config import ModelConfig, OptimConfig
 from ray_al.errors import TrainingError
 from ray_al.schedule import lr_multiplier
 from ray_al.target_path import warmup_lr
+from ray_al.weight_decay import adam, kernels
 
 
 class BlockTrainer:
@@ -22,10 +23,9 @@ class BlockTrainer:
         self.opt_warmup = None  # target-path warm-up's own Adam, made on the first warm-up step
         self.optim, self.total_steps = optim, total_steps
         self.device = next(block.parameters()).device
-        wd = optim.weight_decay
-        self.opt_forward = torch.optim.Adam(block.forward_params(), lr=optim.lr, weight_decay=wd)
-        self.opt_target = torch.optim.Adam(block.target_params(), lr=optim.lr * optim.target_lr_scale,
-                                           weight_decay=wd)
+        wd, scope, f_kernels = optim.weight_decay, optim.l2_scope, kernels(block.f)
+        self.opt_forward = adam(block.forward_params(), optim.lr, wd, scope, f_kernels)
+        self.opt_target = adam(block.target_params(), optim.lr * optim.target_lr_scale, wd, scope, f_kernels)
         self.step_count = 0
 
     def _set_lr(self) -> None:

@@ -12,6 +12,7 @@ from ray_al.errors import TrainingError
 from ray_al.models import BPTwin, build_bp_twin
 from ray_al.schedule import lr_multiplier
 from ray_al.trainers.base import InProcessTrainer
+from ray_al.weight_decay import adam, kernels
 
 
 class BPTrainer(InProcessTrainer):
@@ -21,7 +22,8 @@ class BPTrainer(InProcessTrainer):
         super().__init__(cfg)
         self.total_steps = total_steps
         self.net: BPTwin = build_bp_twin(cfg.model, input_shape, num_classes, cfg.train.seed, self.device)
-        self.opt = torch.optim.Adam(self.net.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+        self.opt = adam(self.net.parameters(), cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.l2_scope,
+                        kernels(self.net))
         self.step_count = 0
 
     @property
