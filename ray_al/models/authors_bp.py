@@ -9,6 +9,11 @@ Both heads are Dense(5d)-BN-act, Dense(d)-BN-act, three Dense(d)-BN-act, Dense(c
 MLP and the CNN the authors' BP network is the twin itself. The layers carry the twin's names
 (s1..s4, bridge, dec4..dec2, out), so the report's distances and t-SNE read them alike; in BP-VGG
 s4 is the flattened conv features (the Dense(1024) stage is not there).
+
+Not reproduced: the residual stages are the AL model's f (the code's residual blocks apply the
+activation after the second BN as well as after the addition, and its strided 1x1 shortcut has no
+BN), and the code's BP-VGG dense layers start from Glorot rather than He weights (their
+initializer and regulariser land in other argument positions).
 """
 from __future__ import annotations
 
