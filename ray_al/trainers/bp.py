@@ -69,4 +69,5 @@ class BPTrainer(InProcessTrainer):
         self.step_count = int(states[0]["step_count"])
 
     def describe(self) -> list[str]:
-        return [f"BP twin in this process on {self.device}, {torch.get_num_threads()} thread(s)"]
+        net = "BP twin" if self.cfg.model.bp_baseline == "twin" else "the authors' BP network"
+        return [f"{net} in this process on {self.device}, {torch.get_num_threads()} thread(s)"]
