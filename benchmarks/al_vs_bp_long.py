@@ -118,23 +118,33 @@ def next_job(jobs: list[Job], deadline: float) -> Job | None:
     return min((j for j in fitting if j.case == case), key=lambda j: (j.done, VARIANTS.index(j.variant)))
 
 
+def at_step(job: Job, step: int) -> float | None:
+    return next((p["test_acc"] for p in job.curve if p["step"] == step), None)
+
+
 def table(jobs: list[Job]) -> str:
-    """Per case and variant: epochs run, the last evaluation, the best one, and the gap to BP."""
+    """Per case and variant: epochs run, the last evaluation, the best one, and the gap to BP at equal steps."""
     lines = [f"{'case':<12} {'variant':<10} {'epochs':>6} {'steps':>7} {'final':>6} {'best':>6} "
-             f"{'best exit':>9} {'final-BP':>8} {'train s':>8}"]
-    bp = {j.case: j.curve[-1]["test_acc"] for j in jobs if j.variant == "bp" and j.curve}
-    for j in jobs:
-        if not j.curve:
-            lines.append(f"{j.case:<12} {j.variant:<10} {0:>6.2f}  (no segment yet)")
-            continue
-        last = j.curve[-1]
-        best_exit = max(v for k, v in last.items() if k.startswith("exit_") or k == "test_acc")
-        gap = f"{100 * (last['test_acc'] - bp[j.case]):+8.2f}" if j.case in bp else f"{'-':>8}"
-        lines.append(f"{j.case:<12} {j.variant:<10} {last['epoch']:>6.2f} {last['step']:>7} {last['test_acc']:>6.4f} "
-                     f"{max(p['test_acc'] for p in j.curve):>6.4f} {best_exit:>9.4f} {gap} {j.seconds:>8.0f}")
-    lines.append("final, best: last-exit test accuracy (the paper's prediction); best exit: the best exit at the "
-                 "last evaluation; final-BP: percentage points against the BP twin's latest evaluation (which may be "
-                 "at fewer or more steps: compare curves at equal steps in curves.csv)")
+             f"{'best exit':>9} {'equal-step':>10} {'acc':>6} {'-BP pts':>7} {'train s':>8}"]
+    for case in dict.fromkeys(j.case for j in jobs):
+        mine = [j for j in jobs if j.case == case]
+        common = min((j.curve[-1]["step"] for j in mine), default=0) if all(j.curve for j in mine) else 0
+        bp = next((at_step(j, common) for j in mine if j.variant == "bp"), None)
+        for j in mine:
+            if not j.curve:
+                lines.append(f"{j.case:<12} {j.variant:<10} {0:>6.2f}  (no segment yet)")
+                continue
+            last = j.curve[-1]
+            best_exit = max(v for k, v in last.items() if k.startswith("exit_") or k == "test_acc")
+            acc = at_step(j, common)
+            fmt = lambda v, f: format(v, f) if v is not None else "-"  # noqa: E731
+            gap = 100 * (acc - bp) if acc is not None and bp is not None else None
+            lines.append(f"{j.case:<12} {j.variant:<10} {last['epoch']:>6.2f} {last['step']:>7} "
+                         f"{last['test_acc']:>6.4f} {max(p['test_acc'] for p in j.curve):>6.4f} {best_exit:>9.4f} "
+                         f"{common:>10} {fmt(acc, '.4f'):>6} {fmt(gap, '+.2f'):>7} {j.seconds:>8.0f}")
+    lines.append("final, best: last-exit test accuracy (the paper's prediction) at the last and the best evaluation; "
+                 "best exit: the best exit at the last evaluation; equal-step: the most steps every variant of the "
+                 "case has trained, acc: the accuracy there, -BP pts: minus the BP twin's there, in points")
     return "\n".join(lines)
 
 
