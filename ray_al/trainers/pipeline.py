@@ -90,8 +90,10 @@ class ALPipeline:
         cfg = self.cfg
         self.slots = reserve(cfg.ray, self.n, self._given_pg)  # block i -> bundle slots.offset + i
         self.pg = self.slots.pg
-        try:
+        try:  # what the bundles cannot serve is refused before any actor starts
             check_bundles(cfg.ray.tensor_transport, self.slots.bundles)
+            gpus = all(b.get("GPU", 0) for b in self.slots.bundles)
+            StepOptions.from_config(cfg.train).check(torch.device("cuda" if gpus else "cpu"))
         except ConfigError:
             self.slots.release()
             raise
