@@ -92,8 +92,9 @@ def throughput(cfg: Config, data: Dataset, batches: int, chunk_sizes=(1, 16), co
     log(f"{'ideal pipeline':>16}: {results['ideal_pipeline']:9,.0f} samples/s = batch / max(stage time)")
     results["ratio_ray_vs_sequential"] = results[f"ray_k{best}"] / results["sequential_al"]
     results["ratio_ray_vs_ideal"] = results[f"ray_k{best}"] / results["ideal_pipeline"]
+    k1 = min(chunk_sizes)
     log(f"ratios: ray K={best} (best) / sequential AL = {results['ratio_ray_vs_sequential']:.2f}; "
         f"ray K={best} / ideal = {results['ratio_ray_vs_ideal']:.2f}; "
-        f"ray K={min(chunk_sizes)} / sequential = {results[f'ray_k{min(chunk_sizes)}'] / results['sequential_al']:.2f}; "
+        f"ray K={k1} / sequential = {results[f'ray_k{k1}'] / results['sequential_al']:.2f}; "
         f"BP twin / sequential AL = {results['bp_twin'] / results['sequential_al']:.2f}")
     return results

