@@ -5,8 +5,9 @@
                   GPU on one node (fractional ray.num_gpus_per_block)
     nccl          RDT over NCCL: one GPU per block, on one node or several
     gloo          RDT over Gloo: CPU tensors, sent process to process without the object store
-    auto          cuda_ipc, else nccl, where the blocks' GPUs allow it; on CPUs the object store (Gloo
-                  measured no faster here: README, "Transports"); the choice and why go into the placement lines
+    auto          cuda_ipc, else nccl, where the blocks' GPUs allow it; on CPUs the object store, as before
+                  (Gloo is opt-in: alpha in Ray 2.60, and measured faster only for large chunks, README
+                  "Transports"); the choice and why go into the placement lines
 
 RDT (Ray 2.60, alpha) returns one object per call and a collective transport's objects can only be
 read by actors of its group, never by the driver. So on an RDT transport each block's `train_relay`
@@ -21,7 +22,7 @@ from __future__ import annotations
 from ray_al.errors import ConfigError
 
 RDT = ("cuda_ipc", "nccl", "gloo")
-CPU_AUTO_WHY = "auto on CPU blocks: the object store (Gloo measured no faster on CPU)"
+CPU_AUTO_WHY = "auto on CPU blocks: the object store; gloo is opt-in"
 
 
 def check_bundles(asked: str, bundles: list[dict]) -> None:

@@ -1,6 +1,6 @@
 """Step options (ray_al/step_options.py) on the CPU: bf16 autocast, foreach and fused Adam, channels_last
-and torch.compile train with finite losses in al_local and the BP twin; bf16 through block actors over
-Gloo equals al_local bitwise; CUDA-only options asked for on a CPU are one-line errors."""
+and torch.compile train with finite losses in al_local and the BP twin; bf16 and channels_last through
+block actors over Gloo equal al_local bitwise; CUDA-only options asked for on a CPU are one-line errors."""
 import pytest
 import torch
 
@@ -59,15 +59,16 @@ def test_cuda_only_option_for_cpu_block_actors_is_refused_before_they_start(ray_
         train(tiny_config(tmp_path, train={"pin_memory": True}), log=lambda line: None)
 
 
-def test_bf16_through_block_actors_over_gloo_equals_al_local_bitwise(ray_cluster, tmp_path):
+def test_bf16_channels_last_cnn_through_block_actors_over_gloo_equals_al_local_bitwise(ray_cluster, tmp_path):
+    """4 conv blocks: bf16 activations in NHWC layout hop over Gloo (made contiguous: RDT sends no other)."""
     torch.set_num_threads(1)
-    over = dict(data={"limit_train": 640})
-    piped = train(tiny_config(tmp_path / "ray", train={"precision": "bf16"}, ray={"tensor_transport": "gloo"},
-                              **over), log=lambda line: None, keep_trainer=True)
-    local = train(tiny_config(tmp_path / "local", train={"precision": "bf16", "trainer": "al_local"}, **over),
+    options = {"precision": "bf16", "channels_last": True}
+    piped = train(tiny_config(tmp_path / "ray", train=options, ray={"tensor_transport": "gloo"}, **CNN),
+                  log=lambda line: None, keep_trainer=True)
+    local = train(tiny_config(tmp_path / "local", train={**options, "trainer": "al_local"}, **CNN),
                   log=lambda line: None, keep_trainer=True)
     try:
-        assert _finite_losses(piped.final)
+        assert _finite_losses(piped.final) and piped.trainer.n == 4
         for i, (a, b) in enumerate(zip(piped.trainer.state_dicts(), local.trainer.state_dicts())):
             assert_states_equal(a, b, f"block {i + 1}")
     finally:

@@ -74,7 +74,8 @@ class BlockActor:
         s_prev, t_prev, *before = inputs
         s, t, stats = self.trainer.train_chunk(s_prev, t_prev)
         carried = [*(before[0] if before else []), stats]
-        return carried if self.is_last else (s, t, carried)
+        # RDT sends contiguous tensors only (a channels_last stack is not): a no-op for the default layout
+        return carried if self.is_last else (s.contiguous(), t.contiguous(), carried)
 
     def peak_memory(self) -> int:
         """Bytes of GPU memory this block's process allocated at most (0 on the CPU)."""
