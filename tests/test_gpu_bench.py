@@ -1,5 +1,7 @@
 """benchmarks/gpu_throughput.py --quick runs end to end on the CPU: the baseline rows, a step-option row,
-ideal and peak-memory columns, the per-chunk transfer of every transport, JSON and text."""
+ideal and peak-memory columns, the per-chunk transfer of every transport, JSON and text. (The whole of
+benchmarks/gpu_evidence.sh --cpu-dry-run takes two minutes here: run by hand, see the README; its
+argument checks are tested.)"""
 import json
 import os
 import subprocess
@@ -29,3 +31,9 @@ def test_quick_run_prints_the_table_and_writes_json(tmp_path):
     assert all(isinstance(ms, float) and ms > 0 for ms in report["transfers"]["mlp"]["ms"].values())
     table = (tmp_path / "out" / "gpu_throughput.txt").read_text()
     assert "x BP" in table and "/ideal" in table and table in out.stdout.replace("\r", "")
+
+
+def test_evidence_script_refuses_missing_data_in_one_line(tmp_path):
+    out = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu_evidence.sh"), "--data", str(tmp_path / "nope"),
+                          "--out", str(tmp_path / "out"), "--cpu-dry-run"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and out.stderr.strip() == f"gpu_evidence: no train-*.parquet in {tmp_path / 'nope'}"
