@@ -1,17 +1,23 @@
-"""GPU throughput: MNIST MLP and CNN through Ray with every block on one GPU, against CPU and one process.
+"""Throughput at CIFAR-10 shapes, one table, one run, one device: the BP twin, al_local, the Ray pipeline
+over the object store and over Ray Direct Transport, each step option on both sides; and the per-chunk
+transfer time of every transport.
 
-    python benchmarks/gpu_throughput.py --data PATH/TO/mnist --out OUT_DIR            # GPU machine, < 8 min
-    python benchmarks/gpu_throughput.py --data PATH/TO/mnist --out OUT_DIR --quick    # any machine, ~1 min
-                                                                  # (tiny runs, model.d=64: checks, not figures)
+    python benchmarks/gpu_throughput.py --out OUT_DIR                 # a GPU machine: every block on GPU 0
+    python benchmarks/gpu_throughput.py --out OUT_DIR --quick         # any machine, a minute: checks, not figures
 
-Rows per model (the paper's MNIST MLP, 2 blocks, and CNN, 4 blocks; batch 32, chunk 16):
-  ray_gpu    the Ray pipeline, all blocks on GPU 0 (ray.num_gpus_per_block = 1/N, fractional)
-  ray_cpu    the same pipeline on CPU (each block cores/N threads; fewer samples: it is slower)
-  local_gpu  al_local: every block in turn in this process, on cuda
-  bp_gpu     the BP twin (same prediction path, backprop) on cuda
-samples/s counts training only (no evaluation), from the last epoch of each run (the first warms up).
-Without CUDA (or with --quick and no GPU) the *_gpu rows run on the CPU, marked "cpu stand-in",
-so the script is tested end to end anywhere. Writes OUT_DIR/gpu_throughput.json and .txt.
+Models: mlp, cnn (4 blocks), vgg, resnet20, on 3x32x32 inputs, 10 classes, batch 32, chunk K = 16
+(synthetic images: a step's cost does not depend on the pixels). Rows per model:
+  bp           the BP twin in this process                    al_local   every block in turn in this process
+  ray_os       Ray pipeline, ray.tensor_transport=object_store  ray_rdt    the same over RDT (GPU: auto, i.e.
+                                                                            cuda_ipc on one GPU; CPU: gloo)
+  bp+X, ray_rdt+X  with step option X (compile, cuda_graphs, bf16, channels_last, fused/foreach Adam,
+               pin_memory; the ones the device supports), and +all: every one of them together
+Columns: samples/s (training only, after a warm-up of two chunks), x BP (against the BP row with the same
+options), peak GPU memory (MiB; Ray rows: the sum over the block processes), ideal = batch / max(stage
+time), each stage's time being the seconds its block computed inside that same run, and ray / ideal.
+Transfer: (s_1, t_1) of one chunk at K = 16 from block 1's actor to block 2's, per transport, against
+the slower block's compute time per chunk. On a GPU machine Ray gets GPU 0, blocks 1/N of it each.
+Writes OUT_DIR/gpu_throughput.json and .txt.
 """
 from __future__ import annotations
 
@@ -20,7 +26,6 @@ import json
 import os
 import platform
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -29,116 +34,211 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 import ray  # noqa: E402
 import torch  # noqa: E402
 
+from ray_al.bench import measure  # noqa: E402
 from ray_al.config import config_from_dict  # noqa: E402
-from ray_al.run import train  # noqa: E402
+from ray_al.data import load_dataset  # noqa: E402
+from ray_al.models import block_count  # noqa: E402
 
-BLOCKS = {"mlp": 2, "cnn": 4}
+MODELS = ["mlp", "cnn", "vgg", "resnet20"]
+K, BATCH = 16, 32
 
 
-def plan(quick: bool, cuda: bool, cores: int) -> list[dict]:
-    """(model, row) -> samples, epochs, trainer, device and Ray resources."""
-    full = {"mlp": (60000, 3), "cnn": (60000, 2)}            # GPU rows: whole MNIST, epochs
-    cpu = {"mlp": (12800, 2), "cnn": (3200, 2)}              # CPU rows: a slice, it is ~10-100x slower
-    if quick:
-        full = cpu = {"mlp": (320, 2), "cnn": (160, 2)}
-    rows = []
-    for model, n in BLOCKS.items():
-        gpu_share = round(1.0 / n, 4)
-        per_block = cores // n if cores >= n else round(cores / n, 2)  # CPU rows: the cores split between blocks
-        gpu = {"device": "cuda" if cuda else "cpu", "stand_in": not cuda, "threads": None if cuda else 1}
-        rows += [
-            {"model": model, "row": "ray_gpu", "trainer": "al", "samples": full[model][0], "epochs": full[model][1],
-             "ray": {"num_gpus_per_block": gpu_share if cuda else 0.0,
-                     "num_cpus_per_block": min(1.0, round(cores / n, 2))}, **gpu},
-            {"model": model, "row": "ray_cpu", "trainer": "al", "samples": cpu[model][0], "epochs": cpu[model][1],
-             "ray": {"num_gpus_per_block": 0.0, "num_cpus_per_block": per_block}, "device": "cpu",
-             "threads": max(1, int(per_block)), "stand_in": False},
-            {"model": model, "row": "local_gpu", "trainer": "al_local", "samples": full[model][0],
-             "epochs": full[model][1], **gpu},
-            {"model": model, "row": "bp_gpu", "trainer": "bp", "samples": full[model][0],
-             "epochs": full[model][1], **gpu},
-        ]
+def options_for(cuda: bool, model: str) -> dict[str, dict]:
+    """Each step option the device supports, as train.* overrides; channels_last only for conv models."""
+    opts = {"compile": {"compile": "on"}, "bf16": {"precision": "bf16"},
+            "adam": {"adam": "fused" if cuda else "foreach"}}
+    if model != "mlp":
+        opts["channels_last"] = {"channels_last": True}
+    if cuda:
+        opts["cuda_graphs"] = {"compile": "cuda_graphs"}
+        opts["pin_memory"] = {"pin_memory": True}
+    every = {k: v for name, o in opts.items() if name != "compile" for k, v in o.items()}  # cuda_graphs > compile
+    return {**opts, "all": every}
+
+
+def plan(models: list[str], option_models: list[str], options: list[str] | None, cuda: bool) -> list[dict]:
+    """Rows in the order they run: the four baselines of every model, then +all, then each option alone,
+    so that a budget cut drops the least important rows."""
+    rows = [{"model": m, "row": r, "options": {}} for m in models for r in ("bp", "al_local", "ray_os", "ray_rdt")]
+    for m in models:
+        every = options_for(cuda, m)["all"]
+        rows += [{"model": m, "row": f"{side}+all", "options": every} for side in ("bp", "ray_rdt")]
+    for m in option_models:
+        for name, opt in options_for(cuda, m).items():
+            if name != "all" and (options is None or name in options):
+                rows += [{"model": m, "row": f"{side}+{name}", "options": opt} for side in ("bp", "ray_rdt")]
     return rows
 
 
-def run_row(r: dict, data_path: str, run_dir: str, quick: bool) -> dict:
-    cfg = config_from_dict({
-        "data": {"source": "parquet", "path": data_path, "batch_size": 32, "limit_train": r["samples"],
-                 "limit_test": 2000 if quick or r["device"] == "cpu" else None},
-        "model": {"name": r["model"], "d": 64 if quick else None},  # quick: narrow targets, seconds on a CPU
-        "optim": {"lr": 1e-4},
-        "train": {"trainer": r["trainer"], "epochs": r["epochs"], "chunk_size": 16, "device": r["device"],
-                  "threads": r.get("threads"), "log_every_s": 0},
-        "ray": r.get("ray", {}),
-        "checkpoint": {"enabled": False},
-        "run_dir": run_dir, "name": f"{r['model']}-{r['row']}",
-    })
-    lines: list[str] = []
-    start = time.perf_counter()
-    result = train(cfg, log=lines.append)
-    last = result.history[-1]
-    placement = [line for line in lines if line.startswith("block ") or " blocks in this process" in line]
-    return {**{k: v for k, v in r.items() if k != "ray"}, "ray_resources": r.get("ray"),
-            "samples_per_s": last["samples_per_s"],
-            "samples_per_s_by_epoch": [h["samples_per_s"] for h in result.history],
-            "test_acc": last["test_acc"], "wall_s": time.perf_counter() - start, "placement": placement}
+def make_config(model: str, row: dict, cuda: bool, quick: bool, threads: int, cores: int, n: int):
+    base = row["row"].split("+")[0]
+    trainer = {"bp": "bp", "al_local": "al_local"}.get(base, "al")
+    transport = {"ray_os": "object_store", "ray_rdt": "auto" if cuda else "gloo"}.get(base, "auto")
+    return config_from_dict({
+        "data": {"source": "synthetic", "synthetic_shape": [3, 32, 32], "synthetic_classes": 10,
+                 "synthetic_size": 512 if quick else 4096, "batch_size": BATCH},
+        "model": {"name": model, "d": 32 if quick else None},
+        "train": {"trainer": trainer, "chunk_size": K, "device": "cuda" if cuda else "cpu", "log_every_s": 0,
+                  "threads": threads if trainer != "al" else max(1, threads // n), **row["options"]},
+        "ray": {"tensor_transport": transport, "num_gpus_per_block": round(1 / n, 4) if cuda else 0.0,
+                "num_cpus_per_block": min(1.0, round(cores / n, 2))},
+        "checkpoint": {"enabled": False}})
 
 
-def table(results: list[dict]) -> list[str]:
-    out = [f"{'model':5} {'row':10} {'device':14} {'samples':>8} {'ep':>2} {'samples/s':>10} {'vs ray_cpu':>10} "
-           f"{'test_acc':>8} {'wall s':>7}"]
-    for model in BLOCKS:
-        rows = [r for r in results if r["model"] == model]
-        base = next((r["samples_per_s"] for r in rows if r["row"] == "ray_cpu" and "samples_per_s" in r), None)
-        for r in rows:
-            device = r["device"] + (" (stand-in)" if r.get("stand_in") else "")
-            if "samples_per_s" not in r:
-                out.append(f"{model:5} {r['row']:10} {device:14} {'':>8} {'':>2} {r.get('skipped', 'failed'):>10}")
-                continue
-            ratio = f"{r['samples_per_s'] / base:.2f}x" if base else "-"
-            out.append(f"{model:5} {r['row']:10} {device:14} {r['samples']:>8} {r['epochs']:>2} "
-                       f"{r['samples_per_s']:>10,.0f} {ratio:>10} {r['test_acc']:>8.4f} {r['wall_s']:>7.1f}")
+def run_row(row: dict, cuda: bool, quick: bool, batches: int, threads: int, cores: int) -> dict:
+    from ray_al.trainers import make_trainer
+
+    n = block_count(config_from_dict({"model": {"name": row["model"]}}).model, (3, 32, 32), 10)
+    cfg = make_config(row["model"], row, cuda, quick, threads, cores, n)
+    data = load_dataset(cfg.data)
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    torch.set_num_threads(threads)
+    trainer = make_trainer(cfg, data.input_shape, data.num_classes, total_steps=10 * batches)
+    try:
+        m = measure(trainer, data, cfg, K, batches)
+        memory = (sum(trainer.peak_memory()) if cfg.train.trainer == "al" else
+                  torch.cuda.max_memory_allocated() if cuda else 0)
+        return {**row, **m, "peak_mib": memory / 2 ** 20, "placement": trainer.describe()}
+    finally:
+        trainer.close()
+
+
+# -- transfer: one chunk's (s_1, t_1) from block 1's actor to block 2's ------------------------------
+@ray.remote(enable_tensor_transport=True)
+class Hop:
+    def __init__(self, shapes: list, dtype: str, cuda: bool):
+        device = "cuda:0" if cuda else "cpu"
+        self.payload = tuple(torch.randn(s, device=device).to(getattr(torch, dtype)) for s in shapes)
+
+    def produce(self):
+        return tuple(t.clone() for t in self.payload)  # a fresh tensor per chunk, as a block's step makes
+
+    def consume(self, tensors) -> float:
+        return float(tensors[0].flatten()[0])  # touches the data: the hop really happened
+
+    def ready(self) -> bool:
+        return True
+
+
+def hop_ms(shapes: list, cuda: bool, transports: list[str], chunks: int) -> dict[str, float]:
+    """Milliseconds per chunk of produce -> consume, streamed as the pipeline streams (4 in flight)."""
+    from ray.experimental.collective import create_collective_group, destroy_collective_group
+
+    out = {}
+    for transport in transports:
+        opts = {"num_gpus": 0.5, "num_cpus": 0} if cuda else {"num_cpus": 0}
+        a, b = (Hop.options(**opts).remote(shapes, "float32", cuda) for _ in range(2))
+        ray.get([a.ready.remote(), b.ready.remote()])
+        group = create_collective_group([a, b], backend=transport) if transport in ("gloo", "nccl") else None
+        try:
+            rdt = None if transport == "object_store" else transport
+            for timed in (False, True):  # the first pass warms up
+                start, pending = time.perf_counter(), []
+                for _ in range(chunks):
+                    pending.append(b.consume.remote(a.produce.options(tensor_transport=rdt).remote()))
+                    if len(pending) >= 4:
+                        ray.get(pending.pop(0))
+                ray.get(pending)
+            out[transport] = 1000 * (time.perf_counter() - start) / chunks
+        except Exception as e:  # a transport that does not work here is a finding, not a crash
+            out[transport] = f"failed: {type(e).__name__}: {str(e).splitlines()[0][:200]}"
+        finally:
+            if group is not None:
+                destroy_collective_group(group)
+            for actor in (a, b):
+                ray.kill(actor)
+    return out
+
+
+def boundary_shapes(model: str, quick: bool) -> list:
+    """Shapes of (s_1, t_1) for one chunk of K batches: what block 1 hands block 2."""
+    from ray_al.models import build_al_block
+
+    cfg = config_from_dict({"model": {"name": model, "d": 32 if quick else None}})
+    block = build_al_block(cfg.model, (3, 32, 32), 10, 0, 0, "cpu")
+    with torch.no_grad():
+        s = block(torch.zeros(2, 3, 32, 32))
+        t = block.encode_target(block.target_input(torch.zeros(2, dtype=torch.long)))
+    return [[K, BATCH, *s.shape[1:]], [K, BATCH, *t.shape[1:]]]
+
+
+# -- the table -----------------------------------------------------------------------------------
+def table(results: list[dict], transfers: dict, device: str) -> list[str]:
+    out = [f"throughput on {device}, batch {BATCH}, K = {K}",
+           f"{'model':8} {'row':22} {'samples/s':>10} {'x BP':>6} {'peak MiB':>9} {'ideal':>9} {'/ideal':>7}"]
+    for r in results:
+        if "samples_per_s" not in r:
+            out.append(f"{r['model']:8} {r['row']:22} {r.get('skipped', 'failed'):>10}  {r.get('error', '')}")
+            continue
+        side = r["row"].split("+")
+        bp_row = "+".join(["bp", *side[1:]])
+        bp = next((b["samples_per_s"] for b in results if b["model"] == r["model"] and b["row"] == bp_row
+                   and "samples_per_s" in b), None)
+        ideal = r["ideal_samples_per_s"] if r["row"].startswith("ray") else None
+        sps = r["samples_per_s"]
+        x_bp, vs_ideal = (f"{sps / bp:.2f}" if bp else "-"), (f"{sps / ideal:.2f}" if ideal else "-")
+        out.append(f"{r['model']:8} {r['row']:22} {sps:>10,.0f} {x_bp:>6} {r['peak_mib']:>9,.0f} "
+                   f"{(f'{ideal:,.0f}' if ideal else '-'):>9} {vs_ideal:>7}")
+    out.append("transfer of one chunk's (s_1, t_1), block 1 -> block 2 (ms per chunk, produce -> consume):")
+    for model, t in transfers.items():
+        rdt = next((r for r in results if r["model"] == model and r["row"] == "ray_rdt" and "stage_ms" in r), None)
+        step = max(rdt["stage_ms"][:2]) * K if rdt else None  # the slower of the two blocks, per chunk
+        cells = [f"{name} {v:.2f}" + (f" ({100 * v / step:.0f}% of the slower block's chunk)" if step else "")
+                 if isinstance(v, float) else f"{name} {v}" for name, v in t["ms"].items()]
+        out.append(f"  {model:8} {t['mib']:.2f} MiB: " + "; ".join(cells))
     return out
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", required=True, help="MNIST Parquet folder (train-*.parquet, test-*.parquet)")
     p.add_argument("--out", required=True, help="folder for gpu_throughput.json and gpu_throughput.txt")
-    p.add_argument("--quick", action="store_true", help="tiny runs (tests, CPU machines)")
-    p.add_argument("--budget-s", type=float, default=420.0, help="skip rows that would start after this")
-    p.add_argument("--models", nargs="+", default=list(BLOCKS), choices=list(BLOCKS))
+    p.add_argument("--quick", action="store_true", help="tiny runs (tests, CPU machines): checks, not figures")
+    p.add_argument("--models", nargs="+", default=MODELS, choices=MODELS)
+    p.add_argument("--option-models", nargs="*", default=["mlp", "cnn"], choices=MODELS,
+                   help="models that get a row per step option (every model gets +all)")
+    p.add_argument("--options", nargs="*", default=None, help="step options to run alone (default: all)")
+    p.add_argument("--batches", type=int, default=None, help="timed batches per row (default 320; quick 32)")
+    p.add_argument("--budget-s", type=float, default=300.0, help="rows that would start after this are skipped")
     args = p.parse_args()
-    if not any(Path(args.data).glob("train-*.parquet")):
-        print(f"gpu_throughput: no train-*.parquet in {args.data}", file=sys.stderr)
-        return 2
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     cuda = torch.cuda.is_available()
     cores = os.cpu_count() or 1
+    threads = 1 if args.quick else cores
+    batches = args.batches or (32 if args.quick else 320)
     ray.init(address="local", num_cpus=cores, num_gpus=1 if cuda else 0, include_dashboard=False,
              logging_level="WARNING")
+    device = torch.cuda.get_device_name(0) if cuda else f"CPU ({cores} cores)"
     env = {"torch": torch.__version__, "ray": ray.__version__, "python": platform.python_version(), "cores": cores,
-           "gpu": torch.cuda.get_device_name(0) if cuda else None, "quick": args.quick}
+           "device": device, "quick": args.quick, "batches": batches}
     print(f"gpu_throughput: {env}", flush=True)
     start, results = time.perf_counter(), []
-    with tempfile.TemporaryDirectory(prefix="gpu-bench-") as run_dir:
-        for r in [r for r in plan(args.quick, cuda, cores) if r["model"] in args.models]:
-            if time.perf_counter() - start > args.budget_s:
-                results.append({**r, "skipped": "budget"})
-                continue
-            try:
-                res = run_row(r, args.data, run_dir, args.quick)
-            except Exception as e:  # one failed row must not lose the others
-                res = {**r, "skipped": "failed", "error": f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"}
-            results.append(res)
-            shown = f"{res['samples_per_s']:,.0f} samples/s" if "samples_per_s" in res else res.get("error")
-            print(f"  {r['model']} {r['row']}: {shown}", flush=True)
-            for line in res.get("placement", [])[:4]:
+    for row in plan(args.models, [m for m in args.option_models if m in args.models], args.options, cuda):
+        if time.perf_counter() - start > args.budget_s:
+            results.append({**row, "skipped": "budget"})
+            continue
+        try:
+            res = run_row(row, cuda, args.quick, batches, threads, cores)
+        except Exception as e:  # one failed row must not lose the others
+            res = {**row, "skipped": "failed", "error": f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"}
+        results.append(res)
+        shown = f"{res['samples_per_s']:,.0f} samples/s" if "samples_per_s" in res else res.get("error")
+        print(f"  {row['model']} {row['row']}: {shown}", flush=True)
+        for line in res.get("placement", []):
+            if line.startswith("tensor transport") or not row["row"].startswith("ray"):
                 print(f"    {line}", flush=True)
-    lines = table(results)
+    transports = ["object_store", "cuda_ipc"] if cuda else ["object_store", "gloo"]
+    transfers = {}
+    for model in args.models:
+        shapes = boundary_shapes(model, args.quick)
+        mib = sum(torch.Size(s).numel() for s in shapes) * 4 / 2 ** 20
+        transfers[model] = {"shapes": shapes, "mib": mib, "ms": hop_ms(shapes, cuda, transports,
+                                                                       8 if args.quick else 40)}
+    lines = table(results, transfers, device)
     print("\n".join(lines))
-    (out / "gpu_throughput.json").write_text(json.dumps({"env": env, "results": results}, indent=1))
+    (out / "gpu_throughput.json").write_text(json.dumps({"env": env, "results": results, "transfers": transfers},
+                                                        indent=1))
     (out / "gpu_throughput.txt").write_text("\n".join(lines) + "\n")
     print(f"wrote {out / 'gpu_throughput.json'} ({time.perf_counter() - start:.0f} s)")
     ray.shutdown()

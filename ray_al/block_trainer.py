@@ -5,27 +5,34 @@ does exactly the arithmetic of the sequential algorithm.
 """
 from __future__ import annotations
 
+import time
+
 import torch
 
 from ray_al.blocks import ALBlock
 from ray_al.config import ModelConfig, OptimConfig
 from ray_al.errors import TrainingError
 from ray_al.schedule import lr_multiplier
+from ray_al.step_options import StepOptions
 from ray_al.target_path import warmup_lr
 from ray_al.weight_decay import adam, kernels
 
 
 class BlockTrainer:
     def __init__(self, block: ALBlock, optim: OptimConfig, total_steps: int, index: int,
-                 model: ModelConfig | None = None):
+                 model: ModelConfig | None = None, options: StepOptions | None = None):
         self.block, self.index = block, index
         self.model = model or ModelConfig()
         self.opt_warmup = None  # target-path warm-up's own Adam, made on the first warm-up step
         self.optim, self.total_steps = optim, total_steps
         self.device = next(block.parameters()).device
-        wd, scope, f_kernels = optim.weight_decay, optim.l2_scope, kernels(block.f)
-        self.opt_forward = adam(block.forward_params(), optim.lr, wd, scope, f_kernels)
-        self.opt_target = adam(block.target_params(), optim.lr * optim.target_lr_scale, wd, scope, f_kernels)
+        self.options = options or StepOptions()  # all off: the plain fp32 step
+        self.options.check(self.device)
+        self.options.prepare(block)
+        wd, scope, f_kernels, impl = optim.weight_decay, optim.l2_scope, kernels(block.f), self.options.adam_impl()
+        self.opt_forward = adam(block.forward_params(), optim.lr, wd, scope, f_kernels, impl)
+        self.opt_target = adam(block.target_params(), optim.lr * optim.target_lr_scale, wd, scope, f_kernels, impl)
+        self.local_losses = self.options.compiled(block.local_losses)
         self.step_count = 0
 
     def _set_lr(self) -> None:
@@ -39,7 +46,8 @@ class BlockTrainer:
         """One optimizer step of both local losses; returns detached (s_i, t_i, L_i, L'_i)."""
         self.block.train()
         self._set_lr()
-        s, t, bridge_loss, ae_loss = self.block.local_losses(s_prev, t_prev)
+        with self.options.autocast(self.device):  # backward runs outside autocast, as torch recommends
+            s, t, bridge_loss, ae_loss = self.local_losses(self.options.batch_layout(s_prev), t_prev)
         self.opt_forward.zero_grad(set_to_none=True)
         self.opt_target.zero_grad(set_to_none=True)
         (bridge_loss + ae_loss).backward()  # the two losses touch disjoint parameters
@@ -49,8 +57,10 @@ class BlockTrainer:
         return s.detach(), t.detach(), bridge_loss.detach(), ae_loss.detach()
 
     def train_chunk(self, s_prev: torch.Tensor, t_prev: torch.Tensor):
-        """K steps over stacked inputs [K, B, ...]; returns stacked outputs and loss stats."""
-        s_prev, t_prev = s_prev.to(self.device), t_prev.to(self.device)
+        """K steps over stacked inputs [K, B, ...]; returns stacked outputs and loss stats, with the
+        seconds this chunk's steps took (`compute_s`: what bounds a pipeline's rate, measured where it runs)."""
+        start = time.perf_counter()
+        s_prev, t_prev = self.options.to_device(s_prev, self.device), self.options.to_device(t_prev, self.device)
         first_step = self.step_count
         outs_s, outs_t, losses = [], [], []
         for k in range(s_prev.shape[0]):
@@ -62,9 +72,11 @@ class BlockTrainer:
         if not torch.isfinite(losses).all():
             bad = int((~torch.isfinite(losses)).any(dim=1).nonzero()[0])
             raise TrainingError(f"block {self.index + 1}: non-finite loss at step {first_step + bad + 1}")
+        outs_s, outs_t = torch.stack(outs_s), torch.stack(outs_t)
         stats = {"block": self.index + 1, "step": self.step_count, "steps": len(losses),
-                 "bridge_loss": float(losses[:, 0].mean()), "ae_loss": float(losses[:, 1].mean())}
-        return torch.stack(outs_s), torch.stack(outs_t), stats
+                 "bridge_loss": float(losses[:, 0].mean()), "ae_loss": float(losses[:, 1].mean()),
+                 "compute_s": time.perf_counter() - start}
+        return outs_s, outs_t, stats
 
     # -- target path alone (ray_al/target_path.py) -----------------------------------------
     def warmup_chunk(self, t_prev: torch.Tensor):

@@ -86,6 +86,12 @@ class TrainConfig:
     device: str = "auto"              # al_local / bp: auto | cpu | cuda
     eval_batch_size: int = 1000
     log_every_s: float = 10.0         # progress line interval on long epochs
+    # step options (ray_al/step_options.py), each off by default; AL blocks and the BP twin alike
+    compile: str = "off"              # off | on (torch.compile of forward + losses) | cuda_graphs (CUDA only)
+    precision: str = "fp32"           # fp32 | bf16 (autocast of forward + losses; optimizer state stays fp32)
+    adam: str = "default"             # default | foreach | fused (torch's Adam implementations)
+    pin_memory: bool = False          # CUDA only: host input chunks pinned, copied with non_blocking=True
+    channels_last: bool = False       # NHWC weights and 4-D inputs (convolutional models)
 
 
 @dataclass
@@ -96,6 +102,8 @@ class RayConfig:
     num_gpus_per_block: float = 0.0   # fractional shares one GPU between blocks
     placement_strategy: str = "PACK"  # PACK | SPREAD | STRICT_PACK | STRICT_SPREAD
     placement_timeout_s: float = 60.0
+    tensor_transport: str = "auto"    # how chunks hop between blocks (ray_al/transport.py): auto | object_store |
+                                      # cuda_ipc | nccl | gloo (Ray Direct Transport); auto: by hardware
     block_resources: dict[str, float] = field(default_factory=dict)  # custom resources per block, e.g. {worker: 0.01}
     runtime_env: dict[str, Any] = field(default_factory=dict)  # of the job this driver starts or joins,
                                       # e.g. {py_modules: [my_pkg]}: ships code to every worker
@@ -146,6 +154,10 @@ CHOICES = {
     "model.bp_baseline": {"twin", "authors"},
     "train.trainer": {"al", "al_local", "bp"},
     "train.device": {"auto", "cpu", "cuda"},
+    "train.compile": {"off", "on", "cuda_graphs"},
+    "train.precision": {"fp32", "bf16"},
+    "train.adam": {"default", "foreach", "fused"},
+    "ray.tensor_transport": {"auto", "object_store", "cuda_ipc", "nccl", "gloo"},
     "ray.placement_strategy": {"PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"},
 }
 POSITIVE = {"data.batch_size", "train.chunk_size", "train.max_inflight_chunks", "train.eval_batch_size",

@@ -22,14 +22,15 @@ def kernels(module: nn.Module) -> list[nn.Parameter]:
 
 
 def adam(params: Iterable[nn.Parameter], lr: float, weight_decay: float, scope: str,
-         kernels_in_scope: list[nn.Parameter]) -> torch.optim.Adam:
+         kernels_in_scope: list[nn.Parameter], impl: dict | None = None) -> torch.optim.Adam:
     """Adam over `params` with L2 `weight_decay` on every one (scope `all`: one group, exactly the old
     optimizer) or only on those of `params` in `kernels_in_scope` (scope `f_kernels`: a decayed group
-    first, then the rest with weight_decay 0)."""
+    first, then the rest with weight_decay 0); `impl`: Adam's foreach/fused choice (StepOptions.adam_impl)."""
+    impl = impl or {}
     params = list(params)
     if scope == "all" or not weight_decay:
-        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, **impl)
     chosen = {id(p) for p in kernels_in_scope}
     groups = [{"params": [p for p in params if id(p) in chosen], "weight_decay": weight_decay},
               {"params": [p for p in params if id(p) not in chosen], "weight_decay": 0.0}]
-    return torch.optim.Adam([g for g in groups if g["params"]], lr=lr)
+    return torch.optim.Adam([g for g in groups if g["params"]], lr=lr, **impl)

@@ -67,6 +67,7 @@ def test_pipeline_reports_placement_and_trains(ray_cluster, tmp_path):
     cfg = tiny_config(tmp_path, train={"epochs": 4}, model={"d": 256})
     result = train(cfg, log=lines.append)
     assert any(line.startswith("block 2: node") for line in lines)
+    assert any(line.startswith("tensor transport: object_store (auto on CPU blocks") for line in lines)  # default
     assert result.final["test_acc"] > 0.5  # digits, 4 epochs: far above chance (0.1)
     assert {"exit_1", "exit_2", "b1_bridge_loss", "b2_ae_loss"} <= set(result.final)
     assert (result.run_dir / "metrics.jsonl").read_text().count("\n") == 4

@@ -13,28 +13,31 @@ from ray_al.checkpoint.files import read_block, write_block
 from ray_al.config import ModelConfig, OptimConfig
 from ray_al.errors import RayALError
 from ray_al.models import build_al_block
+from ray_al.step_options import StepOptions
 
 
-@ray.remote
+@ray.remote(enable_tensor_transport=True)  # train_relay's outputs may travel by RDT (ray_al/transport.py)
 class BlockActor:
     def __init__(self, model: ModelConfig, optim: OptimConfig, seed: int, threads: int | None,
-                 input_shape: tuple, num_classes: int, index: int, n_blocks: int, total_steps: int):
+                 input_shape: tuple, num_classes: int, index: int, n_blocks: int, total_steps: int,
+                 options: StepOptions | None = None):
         # A failure here is kept and reported by where() as one line: raised, Ray would print its
         # traceback once per actor and the driver would see only "died in its creation task".
         self.startup_error, self.index = None, index
         try:
-            self._setup(model, optim, seed, threads, input_shape, num_classes, index, n_blocks, total_steps)
+            self._setup(model, optim, seed, threads, input_shape, num_classes, index, n_blocks, total_steps, options)
         except Exception as e:
             self.startup_error = str(e) if isinstance(e, RayALError) else f"{type(e).__name__}: {e}"
 
     def _setup(self, model: ModelConfig, optim: OptimConfig, seed: int, threads: int | None,
-               input_shape: tuple, num_classes: int, index: int, n_blocks: int, total_steps: int) -> None:
+               input_shape: tuple, num_classes: int, index: int, n_blocks: int, total_steps: int,
+               options: StepOptions | None) -> None:
         cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
         torch.set_num_threads(threads or max(1, int(cpus)))
         # Ray sets CUDA_VISIBLE_DEVICES to the GPUs it assigned, so cuda:0 is ours.
         self.device = torch.device("cuda:0" if ray.get_gpu_ids() and torch.cuda.is_available() else "cpu")
         block = build_al_block(model, input_shape, num_classes, index, seed, self.device)
-        self.trainer = BlockTrainer(block, optim, total_steps, index, model)
+        self.trainer = BlockTrainer(block, optim, total_steps, index, model, options)
         self.is_last = index == n_blocks - 1
         # fault-injection hook for tests and demos: RAY_AL_SLOW_BLOCK="2:0.05" sleeps 50 ms per chunk in block 2
         block_no, _, seconds = os.environ.get("RAY_AL_SLOW_BLOCK", "").partition(":")
@@ -49,7 +52,8 @@ class BlockActor:
             device += f" ({torch.cuda.get_device_name(self.device)}, GPU ids {ray.get_gpu_ids()})"
         return {"block": self.trainer.index + 1, "node": ctx.get_node_id()[:12], "host": socket.gethostname(),
                 "ip": ray.util.get_node_ip_address(), "pid": os.getpid(), "device": device,
-                "threads": torch.get_num_threads()}
+                "device_type": self.device.type, "gpu_ids": [int(g) for g in ray.get_gpu_ids()],
+                "threads": torch.get_num_threads(), "options": self.trainer.options.describe()}
 
     @ray.method(num_returns=2)
     def train_chunk(self, inputs: tuple):
@@ -60,6 +64,22 @@ class BlockActor:
         s, t, stats = self.trainer.train_chunk(*inputs)
         out = None if self.is_last else (s.cpu(), t.cpu())  # the last block's outputs go nowhere
         return out, stats
+
+    def train_relay(self, inputs: tuple):
+        """The same K steps on an RDT transport (ray_al/transport.py): (s_{i-1}, t_{i-1}[, stats of blocks
+        before]) in; (s_i, t_i, stats of blocks 1..i) out, the tensors left where they are for the next
+        block to fetch; the last block returns the stats list alone, for the driver."""
+        if self.delay:
+            time.sleep(self.delay)
+        s_prev, t_prev, *before = inputs
+        s, t, stats = self.trainer.train_chunk(s_prev, t_prev)
+        carried = [*(before[0] if before else []), stats]
+        # RDT sends contiguous tensors only (a channels_last stack is not): a no-op for the default layout
+        return carried if self.is_last else (s.contiguous(), t.contiguous(), carried)
+
+    def peak_memory(self) -> int:
+        """Bytes of GPU memory this block's process allocated at most (0 on the CPU)."""
+        return torch.cuda.max_memory_allocated(self.device) if self.device.type == "cuda" else 0
 
     @ray.method(num_returns=2)
     def warmup_chunk(self, t_prev: torch.Tensor):

@@ -14,6 +14,7 @@ from ray_al.block_trainer import BlockTrainer
 from ray_al.blocks import ALBlock, decode_exits
 from ray_al.config import Config
 from ray_al.models import block_count, build_al_block
+from ray_al.step_options import StepOptions
 from ray_al.target_path import class_points, separability
 from ray_al.trainers.base import InProcessTrainer, OnChunk
 
@@ -22,8 +23,9 @@ class ALLocal(InProcessTrainer):
     def __init__(self, cfg: Config, input_shape: tuple, num_classes: int, total_steps: int):
         super().__init__(cfg)
         self.n = block_count(cfg.model, input_shape, num_classes)
+        options = StepOptions.from_config(cfg.train)
         self.trainers = [BlockTrainer(build_al_block(cfg.model, input_shape, num_classes, i, cfg.train.seed,
-                                                     self.device), cfg.optim, total_steps, i, cfg.model)
+                                                     self.device), cfg.optim, total_steps, i, cfg.model, options)
                          for i in range(self.n)]
 
     @property
@@ -81,4 +83,6 @@ class ALLocal(InProcessTrainer):
             trainer.load_state_dict(state)
 
     def describe(self) -> list[str]:
-        return [f"{self.n} blocks in this process on {self.device}, {torch.get_num_threads()} thread(s)"]
+        options = self.trainers[0].options.describe()
+        return [f"{self.n} blocks in this process on {self.device}, {torch.get_num_threads()} thread(s)"
+                + (f", {options}" if options else "")]

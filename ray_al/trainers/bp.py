@@ -1,6 +1,7 @@
 """`train.trainer=bp`: the backprop twin, the AL prediction path as one network with cross-entropy."""
 from __future__ import annotations
 
+import time
 from typing import Iterator
 
 import torch
@@ -11,6 +12,7 @@ from ray_al.config import Config
 from ray_al.errors import TrainingError
 from ray_al.models import BPTwin, build_bp_twin
 from ray_al.schedule import lr_multiplier
+from ray_al.step_options import StepOptions
 from ray_al.trainers.base import InProcessTrainer
 from ray_al.weight_decay import adam, kernels
 
@@ -22,23 +24,32 @@ class BPTrainer(InProcessTrainer):
         super().__init__(cfg)
         self.total_steps = total_steps
         self.net: BPTwin = build_bp_twin(cfg.model, input_shape, num_classes, cfg.train.seed, self.device)
+        self.options = StepOptions.from_config(cfg.train)  # the AL blocks' step options, for a fair comparison
+        self.options.check(self.device)
+        self.options.prepare(self.net)
         self.opt = adam(self.net.parameters(), cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.l2_scope,
-                        kernels(self.net))
+                        kernels(self.net), self.options.adam_impl())
+        self.loss = self.options.compiled(self._loss)
         self.step_count = 0
+
+    def _loss(self, x: torch.Tensor, y: torch.Tensor):
+        return (F.cross_entropy(self.net(x), y),)
 
     @property
     def model(self) -> BPTwin:
         return self.net
 
     def _train_chunk(self, chunk: Chunk) -> list[dict]:
+        start = time.perf_counter()
         self.net.train()
-        xs, ys = chunk.x.to(self.device), chunk.y.to(self.device)
+        xs, ys = self.options.to_device(chunk.x, self.device), self.options.to_device(chunk.y, self.device)
         losses = []
         for x, y in zip(xs, ys):
             for group in self.opt.param_groups:
                 group["lr"] = self.cfg.optim.lr * lr_multiplier(self.cfg.optim.schedule, self.step_count,
                                                                 self.total_steps)
-            loss = F.cross_entropy(self.net(x), y)
+            with self.options.autocast(self.device):
+                (loss,) = self.loss(self.options.batch_layout(x), y)
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
             self.opt.step()
@@ -47,7 +58,8 @@ class BPTrainer(InProcessTrainer):
         losses = torch.stack(losses).cpu()
         if not torch.isfinite(losses).all():
             raise TrainingError(f"BP twin: non-finite loss at step {self.step_count}")
-        return [{"block": 1, "step": self.step_count, "steps": len(losses), "loss": float(losses.mean())}]
+        return [{"block": 1, "step": self.step_count, "steps": len(losses), "loss": float(losses.mean()),
+                 "compute_s": time.perf_counter() - start}]
 
     @torch.no_grad()
     def predict_exits(self, x: torch.Tensor, batch_size: int) -> Iterator[list[torch.Tensor]]:
@@ -70,4 +82,6 @@ class BPTrainer(InProcessTrainer):
 
     def describe(self) -> list[str]:
         net = "BP twin" if self.cfg.model.bp_baseline == "twin" else "the authors' BP network"
-        return [f"{net} in this process on {self.device}, {torch.get_num_threads()} thread(s)"]
+        options = self.options.describe()
+        return [f"{net} in this process on {self.device}, {torch.get_num_threads()} thread(s)"
+                + (f", {options}" if options else "")]

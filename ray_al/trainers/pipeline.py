@@ -21,10 +21,12 @@ from ray_al.errors import BlockLost, ConfigError, RayALError, TrainingError
 from ray_al.metrics import exit_accuracies
 from ray_al.models import block_count
 from ray_al.session import connect, gcs_reachable
+from ray_al.step_options import StepOptions
 from ray_al.target_path import class_points, separability
 from ray_al.trainers.actors import BlockActor
 from ray_al.trainers.base import OnChunk
 from ray_al.trainers.placement import reserve
+from ray_al.transport import check_bundles, close_group, open_group, relay, resolve
 
 
 def _unwrap(e: Exception) -> RayALError:
@@ -81,16 +83,24 @@ class ALPipeline:
         self.peak_inflight = 0  # most chunks ever between submission and completion
         self.n = block_count(cfg.model, input_shape, num_classes)
         self._given_pg = pg
+        self.group, self.transport, self.transport_why = None, "object_store", ""
         self._start()
 
     def _start(self) -> None:
         cfg = self.cfg
         self.slots = reserve(cfg.ray, self.n, self._given_pg)  # block i -> bundle slots.offset + i
         self.pg = self.slots.pg
+        try:  # what the bundles cannot serve is refused before any actor starts
+            check_bundles(cfg.ray.tensor_transport, self.slots.bundles)
+            gpus = all(b.get("GPU", 0) for b in self.slots.bundles)
+            StepOptions.from_config(cfg.train).check(torch.device("cuda" if gpus else "cpu"))
+        except ConfigError:
+            self.slots.release()
+            raise
         self.actors = [
             BlockActor.options(**self.slots.options(i))
             .remote(cfg.model, cfg.optim, cfg.train.seed, cfg.train.threads, self.input_shape, self.num_classes,
-                    i, self.n, self.total_steps)
+                    i, self.n, self.total_steps, StepOptions.from_config(cfg.train))
             for i in range(self.n)
         ]
         try:
@@ -98,6 +108,9 @@ class ALPipeline:
             failed = next((p for p in self.placement if "error" in p), None)
             if failed:
                 raise ConfigError(f"block {failed['block']} could not start: {failed['error']}")
+            # after placement: which transport fits depends on where the blocks and their GPUs landed
+            self.transport, self.transport_why = resolve(cfg.ray.tensor_transport, self.placement)
+            self.group = open_group(self.actors, self.transport)  # new actors (a restart): a new group
         except (RayALError, ray.exceptions.RayError) as e:
             self.close()  # no half-started chain left holding the placement group
             raise (e if isinstance(e, RayALError) else _startup_error(e)) from None
@@ -116,8 +129,11 @@ class ALPipeline:
 
     # -- training ------------------------------------------------------------------------
     def submit(self, chunk: Chunk) -> list:
-        """Send one chunk down the chain; returns the ObjectRefs of every block's stats."""
+        """Send one chunk down the chain; returns the ObjectRefs of every block's stats (on an RDT
+        transport: one ref, the last block's, of all of them)."""
         ref = chunk.ref if chunk.ref is not None else (chunk.x, chunk.y)  # Ray Data: (x, y) in the object store
+        if self.transport != "object_store":
+            return relay(self.actors, ref, self.transport)
         stats = []
         for actor in self.actors:
             ref, stat = actor.train_chunk.remote(ref)
@@ -126,7 +142,10 @@ class ALPipeline:
 
     def train_epoch(self, chunks: Iterable[Chunk], on_chunk: OnChunk) -> None:
         """on_chunk gets every block's stats of a chunk, in chunk order, as the chunk completes."""
-        self._stream(map(self.submit, chunks), on_chunk)
+        if self.transport == "object_store":
+            self._stream(map(self.submit, chunks), on_chunk)
+        else:  # one ref per chunk, holding the list of every block's stats
+            self._stream(map(self.submit, chunks), lambda got: on_chunk(got[0]))
 
     def warmup(self, chunks: Iterable[torch.Tensor], on_chunk: OnChunk) -> None:
         """Target-path warm-up: label chunks down the same chain, each block passing t_i on."""
@@ -206,14 +225,21 @@ class ALPipeline:
     def load_blocks(self, run_uri: str, manifest: dict) -> None:
         self._get([a.load.remote(run_uri, manifest) for a in self.actors])
 
+    def peak_memory(self) -> list[int]:
+        """Each block's peak GPU memory in bytes (0 for a block on the CPU)."""
+        return self._get([a.peak_memory.remote() for a in self.actors])
+
     def describe(self) -> list[str]:
-        return [f"block {p['block']}: node {p['node']} ({p['host']}, {p['ip']}) pid {p['pid']} {p['device']}, "
-                f"{p['threads']} thread(s)" for p in self.placement]
+        lines = [f"block {p['block']}: node {p['node']} ({p['host']}, {p['ip']}) pid {p['pid']} {p['device']}, "
+                 f"{p['threads']} thread(s)" + (f", {p['options']}" if p["options"] else "") for p in self.placement]
+        return lines + [f"tensor transport: {self.transport} ({self.transport_why})"]
 
     def close(self) -> None:
         if self.actors and not gcs_reachable():  # the cluster is gone, and with it what we held
             self.actors = []
             return
+        close_group(self.group)
+        self.group = None
         for actor in self.actors:
             try:
                 ray.kill(actor)
