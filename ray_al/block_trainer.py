@@ -15,6 +15,7 @@ from ray_al.errors import TrainingError
 from ray_al.schedule import lr_multiplier
 from ray_al.step_options import StepOptions
 from ray_al.target_path import warmup_lr
+from ray_al.weight_decay import adam, kernels
 
 
 class BlockTrainer:
@@ -28,10 +29,9 @@ class BlockTrainer:
         self.options = options or StepOptions()  # all off: the plain fp32 step
         self.options.check(self.device)
         self.options.prepare(block)
-        wd = optim.weight_decay
-        self.opt_forward = self.options.adam_optimizer(block.forward_params(), lr=optim.lr, weight_decay=wd)
-        self.opt_target = self.options.adam_optimizer(block.target_params(), lr=optim.lr * optim.target_lr_scale,
-                                                      weight_decay=wd)
+        wd, scope, f_kernels, impl = optim.weight_decay, optim.l2_scope, kernels(block.f), self.options.adam_impl()
+        self.opt_forward = adam(block.forward_params(), optim.lr, wd, scope, f_kernels, impl)
+        self.opt_target = adam(block.target_params(), optim.lr * optim.target_lr_scale, wd, scope, f_kernels, impl)
         self.local_losses = self.options.compiled(block.local_losses)
         self.step_count = 0
 

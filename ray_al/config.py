@@ -57,6 +57,10 @@ class ModelConfig:
     # the chain, before the first data step; 0 = the paper's algorithm, untouched
     target_warmup_steps: int = 0
     target_warmup_lr: float | None = None    # its own Adam, dropped after; None: 3e-3 x min(1, 256 / d)
+    # the BP baseline (train.trainer=bp): twin (the AL prediction path, as the paper words it) | authors
+    # (the authors' code: VGG with BN after every conv and dense layer and no Dense(1024)s, ResNet with
+    # global average pooling to 64 features and BN in the head; for mlp and cnn the same as the twin)
+    bp_baseline: str = "twin"
     module: str | None = None         # the user's module whose @register builders `name` may refer to;
                                       # imported in the driver and in every block actor before the lookup
 
@@ -66,6 +70,8 @@ class OptimConfig:
     lr: float = 1e-4
     target_lr_scale: float = 2.0      # g and h train at lr * this (the reference code's 2x)
     weight_decay: float = 0.0         # L2, as Adam's weight_decay
+    l2_scope: str = "f_kernels"       # what L2 reaches: f_kernels (the weights of f's Linear/Conv layers, as the
+                                      # authors' code; BP: every Linear/Conv weight) | all (every parameter)
     schedule: str = "constant"        # constant | paper (x0.1 at 40/60/80% of steps, x0.5 at 90%)
 
 
@@ -144,6 +150,8 @@ CHOICES = {
     "data.loader": {"memory", "ray_data"},
     "model.act": {None, "elu", "relu", "sigmoid", "tanh"},
     "optim.schedule": {"constant", "paper"},
+    "optim.l2_scope": {"f_kernels", "all"},
+    "model.bp_baseline": {"twin", "authors"},
     "train.trainer": {"al", "al_local", "bp"},
     "train.device": {"auto", "cpu", "cuda"},
     "train.compile": {"off", "on", "cuda_graphs"},

@@ -100,7 +100,7 @@ class _EvalMode:
 def al_features(blocks, x: torch.Tensor, layers: list[str], batch_size: int = 500) -> dict[str, torch.Tensor]:
     """Activations of the named layers of an AL model (a list of ALBlocks) on x, on the CPU."""
     n = len(blocks)
-    _check_layers(layers, layer_names(n) + [f"b{i}" for i in range(1, n + 1)])
+    _check_layers(layers, layer_names(n) + [f"b{i}" for i in range(1, n + 1)] + ["out_sigmoid"])
     device = next(blocks[0].parameters()).device
     out = {name: [] for name in layers}
     with _EvalMode(blocks):
@@ -115,6 +115,7 @@ def al_features(blocks, x: torch.Tensor, layers: list[str], batch_size: int = 50
             for k in range(n, 1, -1):
                 t = points[f"dec{k}"] = blocks[k - 1].decode(t)
             points["out"] = blocks[0].decode_logits(t)
+            points["out_sigmoid"] = torch.sigmoid(points["out"])  # h_1 as the authors' inference ends: in [0, 1]
             for name in layers:
                 out[name].append(points[name].cpu())
     return {name: torch.cat(parts) for name, parts in out.items()}
@@ -177,10 +178,10 @@ def tsne_figure(rows: list[tuple[str, dict[str, torch.Tensor]]], labels: torch.T
             ax = axes[r][c]
             ax.set_xticks([])
             ax.set_yticks([])
-            if c >= len(feats):
+            layer, f = list(feats.items())[c] if c < len(feats) else (None, None)
+            if f is None:  # a row without this panel (the raw data is drawn once, in the first row)
                 ax.axis("off")
                 continue
-            layer, f = list(feats.items())[c]
             xy = tsne_embed(f, seed, max_iter)
             k = int(y.max()) + 1  # the same colour for a class in every panel
             ax.scatter(xy[:, 0], xy[:, 1], c=y, cmap="tab10" if k <= 10 else "nipy_spectral", vmin=0,

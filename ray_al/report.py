@@ -27,7 +27,17 @@ from ray_al.metrics import (
     sample_indices,
     tsne_figure,
 )
-from ray_al.paper import NAMES, PAPER_EPOCHS, RESULTS, TABLES, dataset_key, method, paper_result
+from ray_al.paper import (
+    NAMES,
+    PAPER_EPOCHS,
+    RESULTS,
+    TABLE4,
+    TABLE4_LAYER,
+    TABLES,
+    dataset_key,
+    method,
+    paper_result,
+)
 from ray_al.target_path import format_separability
 
 Log = Callable[[str], None]
@@ -98,6 +108,11 @@ def _reduced(run: Run) -> bool:
     return bool(d.limit_train or d.limit_test or run.cfg.model.d is not None)
 
 
+def _baseline(run: Run) -> str:
+    """'†' on a BP run of the authors' BP network (model.bp_baseline=authors); the twin is unmarked."""
+    return "†" if run.method == "bp" and run.cfg.model.bp_baseline == "authors" else ""
+
+
 def _epochs(run: Run) -> str:
     return f"{run.final.get('epoch', 0)}/{run.cfg.train.epochs}"
 
@@ -123,13 +138,16 @@ def accuracy_section(runs: list[Run]) -> list[str]:
             cols = []
             for m in ("bp", "al"):
                 found = by.get(m, [])
-                ours = "; ".join(_pct(r.final.get("test_acc")) + ("*" if _reduced(r) else "") for r in found) or "-"
+                ours = "; ".join(_pct(r.final.get("test_acc")) + ("*" if _reduced(r) else "") + _baseline(r)
+                                 for r in found) or "-"
                 eps = "; ".join(_epochs(r) for r in found) or "-"
                 cols += [f"{paper[m]:.1f}", ours, eps]
             lines.append(f"| {NAMES[model]} | " + " | ".join(cols) + " |")
         lines.append("")
         if any(_reduced(r) for _, by in rows for found in by.values() for r in found):
             lines += ["\\* fewer samples (data.limit_train / limit_test) or another d than the paper's.", ""]
+        lines += ["BP ours: the BP twin (the AL prediction path trained end to end, as the paper words it); "
+                  "† the authors' BP network instead (model.bp_baseline=authors).", ""]
     others = [r for r in runs if paper_result(r.cfg) is None]
     if others:
         lines += ["### Runs without a paper figure", "", "| run | data | model | trainer | epochs | test acc |",
@@ -137,7 +155,8 @@ def accuracy_section(runs: list[Run]) -> list[str]:
         for r in others:
             m = r.cfg.model
             desc = m.name + (f" depth={m.depth}" if m.depth else "") + (f" act={m.act}" if m.act else "")
-            lines.append(f"| {r.label} | {r.dataset} | {desc} | {r.cfg.train.trainer} | {_epochs(r)} | "
+            trainer = r.cfg.train.trainer + (f" ({m.bp_baseline})" if r.method == "bp" else "")
+            lines.append(f"| {r.label} | {r.dataset} | {desc} | {trainer} | {_epochs(r)} | "
                          f"{_pct(r.final.get('test_acc'))} |")
         lines.append("")
     return lines
@@ -213,7 +232,10 @@ def distance_section(runs: list[Run]) -> list[str]:
              "intra = mean over classes of the mean pairwise distance inside a class; inter = mean pairwise "
              "distance between class centroids; ratio = inter / intra (higher: classes better separated). "
              "Layers of the prediction path f_1..f_N, b_N, h_N..h_1: s_i after f_i, bridge = b_N(s_N), "
-             "dec_k after h_k, out = logits. Ours only: the paper's Table 4 values are not stored here.", ""]
+             "dec_k after h_k, out = logits; AL's out_sigmoid = sigmoid(out), the output of the authors' AL "
+             "inference. The paper's Table 4 gives one layer, the output: BP's logits and AL's output, whose values "
+             "below 1.2 are those of sigmoid-bounded points, so ours beside it are measured at BP `out` and "
+             "AL `out_sigmoid`.", ""]
     for bp, al in _pairs(runs):
         shown = [r for r in (bp, al) if r is not None]
         head = shown[0]
@@ -225,8 +247,9 @@ def distance_section(runs: list[Run]) -> list[str]:
         if not ready:
             continue
         n = len(ready[0].labels)
-        lines += [f"{n} test samples (a seeded random draw).", "",
-                  "| layer | " + " | ".join(f"{r.method.upper()} {k}" for r in ready
+        lines += [f"{n} test samples (a seeded random draw; {n // max(1, len(ready[0].labels.unique()))} per class "
+                  "on average).", ""] + table4_lines(ready)
+        lines += ["| layer | " + " | ".join(f"{r.method.upper()} {k}" for r in ready
                                           for k in ("intra", "inter", "ratio")) + " |",
                   "|---|" + "---|" * (3 * len(ready))]
         for layer in ready[0].features:
@@ -237,6 +260,23 @@ def distance_section(runs: list[Run]) -> list[str]:
             lines.append(f"| {layer} | " + " | ".join(cells) + " |")
         lines.append("")
     return lines
+
+
+def table4_lines(runs: list[Run]) -> list[str]:
+    """The paper's Table 4 row of each run's cell beside ours at the matching layer (TABLE4_LAYER)."""
+    rows = []
+    for r in runs:
+        paper = TABLE4.get((r.dataset, r.cfg.model.name), {}).get(r.method)
+        ours = r.features.get(TABLE4_LAYER[r.method])
+        if paper and ours:
+            rows.append(f"| {r.method.upper()} {r.label}{_baseline(r)} | {TABLE4_LAYER[r.method]} | "
+                        f"{paper[0]:.2f} | {ours['inter']:.2f} | {paper[1]:.2f} | {ours['intra']:.2f} | "
+                        f"{paper[2]:.2f} | {ours['ratio']:.2f} | {_epochs(r)} |")
+    if not rows:
+        return []
+    return ["Paper Table 4 (200 epochs) beside ours:", "",
+            "| run | layer | inter paper | inter ours | intra paper | intra ours | ratio paper | ratio ours | epochs |",
+            "|---|---|---|---|---|---|---|---|---|", *rows, ""]
 
 
 # -- figures --------------------------------------------------------------------------------
@@ -287,9 +327,10 @@ def load_model(run_dir: Path, overrides: list[str]):
 
 
 def analyse(run: Run, overrides: list[str], samples: int, datasets: dict, log: Log,
-            loader: Callable = load_model) -> None:
+            loader: Callable = load_model, tsne_samples: int = 500) -> None:
     """Loads the run's model and data; computes class distances of every path layer on `samples`
-    test samples and keeps the paper's t-SNE layers."""
+    test samples (all of them when there are fewer) and keeps the first `tsne_samples` of the raw
+    inputs and of the paper's t-SNE layers."""
     try:
         model = loader(run.path, list(overrides))
         values = apply_overrides(run.cfg.to_dict(), list(overrides))
@@ -306,22 +347,28 @@ def analyse(run: Run, overrides: list[str], samples: int, datasets: dict, log: L
     idx = sample_indices(len(data.test_x), samples)
     x, y = data.test_x[idx], data.test_y[idx]
     n = block_count_of(model)
-    names = layer_names(n)
-    feats = model_features(model, x, names)
-    run.features = {name: class_distances(f, y) for name, f in feats.items()}
+    names = layer_names(n) + (["out_sigmoid"] if isinstance(model, list) else [])
+    tsne_layers = paper_layers(run.cfg.model.name, n)
+    run.features, run.tsne = {}, {"raw data": x[:tsne_samples]}
+    for name in names:  # one layer at a time: at 10,000 samples a wide layer is gigabytes
+        f = model_features(model, x, [name])[name]
+        run.features[name] = class_distances(f, y)
+        if name in tsne_layers:
+            run.tsne[name] = f[:tsne_samples]
     run.model, run.labels = model, y
-    run.tsne = {name: feats[name] for name in paper_layers(run.cfg.model.name, n)}
     if isinstance(model, list):
         run.early_exit = measure_tradeoff(model, data.test_x, data.test_y, DEFAULT_THRESHOLDS)
 
 
 def tsne_section(runs: list[Run], out: Path, samples: int, log: Log) -> list[str]:
     lines = ["## t-SNE (paper Figures 3-4)", "",
-             "The paper's layers (MLP: hidden 2 = s2, hidden 4 = bridge, output; CNN: hidden 4 = s2, hidden 8 = s4, "
-             "hidden 12 = dec3), BP above AL, test samples coloured by class.", ""]
+             "The raw test images first, then the paper's layers (MLP: hidden 2 = s2, hidden 4 = bridge, output; "
+             "CNN: hidden 4 = s2, hidden 8 = s4, hidden 12 = dec3), BP above AL, test samples coloured by class.", ""]
     for bp, al in _pairs(runs):
         rows = [(f"{r.method.upper()} {r.label}", {k: v[:samples] for k, v in r.tsne.items()})
                 for r in (bp, al) if r is not None and r.features]
+        for _, panels in rows[1:]:  # the raw data once, first panel of the first row (as the paper's figures)
+            panels["raw data"] = None
         if not rows:
             continue
         labels = next(r for r in (bp, al) if r is not None and r.features).labels[:samples]
@@ -344,7 +391,7 @@ def parse_data_paths(items: list[str]) -> dict[str, str]:
     return paths
 
 
-def write_report(run_dirs: list[str | Path], out: str | Path, overrides: list[str] = (), samples: int = 1000,
+def write_report(run_dirs: list[str | Path], out: str | Path, overrides: list[str] = (), samples: int = 10000,
                  tsne_samples: int = 500, log: Log = print, loader: Callable = load_model,
                  data_paths: dict[str, str] | None = None) -> Path:
     """`overrides` apply to every run's config; `data_paths` set data.path for the runs of one dataset."""
@@ -357,7 +404,8 @@ def write_report(run_dirs: list[str | Path], out: str | Path, overrides: list[st
     datasets: dict = {}
     for r in runs:
         path = (data_paths or {}).get(r.dataset)
-        analyse(r, list(overrides) + ([f"data.path={path}"] if path else []), samples, datasets, log, loader)
+        analyse(r, list(overrides) + ([f"data.path={path}"] if path else []), samples, datasets, log, loader,
+                tsne_samples)
     lines = ["# ray_al report", "", "Runs: " + ", ".join(f"`{r.label}`" for r in runs), ""]
     lines += accuracy_section(runs) + exits_section(runs) + tradeoff_section(runs, out) + distance_section(runs)
     lines += tsne_section(runs, out, tsne_samples, log)

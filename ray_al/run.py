@@ -87,7 +87,9 @@ def _run(cfg: Config, source: ChunkSource, log: Log, on_epoch, keep_trainer: boo
         log(source.description)
         counts = parameter_counts(cfg.model, source.input_shape, source.num_classes)
         log(f"model: {cfg.model.name} trainer={cfg.train.trainer} params: AL total {counts['al_total']:,}, "
-            f"AL effective {counts['al_effective']:,}, BP twin {counts['bp']:,}")
+            f"AL effective {counts['al_effective']:,}, BP twin {counts['bp']:,}"
+            + (f", BP authors {counts['bp_authors']:,}" if "bp_authors" in counts else "")
+            + (f"; BP baseline: {cfg.model.bp_baseline}" if cfg.train.trainer == "bp" else ""))
         if cfg.checkpoint.enabled and not source.checkpoints:
             log("checkpoints: off with data.loader=ray_data (use the in-memory loader to checkpoint and resume)")
         # -- the trainer, from a checkpoint or from step 0 ---------------------------------------

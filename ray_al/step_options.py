@@ -53,9 +53,9 @@ class StepOptions:
             raise ConfigError(f"train.pin_memory=true needs a CUDA device, but this step runs on {device}")
 
     # -- what the trainers call ---------------------------------------------------------------
-    def adam_optimizer(self, params, **kwargs) -> torch.optim.Adam:
-        impl = {"foreach": {"foreach": True}, "fused": {"fused": True}}.get(self.adam, {})
-        return torch.optim.Adam(params, **kwargs, **impl)
+    def adam_impl(self) -> dict:
+        """torch.optim.Adam's implementation arguments for train.adam (nothing: PyTorch's own choice)."""
+        return {"foreach": {"foreach": True}, "fused": {"fused": True}}.get(self.adam, {})
 
     def prepare(self, module: torch.nn.Module) -> torch.nn.Module:
         """Lay the module's 4-D weights out NHWC (channels_last); anything else is left as it is."""

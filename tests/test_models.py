@@ -55,6 +55,48 @@ def test_bp_twin_outputs_class_logits(name):
     assert out.shape == (2, 10) and torch.isfinite(out).all()
 
 
+@pytest.mark.parametrize("name", ["vgg", "resnet20", "resnet32"])
+def test_authors_bp_baseline_is_the_authors_network(name):
+    """model.bp_baseline=authors: BN after every dense layer of the head (and every conv of VGG), VGG without
+    the Dense(1024)s, ResNet pooled to 64 features; it trains, and its parameter count is reported."""
+    twin = build_bp_twin(ModelConfig(name=name, d=8), CIFAR, 10, seed=0)
+    net = build_bp_twin(ModelConfig(name=name, d=8, bp_baseline="authors"), CIFAR, 10, seed=0)
+    layers = list(net.modules())
+    linears = [m for m in layers if isinstance(m, nn.Linear)]
+    assert [m.out_features for m in linears] == [40, 8, 8, 8, 8, 10]  # Dense(5d), Dense(d), 3 x Dense(d), classes
+    after = {id(a): b for a, b in zip(layers, layers[1:])}
+    assert all(isinstance(after[id(m)], nn.BatchNorm1d) for m in linears[:-1])
+    assert 1024 not in [m.out_features for m in linears]
+    if name == "vgg":
+        convs = [m for m in layers if isinstance(m, nn.Conv2d)]
+        assert len(convs) == 6 and all(isinstance(after[id(c)], nn.BatchNorm2d) for c in convs)
+        assert not any(isinstance(m, nn.BatchNorm2d) for m in twin.modules())  # the twin is BN-free
+        assert linears[0].in_features == 512 * 2 * 2
+    else:
+        assert linears[0].in_features == 64  # global average pooling
+    x, y = torch.randn(4, *CIFAR), torch.tensor([0, 1, 2, 3])
+    F.cross_entropy(net(x), y).backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in net.parameters())
+    counts = parameter_counts(ModelConfig(name=name), CIFAR, 10)
+    assert counts["bp_authors"] not in (counts["bp"], 0)
+
+
+def test_authors_bp_baseline_of_mlp_and_cnn_is_the_twin_and_others_have_none():
+    for name in ("mlp", "cnn"):
+        a = build_bp_twin(ModelConfig(name=name, d=8, bp_baseline="authors"), CIFAR, 10, seed=0)
+        b = build_bp_twin(ModelConfig(name=name, d=8), CIFAR, 10, seed=0)
+        assert all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values()))
+        assert "bp_authors" not in parameter_counts(ModelConfig(name=name), CIFAR, 10)
+    from ray_al.models import Architecture, register
+
+    @register("one_dense_for_baseline_test")  # registered here, after collection: no other test sees it
+    def one_dense(input_shape, num_classes, act, d=None):
+        return Architecture([nn.Sequential(nn.Flatten(), nn.Linear(math.prod(input_shape), 8), act())], 8)
+
+    with pytest.raises(ConfigError, match="no BP network for model 'one_dense_for_baseline_test'"):
+        build_bp_twin(ModelConfig(name="one_dense_for_baseline_test", bp_baseline="authors"), CIFAR, 10, seed=0)
+
+
 def _linear_widths(net):
     return [m.out_features for m in net.modules() if isinstance(m, nn.Linear)]
 

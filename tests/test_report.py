@@ -28,7 +28,7 @@ def test_report_of_an_al_and_a_bp_run(tmp_path, capsys):
         assert section in text, section
     assert "blocks/input" in text and "FLOPs vs last exit" in text  # the AL run's trade-off table
     assert "| digits-al_local | digits | mlp | 2/2 |" in text            # early exits of the AL run, 2 epochs
-    assert "| digits-bp | digits | mlp | bp | 2/2 |" in text             # no paper figure for the digits
+    assert "| digits-bp | digits | mlp | bp (twin) | 2/2 |" in text      # no paper figure; the twin baseline
     assert "| bridge |" in text and "| s1 |" in text and "skipped" not in text
     pngs = sorted(p.name for p in out.glob("*.png"))
     assert pngs == ["curves-digits-al_local.png", "curves-digits-bp.png", "early-exit.png", "tsne-digits-bp.png"]
@@ -71,3 +71,36 @@ def test_report_data_paths_are_name_equals_path(tmp_path, capsys):
     assert parse_data_paths(["MNIST=/d/mnist", "cifar10=/d/c=10"]) == {"mnist": "/d/mnist", "cifar10": "/d/c=10"}
     assert main(["report", str(tmp_path), "--data", "cifar10"]) == 2
     assert "NAME=PATH" in capsys.readouterr().err
+
+
+def test_report_sets_table4_beside_ours_and_marks_the_bp_baseline(tmp_path):
+    """A CIFAR-10-named Parquet folder (random images), an AL and an authors-baseline BP MLP: the paper's
+    Table 4 row beside ours at the output layer (BP logits, AL sigmoid(h_1)), the † on the BP row, and the
+    raw-data t-SNE panel first (one extra column)."""
+    import numpy as np
+
+    from tests.helpers import write_parquet
+    rng = np.random.default_rng(0)
+    data = tmp_path / "cifar10"
+    for split, n in (("train", 64), ("test", 40)):
+        write_parquet(data, split, rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8), np.arange(n) % 10)
+    runs = []
+    for trainer in ("al_local", "bp"):
+        cfg = tiny_config(tmp_path / "runs", name=f"c10-{trainer}", data={"source": "parquet", "path": str(data),
+                                                                         "cache_dir": str(tmp_path / "cache")},
+                          model={"name": "mlp", "d": 16, "bp_baseline": "authors"},
+                          train={"trainer": trainer}, checkpoint={"enabled": True})
+        runs.append(str(train(cfg, log=lambda line: None).run_dir))
+    out = tmp_path / "report"
+    assert main(["report", *runs, "--out", str(out), "--tsne-samples", "30"]) == 0
+    text = (out / "report.md").read_text()
+    assert "Paper Table 4 (200 epochs) beside ours:" in text
+    assert "40 test samples" in text  # --samples defaults to the whole test split (here 40)
+    al_row = next(line for line in text.splitlines() if line.startswith("| AL c10-al_local | out_sigmoid | 0.73 |"))
+    inter, intra = (float(v) for v in al_row.split("|")[4:7:2])
+    assert 0 < inter < 3.2 and 0 < intra < 3.2  # sigmoid-bounded points in [0, 1]^10
+    assert "| BP c10-bp† | out | 39.36 |" in text
+    assert "| MLP | 61.6 | " in text and "† the authors' BP network" in text
+    assert "| out_sigmoid |" in text  # AL's extra layer in the full distance table
+    width, _ = struct.unpack(">II", (out / "tsne-c10-bp.png").read_bytes()[16:24])
+    assert width == 4 * 4 * 80  # raw data + the MLP's three paper layers, 4-inch panels at 80 dpi

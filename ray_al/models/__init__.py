@@ -5,6 +5,7 @@ seed per block, so any process can build block i alone and get the same weights.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import OrderedDict
 
@@ -14,7 +15,7 @@ import torch.nn as nn
 from ray_al.blocks import ALBlock, BlockOptions
 from ray_al.config import ModelConfig
 from ray_al.errors import ConfigError
-from ray_al.models import cnn, mlp, resnet, vgg  # noqa: F401  (registers the builders)
+from ray_al.models import authors_bp, cnn, mlp, resnet, vgg  # noqa: F401  (cnn..vgg register the builders)
 from ray_al.models.registry import Architecture, build_architecture, import_model_module, model_names, register
 
 ACTIVATIONS = {"elu": nn.ELU, "relu": nn.ReLU, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh}
@@ -113,9 +114,18 @@ class BPTwin(nn.Sequential):
 
 def build_bp_twin(model: ModelConfig, input_shape, num_classes: int, seed: int,
                   device: str | torch.device = "cpu") -> BPTwin:
-    """The BP twin of a model: its AL prediction path with ReLU (unless model.act says otherwise)."""
+    """The BP baseline of a model, ReLU unless model.act says otherwise: its AL prediction path (the twin),
+    or with model.bp_baseline=authors the authors' BP network (models/authors_bp.py)."""
     arch = _architecture(model, input_shape, num_classes, for_bp=True)
     act = ACTIVATIONS[model.act or "relu"]
+    if model.bp_baseline == "authors" and model.name not in authors_bp.SAME_AS_TWIN:
+        if model.name not in authors_bp.BUILDERS:
+            known = sorted(authors_bp.BUILDERS.keys() | authors_bp.SAME_AS_TWIN)
+            raise ConfigError(f"model.bp_baseline=authors: the authors' code has no BP network for model "
+                              f"'{model.name}' (it has: {', '.join(known)})")
+        with torch.device("meta"):
+            net = BPTwin(*authors_bp.BUILDERS[model.name](arch, input_shape, num_classes, act))
+        return _materialise(net, seed, device)
     shapes = _stage_shapes(arch.stages, input_shape)
     d = arch.d
     with torch.device("meta"):
@@ -129,9 +139,13 @@ def _count(module: nn.Module) -> int:
 
 
 def parameter_counts(model: ModelConfig, input_shape, num_classes: int) -> dict[str, int]:
-    """AL total, AL effective (the prediction path f_1..f_N, b_N, h_N..h_1) and BP twin parameter
-    counts, from the modules built on the meta device (no memory)."""
+    """AL total, AL effective (the prediction path f_1..f_N, b_N, h_N..h_1), BP twin and, where the
+    authors' code has its own BP network (models/authors_bp.py), BP authors parameter counts, from the
+    modules built on the meta device (no memory)."""
     blocks = build_al_blocks(model, input_shape, num_classes, seed=0, device="meta")
     effective = sum(_count(b.f) + _count(b.h) for b in blocks) + _count(blocks[-1].b)
-    bp = _count(build_bp_twin(model, input_shape, num_classes, seed=0, device="meta"))
-    return {"al_total": sum(_count(b) for b in blocks), "al_effective": effective, "bp": bp}
+    bp = {name: _count(build_bp_twin(dataclasses.replace(model, bp_baseline=name), input_shape, num_classes,
+                                     seed=0, device="meta"))
+          for name in ("twin", "authors") if name == "twin" or model.name in authors_bp.BUILDERS}
+    return {"al_total": sum(_count(b) for b in blocks), "al_effective": effective, "bp": bp["twin"],
+            **({"bp_authors": bp["authors"]} if "authors" in bp else {})}

@@ -14,6 +14,7 @@ from ray_al.models import BPTwin, build_bp_twin
 from ray_al.schedule import lr_multiplier
 from ray_al.step_options import StepOptions
 from ray_al.trainers.base import InProcessTrainer
+from ray_al.weight_decay import adam, kernels
 
 
 class BPTrainer(InProcessTrainer):
@@ -26,8 +27,8 @@ class BPTrainer(InProcessTrainer):
         self.options = StepOptions.from_config(cfg.train)  # the AL blocks' step options, for a fair comparison
         self.options.check(self.device)
         self.options.prepare(self.net)
-        self.opt = self.options.adam_optimizer(self.net.parameters(), lr=cfg.optim.lr,
-                                               weight_decay=cfg.optim.weight_decay)
+        self.opt = adam(self.net.parameters(), cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.l2_scope,
+                        kernels(self.net), self.options.adam_impl())
         self.loss = self.options.compiled(self._loss)
         self.step_count = 0
 
@@ -80,6 +81,7 @@ class BPTrainer(InProcessTrainer):
         self.step_count = int(states[0]["step_count"])
 
     def describe(self) -> list[str]:
+        net = "BP twin" if self.cfg.model.bp_baseline == "twin" else "the authors' BP network"
         options = self.options.describe()
-        return [f"BP twin in this process on {self.device}, {torch.get_num_threads()} thread(s)"
+        return [f"{net} in this process on {self.device}, {torch.get_num_threads()} thread(s)"
                 + (f", {options}" if options else "")]
