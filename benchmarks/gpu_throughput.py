@@ -200,18 +200,21 @@ def main() -> int:
     p.add_argument("--options", nargs="*", default=None, help="step options to run alone (default: all)")
     p.add_argument("--batches", type=int, default=None, help="timed batches per row (default 320; quick 32)")
     p.add_argument("--budget-s", type=float, default=300.0, help="rows that would start after this are skipped")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads in this process, split between the blocks in Ray rows (default: all cores; "
+                        "quick: 1)")
     args = p.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     cuda = torch.cuda.is_available()
     cores = os.cpu_count() or 1
-    threads = 1 if args.quick else cores
+    threads = args.threads or (1 if args.quick else cores)
     batches = args.batches or (32 if args.quick else 320)
     ray.init(address="local", num_cpus=cores, num_gpus=1 if cuda else 0, include_dashboard=False,
              logging_level="WARNING")
     device = torch.cuda.get_device_name(0) if cuda else f"CPU ({cores} cores)"
     env = {"torch": torch.__version__, "ray": ray.__version__, "python": platform.python_version(), "cores": cores,
-           "device": device, "quick": args.quick, "batches": batches}
+           "device": device, "quick": args.quick, "batches": batches, "threads": threads}
     print(f"gpu_throughput: {env}", flush=True)
     start, results = time.perf_counter(), []
     for row in plan(args.models, [m for m in args.option_models if m in args.models], args.options, cuda):
