@@ -68,7 +68,7 @@ TUNE_DEFAULTS = {"num_samples": 1, "metric": "val_acc", "mode": "max", "schedule
 # keys that change only how the loaded data is batched: trials may share one loaded copy
 DATA_KEYS_SAFE_TO_SHARE = {"data.batch_size", "data.augment"}
 # a checkpoint carries these (ray_al.run.fingerprint): PBT may not change them inside a trial
-FINGERPRINT_PREFIXES = ("model.", "data.", "train.seed", "train.trainer")
+FINGERPRINT_PREFIXES = ("model.", "data.", "train.seed", "train.trainer", "optim.l2_scope")
 Log = Callable[[str], None]
 
 

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from ray_al import checkpoint as ckpt
+from ray_al.checkpoint.policy import fingerprint
 from ray_al.data import load_dataset
 from ray_al.errors import CheckpointError, TrainingError
 from ray_al.run import train
@@ -74,7 +75,7 @@ def test_truncated_and_foreign_checkpoints_are_refused_and_kept(tmp_path):
     block.write_bytes(block.read_bytes()[: size // 2])
     with pytest.raises(CheckpointError, match="block-2.pt is damaged or truncated"):  # chosen: no fallback
         train(run_config(result.run_dir), resume_dir=result.run_dir, resume_step=newest, **QUIET)
-    with pytest.raises(CheckpointError, match="checkpoint was made for model="):
+    with pytest.raises(CheckpointError, match="checkpoint was made for model.d=32, this run has 64"):
         train(run_config(result.run_dir, ["model.d=64"]), resume_dir=result.run_dir, **QUIET)
     with pytest.raises(CheckpointError, match="checkpoint was made for kind="):
         train(run_config(result.run_dir, ["train.trainer=bp"]), resume_dir=result.run_dir, **QUIET)
@@ -165,3 +166,20 @@ def test_two_runs_checkpoint_to_an_s3_server_through_a_query_uri_and_resume(tmp_
     assert [r["epoch"] for r in resumed.history] == [1, 2]
     _, trainer, manifest = load_run(run_b)
     assert manifest["step"] == 88
+
+
+def test_checkpoints_made_before_a_setting_existed_load_as_they_ran():
+    """A manifest from before model.bp_baseline and optim.l2_scope: its model settings at their defaults match;
+    its L2 reached every parameter, so only a run with l2_scope=all (or no L2) can load its optimizer."""
+    cfg = tiny_config("unused", optim={"weight_decay": 1e-4})
+    fp = fingerprint(cfg, (1, 8, 8), 10)
+    old_model = {k: v for k, v in fp["model"].items() if k != "bp_baseline"}
+    old = {"fingerprint": {**{k: v for k, v in fp.items() if k != "l2_scope"}, "model": old_model},
+           "config": {"optim": {"weight_decay": 1e-4}}}
+    with pytest.raises(CheckpointError, match="checkpoint was made for l2_scope='all', this run has 'f_kernels'"):
+        ckpt.check_compatible(old, fp)
+    cfg.optim.l2_scope = "all"
+    ckpt.check_compatible(old, fingerprint(cfg, (1, 8, 8), 10))  # as it ran: accepted
+    cfg.model.bp_baseline = "authors"
+    with pytest.raises(CheckpointError, match="checkpoint was made for model.bp_baseline='twin'"):
+        ckpt.check_compatible(old, fingerprint(cfg, (1, 8, 8), 10))

@@ -78,7 +78,7 @@ CASES = {
     "truncated checkpoint": (lambda t, r, d: ["train", "--resume", str(r), "--step", _truncate(r)],
                              "damaged or truncated"),
     "checkpoint of another model": (lambda t, r, d: ["train", "--resume", str(r), "--allow-change", "model.d=99"],
-                                    "checkpoint was made for model="),
+                                    "checkpoint was made for model.d="),
     "not a run folder": (lambda t, r, d: ["eval", str(t)], "is not a run folder"),
     "unwritable run folder": (lambda t, r, d: ["train", f"run_dir={d}/a_file/runs"], "is not writable"),
     "config file not found": (lambda t, r, d: ["train", str(t / "missing.yaml")], "config file not found"),

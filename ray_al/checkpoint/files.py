@@ -11,6 +11,7 @@ checkpoint without a manifest is incomplete and ignored. Files load with
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -24,6 +25,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import torch
 
+from ray_al.config import ModelConfig
 from ray_al.errors import CheckpointError
 
 MANIFEST = "manifest.json"
@@ -226,9 +228,26 @@ def read_block(run_uri: str | Location, manifest: dict, index: int) -> dict:
     return state
 
 
+def _saved_fingerprint(manifest: dict) -> dict:
+    """The manifest's fingerprint, with what a checkpoint made before a setting existed ran as: the model
+    settings added since at their defaults, and L2 on every parameter (before optim.l2_scope)."""
+    saved = dict(manifest.get("fingerprint", {}))
+    if isinstance(saved.get("model"), dict):
+        saved["model"] = {**dataclasses.asdict(ModelConfig()), **saved["model"]}
+    decayed = (manifest.get("config", {}).get("optim") or {}).get("weight_decay")
+    saved.setdefault("l2_scope", "all" if decayed else "off")
+    return saved
+
+
 def check_compatible(manifest: dict, fingerprint: dict) -> None:
-    """Refuse a checkpoint made for another model, dataset shape or trainer."""
-    saved = manifest.get("fingerprint", {})
+    """Refuse a checkpoint made for another model, dataset shape, trainer or optimizer layout, naming the
+    first setting that differs."""
+    saved = _saved_fingerprint(manifest)
     for key, value in fingerprint.items():
-        if saved.get(key) != value:
+        if isinstance(value, dict) and isinstance(saved.get(key), dict):
+            for sub, v in value.items():
+                if saved[key].get(sub) != v:
+                    raise CheckpointError(f"checkpoint was made for {key}.{sub}={saved[key].get(sub)!r}, "
+                                          f"this run has {v!r}")
+        elif saved.get(key) != value:
             raise CheckpointError(f"checkpoint was made for {key}={saved.get(key)!r}, this run has {value!r}")
