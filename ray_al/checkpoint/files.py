@@ -234,8 +234,7 @@ def _saved_fingerprint(manifest: dict) -> dict:
     saved = dict(manifest.get("fingerprint", {}))
     if isinstance(saved.get("model"), dict):
         saved["model"] = {**dataclasses.asdict(ModelConfig()), **saved["model"]}
-    decayed = (manifest.get("config", {}).get("optim") or {}).get("weight_decay")
-    saved.setdefault("l2_scope", "all" if decayed else "off")
+    saved.setdefault("l2_scope", "all")
     return saved
 
 

@@ -19,8 +19,9 @@ def fingerprint(cfg: Config, input_shape: tuple, num_classes: int) -> dict:
     return {"kind": "bp" if cfg.train.trainer == "bp" else "al", "model": dataclasses.asdict(cfg.model),
             "input_shape": list(input_shape), "num_classes": num_classes,
             "batch_size": cfg.data.batch_size, "seed": cfg.train.seed,
-            # the optimizer's parameter groups follow it (ray_al/weight_decay.py): another scope cannot load them
-            "l2_scope": cfg.optim.l2_scope if cfg.optim.weight_decay else "off"}
+            # the optimizer's parameter groups follow it (ray_al/weight_decay.py): without L2 both scopes give
+            # the one group of `all`; f_kernels with L2 gives two, which a one-group checkpoint cannot load
+            "l2_scope": cfg.optim.l2_scope if cfg.optim.weight_decay else "all"}
 
 
 @dataclasses.dataclass
