@@ -100,6 +100,10 @@ def test_wandb_offline_run_holds_the_epoch_record(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_SILENT", "true")
     cfg = tiny_config(tmp_path, name="wb", train={"trainer": "al_local"}, log={"wandb": True})
     result = train(cfg, log=lambda line: None)
+    # run.finish() only informs W&B's service process, which closes the run file later (under load
+    # the file held just its header when read at once); teardown waits for it, as a script's exit does
+    import wandb
+    wandb.teardown()
     # the offline run file holds each logged item as key and JSON value (protobuf strings)
     (run_file,) = (result.run_dir / "wandb").glob("offline-run-*/run-*.wandb")
     data = run_file.read_bytes()
