@@ -374,8 +374,10 @@ def _fit(tuner, sweep: Sweep, log: Log):
     from ray.tune import ExperimentAnalysis
 
     # each trial's state as Tune saved it last (on Ctrl-C: before it stopped the running ones)
-    status = {t.trial_id: t.status for t in ExperimentAnalysis(results.experiment_path).trials}
-    table = results_table(results, list(sweep.param_space), sweep.opts["metric"], sweep.opts["mode"], status)
+    trials = ExperimentAnalysis(results.experiment_path).trials
+    status = {t.trial_id: t.status for t in trials}
+    folders = {t.trial_id: sweep.output / "trials" / str(t) for t in trials}  # str(trial): its trial name
+    table = results_table(results, list(sweep.param_space), sweep.opts["metric"], sweep.opts["mode"], status, folders)
     save_table(table, sweep.output)
     for line in table.to_string(index=False).splitlines():
         log(line)
@@ -439,9 +441,12 @@ def resume_sweep(sweep: Sweep, log: Log = console):
 
 
 # -- the results table -------------------------------------------------------------------------
-def results_table(results, keys: list[str], metric: str, mode: str, status: dict[str, str]):
-    """One row per trial from ResultGrid.get_dataframe(): its last report, the best `metric` it
-    reached, and its Tune status (TERMINATED, ERROR, ...); best trial first."""
+def results_table(results, keys: list[str], metric: str, mode: str, status: dict[str, str],
+                  folders: dict[str, Path] | None = None):
+    """One row per trial: its last epoch, the best `metric` it reached, and its Tune status (TERMINATED,
+    ERROR, ...); best trial first. The last epoch is the newest record of the trial's own run folder
+    (`folders`) where that is further than Tune's last result: synchronous PBT can drop the report of
+    an epoch a trial trains after its last exploit, so Tune's row alone can stop an epoch short."""
     import pandas as pd
 
     last = results.get_dataframe()
@@ -451,8 +456,30 @@ def results_table(results, keys: list[str], metric: str, mode: str, status: dict
     columns = ["trial_id", *[f"config/{k}" for k in keys], "epoch", metric, "samples_per_s"]
     table = last[[c for c in columns if c in last.columns]].rename(columns=lambda c: c.removeprefix("config/"))
     table[f"best_{metric}"] = table["trial_id"].map(best)
+    for row, trial_id in table["trial_id"].items():
+        record = _newest_record((folders or {}).get(trial_id))
+        if record and record.get("epoch", 0) > table.at[row, "epoch"]:
+            for column in ("epoch", metric, "samples_per_s"):
+                if column in table.columns and column in record:
+                    table.at[row, column] = record[column]
+            if metric in record:
+                seen = table.at[row, f"best_{metric}"]
+                table.at[row, f"best_{metric}"] = record[metric] if pd.isna(seen) else (
+                    max if mode == "max" else min)(seen, record[metric])
     table["status"] = table["trial_id"].map(status)
     return table.sort_values(f"best_{metric}", ascending=(mode == "min"), na_position="last").reset_index(drop=True)
+
+
+def _newest_record(folder: Path | None) -> dict | None:
+    """The last readable line of a run folder's metrics.jsonl, or None."""
+    path = folder / "metrics.jsonl" if folder else None
+    lines = path.read_text().splitlines() if path and path.is_file() else []
+    for line in reversed(lines):
+        try:
+            return json.loads(line)
+        except ValueError:  # a line cut short by a crash
+            continue
+    return None
 
 
 def save_table(table, folder: Path) -> None:
