@@ -12,9 +12,10 @@ from ray_al.run import train
 from tests.helpers import FaultInjector, assert_states_equal, pid_of, tiny_config
 
 
-def _cfg(tmp_path, trainer, **checkpoint):
+def _cfg(tmp_path, trainer, transport="object_store", **checkpoint):
     return tiny_config(tmp_path, train={"trainer": trainer, "epochs": 12, "chunk_size": 2},
-                       checkpoint={"enabled": True, "every_steps": 20, **checkpoint}, name="run")
+                       checkpoint={"enabled": True, "every_steps": 20, **checkpoint}, name="run",
+                       ray={"tensor_transport": transport})
 
 
 def _kill(line):
@@ -41,7 +42,9 @@ def test_killed_block_is_rebuilt_from_checkpoint_and_ends_bitwise_equal(ray_clus
         result.trainer.close()
 
 
-def test_block_lost_during_warmup_is_rebuilt_from_its_seed_and_warms_up_again(ray_cluster, tmp_path):
+# over Gloo too: the warm-up goes through the object store, but a lost block must still end the group
+@pytest.mark.parametrize("transport", ["object_store", "gloo"])
+def test_block_lost_during_warmup_is_rebuilt_from_its_seed_and_warms_up_again(ray_cluster, tmp_path, transport):
     """No checkpoint exists before warm-up ends: every block is rebuilt from (seed, index) and the
     warm-up is redone; the run still ends bitwise where one in-process run ends."""
     import threading
@@ -49,7 +52,8 @@ def test_block_lost_during_warmup_is_rebuilt_from_its_seed_and_warms_up_again(ra
 
     torch.set_num_threads(1)
     over = dict(model={"target_warmup_steps": 3000}, train={"epochs": 1, "chunk_size": 1})
-    cfg = tiny_config(tmp_path / "ray", checkpoint={"enabled": True}, name="run", **over)
+    cfg = tiny_config(tmp_path / "ray", checkpoint={"enabled": True}, name="run", ray={"tensor_transport": transport},
+                      **over)
     lines: list[str] = []
 
     def kill_once_warmup_runs():
@@ -73,8 +77,10 @@ def test_block_lost_during_warmup_is_rebuilt_from_its_seed_and_warms_up_again(ra
         result.trainer.close()
 
 
-def test_restarts_are_bounded(ray_cluster, tmp_path):
-    cfg = _cfg(tmp_path, "al", max_restarts=0)
+# over Gloo, a block left waiting on its lost neighbour's tensor must not hang the run's end
+@pytest.mark.parametrize("transport", ["object_store", "gloo"])
+def test_restarts_are_bounded(ray_cluster, tmp_path, transport):
+    cfg = _cfg(tmp_path, "al", transport, max_restarts=0)
     fault = FaultInjector(tmp_path / "run", after_step=60, block=1, fault=_kill)
     with pytest.raises(TrainingError, match=r"block lost and no restart left \(0 made\)") as err:
         train(cfg, log=fault.log)
