@@ -164,14 +164,8 @@ class RunStorage:
         later ones are dropped (a resumed run redoes them), a line cut short by a crash is dropped, and an
         epoch whose line never got written is taken from its checkpoint's manifest."""
         path = self.run_dir / "metrics.jsonl"
-        records: dict[int, dict] = {}
-        bad = 0
-        for line in path.read_text().splitlines() if path.is_file() else []:
-            try:
-                record = json.loads(line)
-                records[int(record["epoch"])] = record
-            except (ValueError, KeyError, TypeError):
-                bad += line.strip() != ""
+        readable, bad = read_records(path)
+        records = {int(r["epoch"]): r for r in readable}
         restored = [e for e in (from_checkpoints or {}) if e not in records and e <= completed_epochs]
         for epoch in restored:
             records[epoch] = from_checkpoints[epoch]
@@ -185,6 +179,20 @@ class RunStorage:
 
     def write_summary(self, summary: dict) -> None:
         (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+
+
+def read_records(path: Path) -> tuple[list[dict], int]:
+    """A metrics.jsonl's epoch records in file order, and how many lines are not one (cut short by a
+    crash, or damaged; blank lines count as neither). Reads only: `RunStorage.history` repairs."""
+    records, bad = [], 0
+    for line in path.read_text().splitlines() if path.is_file() else []:
+        try:
+            record = json.loads(line)
+            int(record["epoch"])
+            records.append(record)
+        except (ValueError, KeyError, TypeError):
+            bad += line.strip() != ""
+    return records, bad
 
 
 def run_config(run_dir: str | Path, overrides: list[str] | None = None) -> Config:

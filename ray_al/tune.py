@@ -55,7 +55,7 @@ from ray_al.config import (
 )
 from ray_al.errors import ConfigError, TrainingError
 from ray_al.loggers import console
-from ray_al.storage import RunStorage
+from ray_al.storage import RunStorage, read_records
 
 SEARCH_FORMS = {"grid_search", "choice", "uniform", "loguniform", "randint", "quniform", "qloguniform"}
 SWEEP_KEYS = {"base", "config", "param_space", "tune", "output", "name"}
@@ -456,9 +456,11 @@ def results_table(results, keys: list[str], metric: str, mode: str, status: dict
     columns = ["trial_id", *[f"config/{k}" for k in keys], "epoch", metric, "samples_per_s"]
     table = last[[c for c in columns if c in last.columns]].rename(columns=lambda c: c.removeprefix("config/"))
     table[f"best_{metric}"] = table["trial_id"].map(best)
+    folders = folders or {}
     for row, trial_id in table["trial_id"].items():
-        record = _newest_record((folders or {}).get(trial_id))
-        if record and record.get("epoch", 0) > table.at[row, "epoch"]:
+        own = read_records(folders[trial_id] / "metrics.jsonl")[0] if trial_id in folders else []
+        record = own[-1] if own else {}
+        if record.get("epoch", 0) > table.at[row, "epoch"]:
             for column in ("epoch", metric, "samples_per_s"):
                 if column in table.columns and column in record:
                     table.at[row, column] = record[column]
@@ -468,18 +470,6 @@ def results_table(results, keys: list[str], metric: str, mode: str, status: dict
                     max if mode == "max" else min)(seen, record[metric])
     table["status"] = table["trial_id"].map(status)
     return table.sort_values(f"best_{metric}", ascending=(mode == "min"), na_position="last").reset_index(drop=True)
-
-
-def _newest_record(folder: Path | None) -> dict | None:
-    """The last readable line of a run folder's metrics.jsonl, or None."""
-    path = folder / "metrics.jsonl" if folder else None
-    lines = path.read_text().splitlines() if path and path.is_file() else []
-    for line in reversed(lines):
-        try:
-            return json.loads(line)
-        except ValueError:  # a line cut short by a crash
-            continue
-    return None
 
 
 def save_table(table, folder: Path) -> None:
