@@ -1,16 +1,13 @@
 """MNIST MLP after one epoch at the paper's settings (batch 32, Adam 1e-4): AL through Ray
 actors and the BP twin, in the same run, side by side.
 
-    python benchmarks/accuracy_mnist_mlp.py [--data DATASETS] [--epochs 1]
+    python -m benchmarks.accuracy_mnist_mlp [--data DATASETS] [--epochs 1]
 """
 import argparse
-import sys
 
-sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent))
-from common import datasets_root  # noqa: E402
-
-from ray_al.config import load_config  # noqa: E402
-from ray_al.run import train  # noqa: E402
+from benchmarks.common import datasets_root
+from ray_al.config import load_config
+from ray_al.run.loop import train
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser()

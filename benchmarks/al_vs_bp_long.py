@@ -1,10 +1,10 @@
 """AL against its BP twin at the largest budget this machine affords: full epochs, curves, --resume.
 
-    python benchmarks/al_vs_bp_long.py --data DIR --out DIR --budget-minutes M [--resume]
-    python benchmarks/al_vs_bp_long.py --quick --out DIR --budget-minutes 1     # digits, seconds (the test)
+    python -m benchmarks.al_vs_bp_long --data DIR --out DIR --budget-minutes M [--resume]
+    python -m benchmarks.al_vs_bp_long --quick --out DIR --budget-minutes 1     # digits, seconds (the test)
 
 Cases: MNIST CNN, CIFAR-10 MLP, CIFAR-10 CNN on the full training sets (--limit-train to cut them).
-Variants, on the same batches in the same order (ray_al/batches.py: the order is a function of
+Variants, on the same batches in the same order (ray_al/core/batches.py: the order is a function of
 (seed, epoch)): `bp` (the BP twin), `al_paper` (AL as the paper trains it) and `al_warmup` (AL with
 the best lever of benchmarks/time_to_accuracy.py: target-path warm-up). AL runs as `al_local`, the
 blocks one after another in this process: the same arithmetic as the Ray pipeline
@@ -28,16 +28,14 @@ from pathlib import Path
 
 import torch
 
-from ray_al.batches import batches_per_epoch, epoch_chunks
+from benchmarks.common import datasets_root
+from benchmarks.time_to_accuracy import case_config, parquet, warmup
+from ray_al.analysis.paper import PAPER_EPOCHS
 from ray_al.config import config_from_dict
-from ray_al.data import load_dataset
-from ray_al.paper import PAPER_EPOCHS
-from ray_al.target_path import warm_up
-from ray_al.trainers import make_trainer
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import datasets_root  # noqa: E402
-from time_to_accuracy import case_config, parquet, warmup  # noqa: E402
+from ray_al.core.batches import batches_per_epoch, epoch_chunks
+from ray_al.core.target_path import warm_up
+from ray_al.data.datasets import load_dataset
+from ray_al.run.factory import make_trainer
 
 # name -> (data, model); the CIFAR-10 MLP's d is --mlp-d (the paper's 3000 makes 5d = 15000-wide bridges)
 CASES = {

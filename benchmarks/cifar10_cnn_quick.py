@@ -2,7 +2,7 @@
 class-distance ratio (inter / intra) of every layer of the prediction path, the last hidden
 layer (dec2, the input of the classifier h_1) included.
 
-    python benchmarks/cifar10_cnn_quick.py --data /path/to/cifar10 [--samples 1000] [overrides...]
+    python -m benchmarks.cifar10_cnn_quick --data /path/to/cifar10 [--samples 1000] [overrides...]
 
 Extra arguments are dotted config overrides for both runs (e.g. train.epochs=2 data.limit_train=6400).
 """
@@ -11,11 +11,11 @@ import sys
 import tempfile
 from pathlib import Path
 
+from ray_al.analysis.report import load_model
 from ray_al.config import load_config
-from ray_al.data import load_dataset
-from ray_al.metrics import al_features, bp_features, class_distances, layer_names, sample_indices
-from ray_al.report import load_model
-from ray_al.run import train
+from ray_al.core.metrics import al_features, bp_features, class_distances, layer_names, sample_indices
+from ray_al.data.datasets import load_dataset
+from ray_al.run.loop import train
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -5,22 +5,19 @@ last-exit path (f_1..f_N, b_N, h_N..h_1); then the compute saved at equal accura
 with the fewest blocks per input whose accuracy is at least the last exit's). MNIST MLP and a
 CIFAR-10 model (the CNN by default; --cifar-model mlp --cifar-d 256 fits a busy 2-core machine).
 
-    python benchmarks/early_exit.py [--data DATASETS] [--out benchmarks/results/early_exit_cpu]
-    python benchmarks/early_exit.py --mnist-run runs/X --cifar-run runs/Y   # score existing runs only
+    python -m benchmarks.early_exit [--data DATASETS] [--out benchmarks/results/early_exit_cpu]
+    python -m benchmarks.early_exit --mnist-run runs/X --cifar-run runs/Y   # score existing runs only
 """
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO, datasets_root  # noqa: E402
-
-from ray_al.config import load_config  # noqa: E402
-from ray_al.early_exit import format_tradeoff  # noqa: E402
-from ray_al.prediction import evaluate_thresholds  # noqa: E402
-from ray_al.run import train  # noqa: E402
+from benchmarks.common import REPO, datasets_root
+from ray_al.config import load_config
+from ray_al.inference.early_exit import format_tradeoff
+from ray_al.inference.prediction import evaluate_thresholds
+from ray_al.run.loop import train
 
 THRESHOLDS = [0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 0.999]
 

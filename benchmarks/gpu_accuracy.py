@@ -2,10 +2,10 @@
 the in-process reference on the same GPU, then longer accuracy runs at the paper's settings
 (MNIST MLP and CNN, AL through Ray and the BP twin, side by side).
 
-    python benchmarks/gpu_accuracy.py --npz mnist.npz [--epochs 5] [--out DIR]
+    python -m benchmarks.gpu_accuracy --npz mnist.npz [--epochs 5] [--out DIR]
 
 `--npz` holds uint8 train_x/test_x [n, 1, 28, 28] and train_y/test_y (a compact copy of the
-Parquet shards, made with ray_al.data.load_parquet), or use --data DATASETS for Parquet.
+Parquet shards, made with ray_al.data.datasets.load_parquet), or use --data DATASETS for Parquet.
 """
 import argparse
 import json
@@ -18,8 +18,8 @@ import ray
 import torch
 
 from ray_al.config import DataConfig, load_config
-from ray_al.data import Dataset, load_dataset
-from ray_al.run import train
+from ray_al.data.datasets import Dataset, load_dataset
+from ray_al.run.loop import train
 
 
 def mnist(args) -> Dataset:

@@ -59,7 +59,7 @@ train.channels_last=true train.adam=fused train.pin_memory=true train.device=cud
 fi
 
 say "throughput table"
-"$py" benchmarks/gpu_throughput.py --out "$out" "${bench_args[@]}" || echo "gpu_evidence: some rows failed (see the table)"
+"$py" -m benchmarks.gpu_throughput --out "$out" "${bench_args[@]}" || echo "gpu_evidence: some rows failed (see the table)"
 
 common=(data.path="$data" data.limit_train=null data.limit_test=null optim.schedule=constant
         train.epochs=$epochs train.log_every_s=30 checkpoint.enabled=false log.tensorboard=false run_dir="$out/runs")

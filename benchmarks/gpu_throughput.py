@@ -2,8 +2,8 @@
 over the object store and over Ray Direct Transport, each step option on both sides; and the per-chunk
 transfer time of every transport.
 
-    python benchmarks/gpu_throughput.py --out OUT_DIR                 # a GPU machine: every block on GPU 0
-    python benchmarks/gpu_throughput.py --out OUT_DIR --quick         # any machine, a minute: checks, not figures
+    python -m benchmarks.gpu_throughput --out OUT_DIR                 # a GPU machine: every block on GPU 0
+    python -m benchmarks.gpu_throughput --out OUT_DIR --quick         # any machine, a minute: checks, not figures
 
 Models: mlp, cnn (4 blocks), vgg, resnet20, on 3x32x32 inputs, 10 classes, batch 32, chunk K = 16
 (synthetic images: a step's cost does not depend on the pixels). Rows per model:
@@ -29,15 +29,13 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+import ray
+import torch
 
-import ray  # noqa: E402
-import torch  # noqa: E402
-
-from ray_al.bench import measure  # noqa: E402
-from ray_al.config import config_from_dict  # noqa: E402
-from ray_al.data import load_dataset  # noqa: E402
-from ray_al.models import block_count  # noqa: E402
+from ray_al.analysis.bench import measure
+from ray_al.config import config_from_dict
+from ray_al.data.datasets import load_dataset
+from ray_al.models import block_count
 
 MODELS = ["mlp", "cnn", "vgg", "resnet20"]
 K, BATCH = 16, 32
@@ -86,7 +84,7 @@ def make_config(model: str, row: dict, cuda: bool, quick: bool, threads: int, co
 
 
 def run_row(row: dict, cuda: bool, quick: bool, batches: int, threads: int, cores: int) -> dict:
-    from ray_al.trainers import make_trainer
+    from ray_al.run.factory import make_trainer
 
     n = block_count(config_from_dict({"model": {"name": row["model"]}}).model, (3, 32, 32), 10)
     cfg = make_config(row["model"], row, cuda, quick, threads, cores, n)

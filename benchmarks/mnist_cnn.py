@@ -1,6 +1,6 @@
 """MNIST CNN: AL and its BP twin at the paper's settings (batch 32, Adam lr 1e-4), a few epochs.
 
-    python benchmarks/mnist_cnn.py --data /path/to/mnist [--epochs 2] [--limit-train N] [--threads 1]
+    python -m benchmarks.mnist_cnn --data /path/to/mnist [--epochs 2] [--limit-train N] [--threads 1]
 
 Prints each trainer's test accuracy, every AL exit, seconds per epoch and the AL - BP gap.
 The lr is constant: the paper's schedule (x0.1 at 40% of the steps) is meant for 200 epochs.
@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 
 from ray_al.config import load_config
-from ray_al.data import load_dataset
-from ray_al.run import train
+from ray_al.data.datasets import load_dataset
+from ray_al.run.loop import train
 
 ROOT = Path(__file__).resolve().parent.parent
 

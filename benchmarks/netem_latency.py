@@ -1,7 +1,7 @@
 """Pipeline throughput against added network latency between hosts.
 
-    sudo python benchmarks/netem_latency.py                        # D = none 0 1 5 20 50 none, K = 1 16
-    sudo python benchmarks/netem_latency.py --delays none 10 --chunks 4 --out benchmarks/results/netem.json
+    sudo python -m benchmarks.netem_latency                        # D = none 0 1 5 20 50 none, K = 1 16
+    sudo python -m benchmarks.netem_latency --delays none 10 --chunks 4 --out benchmarks/results/netem.json
 
 Needs root on Linux: it builds separate hosts with tests/hosts.py (network namespaces on a private
 bridge): a head that runs the driver and two workers, one block on each (STRICT_SPREAD), so every
@@ -24,7 +24,6 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 
 def driver_config(chunk: int, args) -> list[str]:
@@ -37,11 +36,11 @@ def driver_config(chunk: int, args) -> list[str]:
 
 def drive(address: str, args) -> None:
     """On the head: one pipeline per chunk size, kept for the whole run; each `measure` line on
-    stdin times every pipeline once (ray_al.bench's timer) and prints a JSON line per K."""
-    from ray_al.bench import _timed
+    stdin times every pipeline once (ray_al.analysis.bench's timer) and prints a JSON line per K."""
+    from ray_al.analysis.bench import _timed
     from ray_al.config import load_config
-    from ray_al.data import load_dataset
-    from ray_al.trainers.pipeline import ALPipeline
+    from ray_al.data.datasets import load_dataset
+    from ray_al.pipeline.driver import ALPipeline
 
     pipes = {}
     for k in args.chunks:
@@ -92,7 +91,7 @@ def main() -> None:
         inner = ["--chunks", *map(str, args.chunks), "--batches", str(args.batches), "--batch", str(args.batch),
                  "--pixels", str(args.pixels), "--width", str(args.width), "--inflight", str(args.inflight),
                  "--repeat", str(args.repeat)]
-        driver = subprocess.Popen(hosts.head.cmd(sys.executable, str(Path(__file__).resolve()), *inner,
+        driver = subprocess.Popen(hosts.head.cmd(sys.executable, "-m", "benchmarks.netem_latency", *inner,
                                                  "--driver", hosts.gcs_address),
                                   env=hosts.env, cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         if driver.stdout.readline().strip() != "ready":

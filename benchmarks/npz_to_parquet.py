@@ -1,7 +1,7 @@
 """Write MNIST from a compact .npz (uint8 train_x/test_x [n, 1, 28, 28], train_y/test_y) as
 Parquet shards in the datasets' layout: for carrying MNIST to a machine under a size cap.
 
-    python benchmarks/npz_to_parquet.py mnist.npz OUT_DIR
+    python -m benchmarks.npz_to_parquet mnist.npz OUT_DIR
 """
 import io
 import sys

@@ -2,7 +2,7 @@
 (CIFAR-10's shards are shuffled, so the first rows are a random sample of every class). For carrying
 data to a machine with a size cap, e.g. benchmarks/gpu_evidence.sh's.
 
-    python benchmarks/parquet_subset.py SRC DST --train 5000 --test 2000
+    python -m benchmarks.parquet_subset SRC DST --train 5000 --test 2000
 """
 import argparse
 import sys

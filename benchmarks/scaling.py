@@ -1,7 +1,7 @@
 """Pipeline scaling: the Ray pipeline with N = 2, 4, 8 balanced blocks against sequential AL in one process.
 
-    python benchmarks/scaling.py                    # N = 2 4 8, all cores
-    python benchmarks/scaling.py --blocks 2 4 --width 512 --steps 256
+    python -m benchmarks.scaling                    # N = 2 4 8, all cores
+    python -m benchmarks.scaling --blocks 2 4 --width 512 --steps 256
 
 The model is `mlp` with model.depth=N and every stage d -> d (the input is d pixels), so the
 blocks cost about the same. For each N it prints:
@@ -22,11 +22,11 @@ import time
 import ray
 import torch
 
-from ray_al.batches import epoch_chunks
 from ray_al.config import config_from_dict
-from ray_al.data import load_dataset
+from ray_al.core.batches import epoch_chunks
+from ray_al.data.datasets import load_dataset
+from ray_al.pipeline.driver import ALPipeline
 from ray_al.trainers.al_local import ALLocal
-from ray_al.trainers.pipeline import ALPipeline
 
 
 def make_cfg(n: int, width: int, samples: int, batch: int, chunk: int, threads: int, cpus_per_block: float):

@@ -3,11 +3,11 @@
 Our experiment, not one of the paper's: the paper argues that AL's local objectives keep gradients from
 vanishing in deep networks but reports no deep-sigmoid run; this measures it.
 
-    python benchmarks/sigmoid_depth.py --data /path/to/mnist [--depth 8] [--epochs 5] [--out PREFIX]
-    python benchmarks/sigmoid_depth.py            # the embedded 8x8 digits, when no data is at hand
+    python -m benchmarks.sigmoid_depth --data /path/to/mnist [--depth 8] [--epochs 5] [--out PREFIX]
+    python -m benchmarks.sigmoid_depth            # the embedded 8x8 digits, when no data is at hand
 
 Every epoch (and once before training): the test accuracy of each method and the gradient norm each
-block's f receives, by depth (ray_al/grad_norms.py), averaged over --probe training samples: AL's local
+block's f receives, by depth (ray_al/analysis/grad_norms.py), averaged over --probe training samples: AL's local
 gradient (of block i's bridge loss, two layers deep) against BP's backpropagated one (of the
 cross-entropy, through every sigmoid above block i). BP's norms falling towards block 1 while AL's
 stay of one order is the vanishing gradient, measured. With --out: PREFIX.json and PREFIX.png.
@@ -19,12 +19,12 @@ from pathlib import Path
 
 import torch
 
-from ray_al.batches import batches_per_epoch, epoch_chunks
+from ray_al.analysis.grad_norms import gradient_norms
 from ray_al.config import load_config
-from ray_al.data import load_dataset
-from ray_al.grad_norms import gradient_norms
-from ray_al.metrics import sample_indices
-from ray_al.trainers import make_trainer
+from ray_al.core.batches import batches_per_epoch, epoch_chunks
+from ray_al.core.metrics import sample_indices
+from ray_al.data.datasets import load_dataset
+from ray_al.run.factory import make_trainer
 
 ROOT = Path(__file__).resolve().parent.parent
 

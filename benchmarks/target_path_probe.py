@@ -1,6 +1,6 @@
 """The target path alone (no data, no f): how fast warm-up separates the C class targets at each depth.
 
-    python benchmarks/target_path_probe.py --classes 100 --d 256 --depth 4 --at 200,500,1000 \
+    python -m benchmarks.target_path_probe --classes 100 --d 256 --depth 4 --at 200,500,1000 \
         "" model.target_warmup_lr=1e-3 model.first_decoder_ce=true
 
 Each positional argument is one variant: comma-separated dotted overrides ("" = the defaults). After
@@ -14,7 +14,7 @@ import time
 import torch
 
 from ray_al.config import apply_overrides, config_from_dict
-from ray_al.target_path import warmup_chunks
+from ray_al.core.target_path import warmup_chunks
 from ray_al.trainers.al_local import ALLocal
 
 

@@ -1,15 +1,13 @@
 """MNIST MLP throughput, one run, same batches, same total cores: sequential AL in one
 process, the Ray pipeline at K = 1 and K = 16, the BP twin, each stage alone and the ideal.
 
-    python benchmarks/throughput_mnist_mlp.py [--data DATASETS] [--batches 600]
+    python -m benchmarks.throughput_mnist_mlp [--data DATASETS] [--batches 600]
 """
 import argparse
 import sys
 
-sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent))
-from common import datasets_root  # noqa: E402
-
-from ray_al.cli import main  # noqa: E402
+from benchmarks.common import datasets_root
+from ray_al.cli import main
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser()

@@ -1,8 +1,8 @@
 """Time to accuracy: AL (the paper's algorithm), AL with target-path warm-up, and the BP twin,
 one after another on this machine, on the same batches in the same order.
 
-    python benchmarks/time_to_accuracy.py --data DIR [--budget 1.0] [--epochs N] [--cases a,b] [--out PREFIX]
-    python benchmarks/time_to_accuracy.py --quick --out OUT/tta      # digits + synthetic 100 classes, seconds
+    python -m benchmarks.time_to_accuracy --data DIR [--budget 1.0] [--epochs N] [--cases a,b] [--out PREFIX]
+    python -m benchmarks.time_to_accuracy --quick --out OUT/tta      # digits + synthetic 100 classes, seconds
 
 After every evaluation (`--evals-per-epoch` per epoch) it prints the accuracy of every exit; at
 the end, the steps and the training seconds (warm-up included, evaluation excluded) each variant
@@ -23,14 +23,12 @@ from pathlib import Path
 
 import torch
 
-from ray_al.batches import batches_per_epoch, epoch_chunks
+from benchmarks.common import datasets_root
 from ray_al.config import apply_overrides, config_from_dict
-from ray_al.data import load_dataset
-from ray_al.target_path import format_separability, warm_up
-from ray_al.trainers import make_trainer
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import datasets_root  # noqa: E402
+from ray_al.core.batches import batches_per_epoch, epoch_chunks
+from ray_al.core.target_path import format_separability, warm_up
+from ray_al.data.datasets import load_dataset
+from ray_al.run.factory import make_trainer
 
 
 def warmup(num_classes: int) -> dict:

@@ -15,8 +15,8 @@ from typing import Callable
 from ray_al.config import Config, apply_overrides, config_from_dict
 from ray_al.config import load_config as _load_config_file
 from ray_al.errors import ConfigError
+from ray_al.inference.prediction import LoadedRun, load, predict
 from ray_al.models.registry import builder_module
-from ray_al.prediction import LoadedRun, load, predict
 
 __all__ = ["load_config", "train", "load_run", "predict", "LoadedRun"]
 
@@ -31,7 +31,7 @@ def load_config(source: str | Path | dict | None = None, overrides: list[str] | 
 
 def train(cfg: Config, log: Callable[[str], None] = print, resume_dir: str | Path | None = None):
     """Train as configured; returns the RunResult (`history`: one record per epoch; `run_dir`)."""
-    from ray_al.run import train as run_train
+    from ray_al.run.loop import train as run_train
 
     use_model_module(cfg)
     return run_train(cfg, log=log, resume_dir=resume_dir)

@@ -12,12 +12,12 @@ DEFAULT_CONFIG = None  # no file: the embedded digits dataset, a small MLP, thro
 
 def _train(args) -> int:
     from ray_al.config import load_config
-    from ray_al.run import train
-    from ray_al.session import ray_session, sigterm_raises_interrupt
+    from ray_al.pipeline.session import ray_session, sigterm_raises_interrupt
+    from ray_al.run.loop import train
 
     changes = {}
     if args.resume:
-        from ray_al.storage import resume_config
+        from ray_al.run.storage import resume_config
         if args.config:
             raise ConfigError("give either a config or --resume RUN_DIR, not both")
         cfg, changes = resume_config(args.resume, args.overrides, args.allow_change)
@@ -34,8 +34,8 @@ def _train(args) -> int:
 
 
 def _tune(args) -> int:
-    from ray_al.session import ray_session, sigterm_raises_interrupt
-    from ray_al.tune import Sweep, resume_sweep, run_sweep
+    from ray_al.pipeline.session import ray_session, sigterm_raises_interrupt
+    from ray_al.run.tune import Sweep, resume_sweep, run_sweep
 
     if args.resume:
         if args.sweep:
@@ -61,19 +61,19 @@ def _config(args) -> int:
 def _eval(args) -> int:
     import json
 
-    from ray_al.data import load_dataset
-    from ray_al.trainers import load_run
+    from ray_al.data.datasets import load_dataset
+    from ray_al.run.factory import load_trainer
 
     if args.thresholds:
-        from ray_al.early_exit import format_tradeoff
-        from ray_al.prediction import evaluate_thresholds
+        from ray_al.inference.early_exit import format_tradeoff
+        from ray_al.inference.prediction import evaluate_thresholds
         result = evaluate_thresholds(args.run_dir, args.thresholds, args.confidence, args.overrides)
         print(f"early exit on {result['test_samples']} test inputs (step {result['step']}, confidence "
               f"{result['measure']}): answer at the first exit whose confidence reaches the threshold")
         print(format_tradeoff(result["rows"]))
         return 0
 
-    cfg, trainer, manifest = load_run(args.run_dir, args.overrides, device=args.device)
+    cfg, trainer, manifest = load_trainer(args.run_dir, args.overrides, device=args.device)
     data = load_dataset(cfg.data)
     accs = trainer.evaluate(data.test_x, data.test_y)
     print(json.dumps({"run_dir": args.run_dir, "step": manifest["step"], **accs}, indent=1))
@@ -88,12 +88,12 @@ def _floats(text: str) -> list[float]:
 
 
 def _predict(args) -> int:
-    from ray_al import prediction as p
+    from ray_al.inference import prediction as p
 
     if args.exit != "auto" and not args.exit.isdigit():
         raise ConfigError(f"--exit must be a block number or auto, got '{args.exit}'")
-    from ray_al.session import ray_session, sigterm_raises_interrupt
-    from ray_al.storage import run_config
+    from ray_al.pipeline.session import ray_session, sigterm_raises_interrupt
+    from ray_al.run.storage import run_config
 
     with ray_session(run_config(args.run_dir).ray if args.ray else None), sigterm_raises_interrupt():
         records = p.predict(args.run_dir, args.inputs, args.exit, args.threshold, args.confidence,
@@ -103,9 +103,9 @@ def _predict(args) -> int:
 
 
 def _serve(args) -> int:
-    from ray_al.serve import serve_forever
-    from ray_al.session import ray_session, sigterm_raises_interrupt
-    from ray_al.storage import run_config
+    from ray_al.inference.serve import serve_forever
+    from ray_al.pipeline.session import ray_session, sigterm_raises_interrupt
+    from ray_al.run.storage import run_config
 
     try:
         replicas = [int(r) for r in args.replicas.split(",")] if args.replicas else None
@@ -118,7 +118,7 @@ def _serve(args) -> int:
 
 
 def _export(args) -> int:
-    from ray_al.export import export_run
+    from ray_al.inference.export import export_run
 
     out = export_run(args.run_dir, args.out)
     print(f"exported {args.run_dir} to {out}: stage-1..N.pt2 (torch.export), meta.json, al_exits.py (loader)")
@@ -126,7 +126,7 @@ def _export(args) -> int:
 
 
 def _report(args) -> int:
-    from ray_al.report import parse_data_paths, write_report
+    from ray_al.analysis.report import parse_data_paths, write_report
 
     write_report(args.runs, args.out, args.set, samples=args.samples, tsne_samples=args.tsne_samples,
                  data_paths=parse_data_paths(args.data))
@@ -136,9 +136,9 @@ def _report(args) -> int:
 def _bench(args) -> int:
     import json
 
-    from ray_al.bench import throughput
+    from ray_al.analysis.bench import throughput
     from ray_al.config import load_config
-    from ray_al.data import load_dataset
+    from ray_al.data.datasets import load_dataset
 
     cfg = load_config(args.config, args.overrides)
     data = load_dataset(cfg.data)
@@ -152,7 +152,7 @@ def _bench(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from ray_al.provenance import version_line
+    from ray_al.run.provenance import version_line
 
     parser = argparse.ArgumentParser(prog="ray-al", description="Associated Learning on Ray",
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # --version unwrapped
@@ -172,7 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", nargs="?", default=DEFAULT_CONFIG, help="YAML config (default: built-in defaults)")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.epochs=3")
     p.set_defaults(fn=_config)
-    p = sub.add_parser("tune", help="a Ray Tune sweep (see ray_al/tune.py for the sweep file)")
+    p = sub.add_parser("tune", help="a Ray Tune sweep (see ray_al/run/tune.py for the sweep file)")
     p.add_argument("sweep", nargs="?", help="sweep YAML (e.g. sweeps/mnist_mlp): base/config, param_space, tune")
     p.add_argument("overrides", nargs="*", help="dotted overrides of the base config, e.g. data.path=...")
     p.add_argument("--resume", metavar="SWEEP_DIR", help="continue an interrupted sweep (its output folder)")
@@ -250,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as e:
         print("ray-al: interrupted" + (f"\n{e}" if str(e) else ""), file=sys.stderr)  # e: how to resume, if any
         code = 130
-    if "ray_al.session" in sys.modules and sys.modules["ray_al.session"].Lost.cluster:
+    if "ray_al.pipeline.session" in sys.modules and sys.modules["ray_al.pipeline.session"].Lost.cluster:
         # the cluster died after the work: Ray's own exit would wait for it, then exit 1
         print("ray-al: the Ray cluster stopped answering at the end; the run's files are written", file=sys.stderr)
         sys.stdout.flush()

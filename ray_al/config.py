@@ -38,7 +38,7 @@ class DataConfig:
     synthetic_classes: int = 10
     synthetic_size: int = 512
     synthetic_noise: float = 40.0     # std of the pixel noise around each class's mean image (0..255 scale)
-    factory: str | None = None        # python: "module:function" returning (train, test) splits (ray_al/user_data.py)
+    factory: str | None = None        # python: "module:function" returning (train, test) splits (data/user_data.py)
     factory_args: dict[str, Any] = field(default_factory=dict)  # keyword arguments of the factory
     image_size: list[int] | None = None  # imagefolder: resize every image to [H, W] (None: all must agree)
     test_fraction: float = 0.2        # imagefolder without train/ and test/ subfolders: seeded test share
@@ -53,7 +53,7 @@ class ModelConfig:
     act: str | None = None            # f activation; None: elu for AL, relu for the BP twin
     bridge_grad_to_g: bool = False
     first_decoder_ce: bool = False
-    # target-path warm-up (ray_al/target_path.py): g and h alone on the C class points, through
+    # target-path warm-up (ray_al/core/target_path.py): g and h alone on the C class points, through
     # the chain, before the first data step; 0 = the paper's algorithm, untouched
     target_warmup_steps: int = 0
     target_warmup_lr: float | None = None    # its own Adam, dropped after; None: 3e-3 x min(1, 256 / d)
@@ -86,7 +86,7 @@ class TrainConfig:
     device: str = "auto"              # al_local / bp: auto | cpu | cuda
     eval_batch_size: int = 1000
     log_every_s: float = 10.0         # progress line interval on long epochs
-    # step options (ray_al/step_options.py), each off by default; AL blocks and the BP twin alike
+    # step options (ray_al/core/step_options.py), each off by default; AL blocks and the BP twin alike
     compile: str = "off"              # off | on (torch.compile of forward + losses) | cuda_graphs (CUDA only)
     precision: str = "fp32"           # fp32 | bf16 (autocast of forward + losses; optimizer state stays fp32)
     adam: str = "default"             # default | foreach | fused (torch's Adam implementations)
@@ -102,7 +102,7 @@ class RayConfig:
     num_gpus_per_block: float = 0.0   # fractional shares one GPU between blocks
     placement_strategy: str = "PACK"  # PACK | SPREAD | STRICT_PACK | STRICT_SPREAD
     placement_timeout_s: float = 60.0
-    tensor_transport: str = "auto"    # how chunks hop between blocks (ray_al/transport.py): auto | object_store |
+    tensor_transport: str = "auto"    # how chunks hop between blocks (pipeline/transport.py): auto | object_store |
                                       # cuda_ipc | nccl | gloo (Ray Direct Transport); auto: by hardware
     block_resources: dict[str, float] = field(default_factory=dict)  # custom resources per block, e.g. {worker: 0.01}
     runtime_env: dict[str, Any] = field(default_factory=dict)  # of the job this driver starts or joins,

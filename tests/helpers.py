@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from ray_al.checkpoint import complete_checkpoints
+from ray_al.checkpoint.files import complete_checkpoints
 from ray_al.config import config_from_dict
 
 REPO = Path(__file__).resolve().parents[1]

@@ -27,7 +27,7 @@ def test_train_load_predict_from_python(tmp_path):
     result = ray_al.train(cfg, log=lambda line: None)
     assert [r["epoch"] for r in result.history] == [1, 2] and (result.run_dir / "preprocess.json").is_file()
     run = ray_al.load_run(result.run_dir)
-    from ray_al.data import load_dataset
+    from ray_al.data.datasets import load_dataset
     raw = (load_dataset(run.cfg.data.__class__(normalize=False)).test_x[:30] * 255).round().byte()
     answers = ray_al.predict(result.run_dir, raw, exit=1)
     assert answers == run.predict(raw, exit=1) and {a["exit"] for a in answers} == {1}
@@ -35,7 +35,7 @@ def test_train_load_predict_from_python(tmp_path):
 
 
 def run_labels(run):
-    from ray_al.data import load_dataset
+    from ray_al.data.datasets import load_dataset
     return load_dataset(run.cfg.data).test_y
 
 

@@ -1,10 +1,10 @@
-"""`ray-al bench` (ray_al/bench.py): rates count the batches really trained, across epochs when one epoch is
+"""`ray-al bench` (ray_al/analysis/bench.py): rates count the batches really trained, across epochs when one epoch is
 shorter than asked; the ideal comes from each block's compute time inside the timed pipeline run, so the
 pipeline never beats it; the ratio line quotes the fastest K."""
 import torch
 
-from ray_al.bench import throughput
-from ray_al.data import load_dataset
+from ray_al.analysis.bench import throughput
+from ray_al.data.datasets import load_dataset
 from tests.helpers import tiny_config
 
 

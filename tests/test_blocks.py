@@ -2,8 +2,8 @@
 import torch
 import torch.nn as nn
 
-from ray_al.blocks import ALBlock, BlockOptions, predict, predict_all_exits
 from ray_al.config import ModelConfig
+from ray_al.core.blocks import ALBlock, BlockOptions, predict, predict_all_exits
 from ray_al.models import build_al_blocks
 
 

@@ -7,7 +7,7 @@ import pytest
 import ray
 from ray._private.internal_api import memory_summary
 
-from ray_al.run import train
+from ray_al.run.loop import train
 from tests.helpers import tiny_config
 
 

@@ -5,13 +5,13 @@ import shutil
 import pytest
 import torch
 
-from ray_al import checkpoint as ckpt
+from ray_al.checkpoint import files as ckpt
 from ray_al.checkpoint.policy import fingerprint
-from ray_al.data import load_dataset
+from ray_al.data.datasets import load_dataset
 from ray_al.errors import CheckpointError, TrainingError
-from ray_al.run import train
-from ray_al.storage import run_config
-from ray_al.trainers import load_run
+from ray_al.run.factory import load_trainer
+from ray_al.run.loop import train
+from ray_al.run.storage import run_config
 from tests.helpers import assert_states_equal, tiny_config
 
 QUIET = dict(log=lambda line: None)
@@ -62,7 +62,7 @@ def test_checkpoints_to_a_pyarrow_uri(tmp_path):
                       name="bp-run")
     result = train(cfg, **QUIET)
     assert ckpt.complete_checkpoints(f"{uri}/bp-run") == [0, 44]
-    _, trainer, manifest = load_run(result.run_dir)
+    _, trainer, manifest = load_trainer(result.run_dir)
     data = load_dataset(cfg.data)
     assert trainer.evaluate(data.test_x, data.test_y)["test_acc"] == result.final["test_acc"]
 
@@ -164,7 +164,7 @@ def test_two_runs_checkpoint_to_an_s3_server_through_a_query_uri_and_resume(tmp_
     assert ckpt.complete_checkpoints(ckpt.location(s3_server).join("b")) == [0, 44]
     resumed = train(run_config(run_b, ["train.epochs=2"]), resume_dir=run_b, **QUIET)
     assert [r["epoch"] for r in resumed.history] == [1, 2]
-    _, trainer, manifest = load_run(run_b)
+    _, trainer, manifest = load_trainer(run_b)
     assert manifest["step"] == 88
 
 

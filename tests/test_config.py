@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
+from ray_al.analysis.paper import DATASETS, RESULTS, dataset_key, paper_result
 from ray_al.config import Config, config_from_dict, load_config, set_dotted
 from ray_al.errors import ConfigError
 from ray_al.models import parameter_counts
-from ray_al.paper import DATASETS, RESULTS, dataset_key, paper_result
 from tests.helpers import CONFIGS, REPO
 
 FILES = sorted(p for p in CONFIGS.rglob("*.yaml") if p.parent.name != "sweeps")  # sweeps: tests/test_tune.py

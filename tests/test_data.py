@@ -11,9 +11,9 @@ import pytest
 import torch
 from PIL import Image
 
-from ray_al.batches import augment, epoch_chunks
 from ray_al.config import DataConfig
-from ray_al.data import load_dataset
+from ray_al.core.batches import augment, epoch_chunks
+from ray_al.data.datasets import load_dataset
 from ray_al.errors import DataError
 from tests.helpers import dataset_dir, write_parquet
 
@@ -215,8 +215,8 @@ def test_limits_sample_every_class_of_a_sorted_split(tmp_path):
 
 def test_validation_split_is_seeded_disjoint_and_reported(tmp_path):
     """data.val_fraction holds out a seeded share of the training split; runs report val_acc on it."""
-    from ray_al.data import hold_out
-    from ray_al.run import train
+    from ray_al.data.datasets import hold_out
+    from ray_al.run.loop import train
     from tests.helpers import tiny_config
     x, y = np.arange(100), np.arange(100) % 10
     tr_x, tr_y, va_x, va_y = hold_out(x, y, 0.25)

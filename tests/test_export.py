@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from ray_al.blocks import predict_all_exits
 from ray_al.cli import main
-from ray_al.data import load_dataset
-from ray_al.early_exit import ExitPolicy, LocalRunner, answer, stages_of
-from ray_al.prediction import load
-from ray_al.run import train
+from ray_al.core.blocks import predict_all_exits
+from ray_al.data.datasets import load_dataset
+from ray_al.inference.early_exit import ExitPolicy, LocalRunner, answer, stages_of
+from ray_al.inference.prediction import load
+from ray_al.run.loop import train
 from tests.helpers import tiny_config
 
 WITHOUT_RAY = """

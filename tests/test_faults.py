@@ -6,9 +6,9 @@ import signal
 import pytest
 import torch
 
-from ray_al.data import load_dataset
+from ray_al.data.datasets import load_dataset
 from ray_al.errors import TrainingError
-from ray_al.run import train
+from ray_al.run.loop import train
 from tests.helpers import FaultInjector, assert_states_equal, pid_of, tiny_config
 
 

@@ -15,9 +15,9 @@ pytestmark = pytest.mark.slow
 
 
 def test_quick_run_prints_the_table_and_writes_json(tmp_path):
-    out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "gpu_throughput.py"), "--quick",
+    out = subprocess.run([sys.executable, "-m", "benchmarks.gpu_throughput", "--quick",
                           "--out", str(tmp_path / "out"), "--models", "mlp", "--options", "--batches", "16"],
-                         capture_output=True, text=True, timeout=280, cwd=tmp_path,
+                         capture_output=True, text=True, timeout=280, cwd=REPO,
                          env={**os.environ, "PYTHONPATH": str(REPO)})
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     report = json.loads((tmp_path / "out" / "gpu_throughput.json").read_text())

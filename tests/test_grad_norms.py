@@ -2,8 +2,8 @@
 block 1 of a deep sigmoid MLP, AL's local gradients do not; measuring them changes nothing."""
 import torch
 
+from ray_al.analysis.grad_norms import gradient_norms
 from ray_al.config import ModelConfig
-from ray_al.grad_norms import gradient_norms
 from ray_al.models import build_al_blocks, build_bp_twin
 
 MODEL = ModelConfig(name="mlp", depth=8, act="sigmoid", d=64)

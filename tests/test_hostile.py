@@ -499,7 +499,7 @@ def test_every_manifest_and_record_carries_the_run_id(finished_run):
 
 def test_default_names_of_runs_started_in_the_same_second_differ(tmp_path):
     from ray_al.config import config_from_dict
-    from ray_al.storage import RunStorage
+    from ray_al.run.storage import RunStorage
 
     cfg = config_from_dict({"run_dir": str(tmp_path), "train": {"trainer": "al_local"}})
     first, second = RunStorage.create(cfg), RunStorage.create(cfg)
@@ -568,7 +568,7 @@ GCS_KILLED_AFTER_THE_RUN = """
 import sys, time
 import ray  # noqa: F401  (puts the psutil that Ray ships on the path)
 import psutil
-from ray_al import storage
+from ray_al.run import storage
 from ray_al.cli import main
 
 write_summary = storage.RunStorage.write_summary

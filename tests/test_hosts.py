@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from ray_al.checkpoint import complete_checkpoints, read_block, read_manifest
+from ray_al.checkpoint.files import complete_checkpoints, read_block, read_manifest
 from ray_al.config import load_config
-from ray_al.run import train
+from ray_al.run.loop import train
 from tests.headnode import logs, status, submit, wait_for
 from tests.helpers import FaultInjector, assert_states_equal
 from tests.hosts import FAST_FAILURE_DETECTION, hosts_for_tests

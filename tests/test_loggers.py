@@ -7,8 +7,8 @@ import pytest
 
 from ray_al.cli import main
 from ray_al.errors import ConfigError
-from ray_al.loggers import TensorBoardLogger
-from ray_al.run import train
+from ray_al.run.loggers import TensorBoardLogger
+from ray_al.run.loop import train
 from tests.helpers import REPO, tiny_config
 
 
@@ -59,7 +59,7 @@ def test_a_resumed_run_hides_the_events_it_redoes(tmp_path):
 
 
 def test_no_logger_package_is_imported_unless_chosen(tmp_path):
-    code = ("import sys; from tests.helpers import tiny_config; from ray_al.run import train; "
+    code = ("import sys; from tests.helpers import tiny_config; from ray_al.run.loop import train; "
             f"train(tiny_config({str(tmp_path)!r}, train={{'trainer': 'al_local'}}), log=lambda line: None); "
             "print(sorted(m for m in ('mlflow', 'wandb', 'optuna', 'hyperopt') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)

@@ -6,12 +6,11 @@ import sys
 
 from tests.helpers import REPO
 
-SCRIPT = str(REPO / "benchmarks" / "al_vs_bp_long.py")
-
 
 def _run(tmp_path, *extra):
-    return subprocess.run([sys.executable, SCRIPT, "--quick", "--out", str(tmp_path / "out"), *extra],
-                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    return subprocess.run([sys.executable, "-m", "benchmarks.al_vs_bp_long", "--quick", "--out", str(tmp_path / "out"),
+                           *extra],
+                          capture_output=True, text=True, timeout=300, cwd=REPO)
 
 
 def _epochs(tmp_path):

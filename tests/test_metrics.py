@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from ray_al.config import ModelConfig
+from ray_al.core.metrics import al_features, bp_features, class_distances, layer_names, paper_layers, tsne_figure
 from ray_al.errors import ConfigError
-from ray_al.metrics import al_features, bp_features, class_distances, layer_names, paper_layers, tsne_figure
 from ray_al.models import build_al_blocks, build_bp_twin
 
 
@@ -48,7 +48,7 @@ def test_same_names_pick_the_same_layers_in_al_and_bp(name):
         assert al[n].shape == bp[n].shape, n
     assert al["out"].shape == (7, 10) and al["b1"].shape == (7, 6)
     # the AL logits are the paper's prediction h_1(...h_N(b_N(f_N(...)))), as blocks.predict computes it
-    from ray_al.blocks import predict
+    from ray_al.core.blocks import predict
     assert torch.allclose(al["out"], predict(blocks, x), atol=1e-6)
     assert torch.allclose(bp["out"], net(x), atol=1e-6)
     assert [child for child, _ in net.named_children()] == names  # the BP twin's layers carry the names
@@ -76,7 +76,7 @@ def test_tsne_figure_is_a_png_with_one_panel_per_model_and_layer(tmp_path):
 
 
 def test_sample_indices_are_a_seeded_random_draw():
-    from ray_al.metrics import sample_indices
+    from ray_al.core.metrics import sample_indices
     y = torch.arange(1000) // 100  # sorted by class, like CIFAR-10's test split
     idx = sample_indices(1000, 300)
     assert torch.equal(idx, sample_indices(1000, 300)) and len(idx.unique()) == 300

@@ -10,8 +10,8 @@ from ray.util.placement_group import placement_group, placement_group_table, rem
 
 from ray_al.config import load_config
 from ray_al.errors import ConfigError
-from ray_al.run import train
-from ray_al.trainers.pipeline import ALPipeline
+from ray_al.pipeline.driver import ALPipeline
+from ray_al.run.loop import train
 
 WORKERS = 2
 

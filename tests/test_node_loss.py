@@ -4,7 +4,7 @@ import ray
 import torch
 from ray.cluster_utils import Cluster
 
-from ray_al.run import train
+from ray_al.run.loop import train
 from tests.helpers import FaultInjector, assert_states_equal, node_of, tiny_config
 
 

@@ -2,9 +2,9 @@
 import pytest
 import torch
 
-from ray_al.blocks import predict
-from ray_al.data import load_dataset
-from ray_al.run import train
+from ray_al.core.blocks import predict
+from ray_al.data.datasets import load_dataset
+from ray_al.run.loop import train
 from tests.helpers import assert_states_equal, tiny_config
 
 CASES = {

@@ -8,13 +8,13 @@ import pytest
 import torch
 from PIL import Image
 
-from ray_al.blocks import predict as composed
 from ray_al.cli import main
 from ray_al.config import DataConfig
-from ray_al.data import load_dataset
-from ray_al.early_exit import ExitPolicy, LocalRunner, answer, confidence, stages_of, tradeoff
-from ray_al.prediction import load, read_inputs
-from ray_al.run import train
+from ray_al.core.blocks import predict as composed
+from ray_al.data.datasets import load_dataset
+from ray_al.inference.early_exit import ExitPolicy, LocalRunner, answer, confidence, stages_of, tradeoff
+from ray_al.inference.prediction import load, read_inputs
+from ray_al.run.loop import train
 from tests.helpers import tiny_config, write_parquet, write_user_models
 
 N = 120  # test images written as files

@@ -6,8 +6,8 @@ import torch
 
 from ray_al.config import config_from_dict
 from ray_al.errors import ConfigError
-from ray_al.ray_data import ChunkReader, TrainStream
-from ray_al.run import train
+from ray_al.pipeline.ray_data import ChunkReader, TrainStream
+from ray_al.run.loop import train
 from tests.helpers import dataset_dir, write_parquet
 
 

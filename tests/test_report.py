@@ -3,7 +3,7 @@ section, the paper's figures beside ours, valid PNGs; bad input is a one-line er
 import struct
 
 from ray_al.cli import main
-from ray_al.run import train
+from ray_al.run.loop import train
 from tests.helpers import tiny_config
 
 
@@ -67,7 +67,7 @@ def test_report_of_a_folder_that_is_not_a_run(tmp_path, capsys):
 
 
 def test_report_data_paths_are_name_equals_path(tmp_path, capsys):
-    from ray_al.report import parse_data_paths
+    from ray_al.analysis.report import parse_data_paths
     assert parse_data_paths(["MNIST=/d/mnist", "cifar10=/d/c=10"]) == {"mnist": "/d/mnist", "cifar10": "/d/c=10"}
     assert main(["report", str(tmp_path), "--data", "cifar10"]) == 2
     assert "NAME=PATH" in capsys.readouterr().err

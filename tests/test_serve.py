@@ -9,9 +9,9 @@ import pytest
 import requests
 from PIL import Image
 
-from ray_al.data import load_dataset
-from ray_al.prediction import load
-from ray_al.run import train
+from ray_al.data.datasets import load_dataset
+from ray_al.inference.prediction import load
+from ray_al.run.loop import train
 from tests.helpers import tiny_config
 
 
@@ -26,7 +26,7 @@ def served(ray_cluster, tmp_path_factory):
     """A trained digits run, its test images as PNG files, and the app serving it."""
     from ray import serve
 
-    from ray_al.serve import start
+    from ray_al.inference.serve import start
 
     root = tmp_path_factory.mktemp("serve")
     cfg = tiny_config(root, optim={"lr": 1e-2}, name="r", train={"trainer": "al_local", "epochs": 3},

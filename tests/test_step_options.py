@@ -1,11 +1,11 @@
-"""Step options (ray_al/step_options.py) on the CPU: bf16 autocast, foreach and fused Adam, channels_last
+"""Step options (ray_al/core/step_options.py) on the CPU: bf16 autocast, foreach and fused Adam, channels_last
 and torch.compile train with finite losses in al_local and the BP twin; bf16 and channels_last through
 block actors over Gloo equal al_local bitwise; CUDA-only options asked for on a CPU are one-line errors."""
 import pytest
 import torch
 
 from ray_al.errors import ConfigError
-from ray_al.run import train
+from ray_al.run.loop import train
 from tests.helpers import assert_states_equal, tiny_config
 
 CNN = dict(model={"name": "cnn", "d": 16}, data={"source": "synthetic", "synthetic_size": 128})

@@ -5,14 +5,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ray_al.blocks import decode_exits
 from ray_al.checkpoint import files as ckpt
 from ray_al.config import config_from_dict, load_config
+from ray_al.core.blocks import decode_exits
+from ray_al.core.target_path import class_points, format_separability, separability, warmup_chunks
 from ray_al.errors import ConfigError
-from ray_al.progress import format_record
-from ray_al.run import train
-from ray_al.storage import run_config
-from ray_al.target_path import class_points, format_separability, separability, warmup_chunks
+from ray_al.run.loop import train
+from ray_al.run.progress import format_record
+from ray_al.run.storage import run_config
 from ray_al.trainers.al_local import ALLocal
 from tests.helpers import REPO, assert_states_equal, tiny_config
 
@@ -122,8 +122,8 @@ def _paper_steps_by_hand(blocks, chunks, lr, target_lr):
 
 @pytest.mark.parametrize("paper", ["mnist_mlp_al", "cifar10_mlp_al"])
 def test_paper_configs_with_warmup_0_are_the_paper_arithmetic_bitwise(tmp_path, paper):
-    from ray_al.batches import epoch_chunks
-    from ray_al.data import load_dataset
+    from ray_al.core.batches import epoch_chunks
+    from ray_al.data.datasets import load_dataset
     from ray_al.models import build_al_blocks
 
     torch.set_num_threads(1)

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from ray_al.errors import ConfigError, TrainingError
-from ray_al.run import train
-from ray_al.transport import resolve
+from ray_al.pipeline.transport import resolve
+from ray_al.run.loop import train
 from tests.helpers import FaultInjector, assert_states_equal, pid_of, tiny_config
 
 
@@ -53,7 +53,7 @@ def test_cuda_transports_without_gpus_are_one_line_errors(ray_cluster, tmp_path,
 
 
 def test_nan_over_gloo_names_block_and_step(ray_cluster, tmp_path):
-    from ray_al.data import load_dataset
+    from ray_al.data.datasets import load_dataset
 
     cfg = tiny_config(tmp_path, ray={"tensor_transport": "gloo"})
     data = load_dataset(cfg.data)

@@ -11,8 +11,8 @@ pytestmark = pytest.mark.slow
 
 
 def test_quick_run_prints_the_table_and_writes_csv_and_png(tmp_path):
-    out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "time_to_accuracy.py"), "--quick", "--threads", "1",
-                          "--out", str(tmp_path / "tta")], capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    out = subprocess.run([sys.executable, "-m", "benchmarks.time_to_accuracy", "--quick", "--threads", "1",
+                          "--out", str(tmp_path / "tta")], capture_output=True, text=True, timeout=600, cwd=REPO)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     table = out.stdout[out.stdout.index("steps and training seconds"):]
     for case in ("digits_mlp", "synth100_mlp"):

@@ -17,7 +17,7 @@ import yaml
 
 from ray_al.cli import main
 from ray_al.errors import ConfigError
-from ray_al.tune import Sweep, check_fits, trial_resources
+from ray_al.run.tune import Sweep, check_fits, trial_resources
 from tests.helpers import REPO
 
 # 256 synthetic samples, 20% held out: 6 batches of 32 per epoch
@@ -53,7 +53,7 @@ def trial_frames(output: Path) -> dict[str, list[int]]:
 
 
 def test_two_trials_on_two_cpus_report_their_checkpoints(ray_cluster, tmp_path, capsys):
-    from ray_al.tune import Sweep, run_sweep
+    from ray_al.run.tune import Sweep, run_sweep
     results = run_sweep(Sweep(write_sweep(tmp_path)))
     rows = json.loads((tmp_path / "sweep" / "results.json").read_text())
     assert sorted(r["optim.lr"] for r in rows) == [1.0e-3, 3.0e-3]
@@ -172,7 +172,7 @@ def test_blocks_of_a_trial_are_sized_like_train_sizes_them(ray_cluster):
     assert sweep.base_cfg.ray.num_cpus_per_block is None and sweep.opts["metric"] == "val_acc"
 
     def resources(params):
-        from ray_al.tune import trial_config
+        from ray_al.run.tune import trial_config
         cfg = trial_config(sweep.base, params)
         return trial_resources(cfg, block_count(cfg.model, (1, 28, 28), 10), float(sweep.opts["driver_cpus"]))
 
@@ -205,7 +205,7 @@ def test_population_based_training_copies_a_better_trial(ray_cluster, tmp_path):
 
 @pytest.mark.parametrize("algorithm", ["optuna", "hyperopt"])
 def test_search_algorithms_suggest_from_the_param_space(tmp_path, algorithm):
-    from ray_al.tune import _searcher
+    from ray_al.run.tune import _searcher
     sweep = Sweep(write_sweep(tmp_path, param_space={"optim.lr": {"loguniform": [1.0e-4, 1.0e-2]},
                                                      "train.chunk_size": {"choice": [2, 4]}},
                               tune={"search_alg": algorithm, "seed": 0}))
@@ -218,7 +218,7 @@ def test_search_algorithms_suggest_from_the_param_space(tmp_path, algorithm):
 
 @pytest.mark.parametrize("algorithm", ["optuna", "hyperopt"])
 def test_a_search_algorithm_without_its_package_is_one_line(tmp_path, monkeypatch, algorithm):
-    from ray_al.tune import _searcher
+    from ray_al.run.tune import _searcher
     monkeypatch.setitem(sys.modules, algorithm, None)
     sweep = Sweep(write_sweep(tmp_path, param_space={"optim.lr": {"choice": [1e-3, 1e-2]}},
                               tune={"search_alg": algorithm}))

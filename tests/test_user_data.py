@@ -6,9 +6,9 @@ import torch
 from PIL import Image
 
 from ray_al.config import DataConfig
-from ray_al.data import load_dataset
+from ray_al.data.datasets import load_dataset
 from ray_al.errors import ConfigError, DataError
-from ray_al.run import train
+from ray_al.run.loop import train
 from tests.helpers import tiny_config
 
 FACTORY = '''

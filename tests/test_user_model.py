@@ -6,7 +6,7 @@ import torch
 
 from ray_al.api import train
 from ray_al.errors import ConfigError
-from ray_al.prediction import load
+from ray_al.inference.prediction import load
 from tests.helpers import tiny_config, write_user_models
 
 QUIET = dict(log=lambda line: None)
@@ -19,7 +19,7 @@ def user_cluster(tmp_path_factory):
     import ray
 
     from ray_al.config import RayConfig
-    from ray_al.session import connect
+    from ray_al.pipeline.session import connect
 
     shipped = write_user_models(tmp_path_factory.mktemp("shipped"), "my_user_models")
     local_only = write_user_models(tmp_path_factory.mktemp("local"), "unshipped_models")
@@ -74,9 +74,9 @@ def test_model_registered_in_the_running_script_is_refused_for_actors(tmp_path):
 def test_predictions_through_actors_equal_in_process(trained):
     """Fixed exits and the first confident exit: the same answers, bit for bit, from Ray block actors
     that load the checkpoint themselves as from the blocks in this process."""
-    from ray_al.data import load_dataset
-    from ray_al.early_exit import ExitPolicy, LocalRunner, stages_of
-    from ray_al.prediction import ActorRunner, predict_tensor, read_inputs, rows
+    from ray_al.data.datasets import load_dataset
+    from ray_al.inference.early_exit import ExitPolicy, LocalRunner, stages_of
+    from ray_al.inference.prediction import ActorRunner, predict_tensor, read_inputs, rows
 
     torch.set_num_threads(1)  # as the actors (train.threads=1): the same arithmetic
     run = load(trained.run_dir)

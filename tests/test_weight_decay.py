@@ -4,11 +4,11 @@ import pytest
 import torch
 import torch.nn as nn
 
-from ray_al.block_trainer import BlockTrainer
 from ray_al.config import ModelConfig, OptimConfig
+from ray_al.core.block_trainer import BlockTrainer
+from ray_al.core.weight_decay import kernels
 from ray_al.models import build_al_block
 from ray_al.trainers.bp import BPTrainer
-from ray_al.weight_decay import kernels
 from tests.helpers import tiny_config
 
 SHAPE = (3, 16, 16)

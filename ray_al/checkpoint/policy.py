@@ -11,7 +11,7 @@ import time
 from ray_al.checkpoint import files
 from ray_al.config import CheckpointConfig, Config
 from ray_al.errors import BlockLost, CheckpointError, TrainingError
-from ray_al.provenance import provenance
+from ray_al.run.provenance import provenance
 
 
 def fingerprint(cfg: Config, input_shape: tuple, num_classes: int) -> dict:
@@ -19,7 +19,7 @@ def fingerprint(cfg: Config, input_shape: tuple, num_classes: int) -> dict:
     return {"kind": "bp" if cfg.train.trainer == "bp" else "al", "model": dataclasses.asdict(cfg.model),
             "input_shape": list(input_shape), "num_classes": num_classes,
             "batch_size": cfg.data.batch_size, "seed": cfg.train.seed,
-            # the optimizer's parameter groups follow it (ray_al/weight_decay.py): without L2 both scopes give
+            # the optimizer's parameter groups follow it (ray_al/core/weight_decay.py): without L2 both scopes give
             # the one group of `all`; f_kernels with L2 gives two, which a one-group checkpoint cannot load
             "l2_scope": cfg.optim.l2_scope if cfg.optim.weight_decay else "all"}
 

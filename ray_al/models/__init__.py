@@ -12,8 +12,8 @@ from collections import OrderedDict
 import torch
 import torch.nn as nn
 
-from ray_al.blocks import ALBlock, BlockOptions
 from ray_al.config import ModelConfig
+from ray_al.core.blocks import ALBlock, BlockOptions
 from ray_al.errors import ConfigError
 from ray_al.models import authors_bp, cnn, mlp, resnet, vgg  # noqa: F401  (cnn..vgg register the builders)
 from ray_al.models.registry import Architecture, build_architecture, import_model_module, model_names, register

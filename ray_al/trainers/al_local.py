@@ -9,13 +9,13 @@ from typing import Iterable, Iterator
 
 import torch
 
-from ray_al.batches import Chunk, eval_batches
-from ray_al.block_trainer import BlockTrainer
-from ray_al.blocks import ALBlock, decode_exits
 from ray_al.config import Config
+from ray_al.core.batches import Chunk, eval_batches
+from ray_al.core.block_trainer import BlockTrainer
+from ray_al.core.blocks import ALBlock, decode_exits
+from ray_al.core.step_options import StepOptions
+from ray_al.core.target_path import class_points, separability
 from ray_al.models import block_count, build_al_block
-from ray_al.step_options import StepOptions
-from ray_al.target_path import class_points, separability
 from ray_al.trainers.base import InProcessTrainer, OnChunk
 
 

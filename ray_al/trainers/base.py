@@ -11,11 +11,11 @@ from typing import Callable, Iterable, Iterator, Protocol
 
 import torch
 
-from ray_al.batches import Chunk
 from ray_al.checkpoint.files import read_block, write_block
 from ray_al.config import Config
+from ray_al.core.batches import Chunk
+from ray_al.core.metrics import exit_accuracies
 from ray_al.errors import ConfigError
-from ray_al.metrics import exit_accuracies
 
 OnChunk = Callable[[list[dict]], None]
 
@@ -33,7 +33,7 @@ class Trainer(Protocol):
         """Logits of every exit [exit 1, ..., exit N], batch by batch, in eval mode."""
 
     # AL trainers only (the run loop asks for them when model.target_warmup_steps > 0):
-    # warmup(label_chunks, on_chunk) trains g and h alone down the chain (ray_al/target_path.py);
+    # warmup(label_chunks, on_chunk) trains g and h alone down the chain (ray_al/core/target_path.py);
     # target_separability() -> {"sep_dist_k", "sep_acc_k"}, which evaluate() includes.
 
     def evaluate(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:

@@ -7,14 +7,14 @@ from typing import Iterator
 import torch
 import torch.nn.functional as F
 
-from ray_al.batches import Chunk, eval_batches
 from ray_al.config import Config
+from ray_al.core.batches import Chunk, eval_batches
+from ray_al.core.schedule import lr_multiplier
+from ray_al.core.step_options import StepOptions
+from ray_al.core.weight_decay import adam, kernels
 from ray_al.errors import TrainingError
 from ray_al.models import BPTwin, build_bp_twin
-from ray_al.schedule import lr_multiplier
-from ray_al.step_options import StepOptions
 from ray_al.trainers.base import InProcessTrainer
-from ray_al.weight_decay import adam, kernels
 
 
 class BPTrainer(InProcessTrainer):

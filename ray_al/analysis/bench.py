@@ -12,9 +12,9 @@ from __future__ import annotations
 import itertools
 import time
 
-from ray_al.batches import epoch_chunks
 from ray_al.config import Config
-from ray_al.data import Dataset
+from ray_al.core.batches import epoch_chunks
+from ray_al.data.datasets import Dataset
 
 
 def _chunks(data: Dataset, cfg: Config, chunk_size: int, batches: int):
@@ -59,10 +59,10 @@ def throughput(cfg: Config, data: Dataset, batches: int, chunk_sizes=(1, 16), co
     import torch
 
     from ray_al.models import block_count
-    from ray_al.session import connect
+    from ray_al.pipeline.driver import ALPipeline
+    from ray_al.pipeline.session import connect
     from ray_al.trainers.al_local import ALLocal
     from ray_al.trainers.bp import BPTrainer
-    from ray_al.trainers.pipeline import ALPipeline
 
     results: dict = {}
     n = block_count(cfg.model, data.input_shape, data.num_classes)

@@ -19,10 +19,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ray_al.early_exit import Answers, ExitPolicy, LocalRunner, answer, stages_of
+from ray_al.data.images import IMAGE_SUFFIXES, decode_image
+from ray_al.data.preprocess import Preprocess
 from ray_al.errors import CheckpointError, DataError
-from ray_al.images import IMAGE_SUFFIXES, decode_image
-from ray_al.preprocess import Preprocess
+from ray_al.inference.early_exit import Answers, ExitPolicy, LocalRunner, answer, stages_of
 
 
 @dataclass
@@ -55,9 +55,9 @@ class LoadedRun:
 
 def load(run_dir: str | Path, overrides: list[str] | None = None) -> LoadedRun:
     """The run's newest checkpoint in this process, with the preprocessing its inputs need."""
-    from ray_al.trainers import load_run
+    from ray_al.run.factory import load_trainer
 
-    cfg, trainer, manifest = load_run(run_dir, overrides, device="cpu")
+    cfg, trainer, manifest = load_trainer(run_dir, overrides, device="cpu")
     if not hasattr(trainer, "blocks"):
         raise CheckpointError(f"{run_dir} is a {cfg.train.trainer} run: prediction by exit needs an AL run "
                               f"(train.trainer=al or al_local)")
@@ -68,7 +68,7 @@ def run_preprocess(run_dir, cfg) -> Preprocess:
     """preprocess.json, or for runs made before it existed, recomputed from the run's dataset."""
     pre = Preprocess.load(run_dir)
     if pre is None:
-        from ray_al.data import load_dataset
+        from ray_al.data.datasets import load_dataset
         pre = Preprocess.of(load_dataset(cfg.data), cfg.data.image_size)
     return pre
 
@@ -139,8 +139,8 @@ class ActorRunner:
     (and b_k); exit k decodes through actors k, k-1, .., 1, each applying its own h."""
 
     def __init__(self, run: LoadedRun, overrides: list[str] | None = None):
-        from ray_al.storage import open_run
-        from ray_al.trainers.pipeline import ALPipeline
+        from ray_al.pipeline.driver import ALPipeline
+        from ray_al.run.storage import open_run
 
         cfg, storage = open_run(run.run_dir, overrides)
         cfg.train.trainer = "al"
@@ -204,8 +204,8 @@ def evaluate_thresholds(run_dir: str | Path, thresholds: list[float], measure: s
                         overrides: list[str] | None = None, data=None) -> dict:
     """The early-exit trade-off on the run's test split (early_exit.measure_tradeoff), saved as
     `early_exit.json` in the run folder."""
-    from ray_al.data import load_dataset
-    from ray_al.early_exit import measure_tradeoff
+    from ray_al.data.datasets import load_dataset
+    from ray_al.inference.early_exit import measure_tradeoff
 
     run = load(run_dir, overrides)
     ExitPolicy(None, max(thresholds), measure).check(run.n)

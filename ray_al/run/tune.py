@@ -21,7 +21,7 @@ A sweep file (a path, or a shipped one by name: `sweeps/mnist_mlp`):
 
 Each trial reserves its driver and its block actors as one placement group,
 `tune.with_resources(trainable, tune.PlacementGroupFactory([driver, block x N]))`; the
-pipeline finds that group and puts block i in bundle i + 1 (ray_al/trainers/placement.py). Blocks take
+pipeline finds that group and puts block i in bundle i + 1 (ray_al/pipeline/placement.py). Blocks take
 `ray.num_cpus_per_block` or, unset, an equal share of the cluster's CPUs less the driver's, as
 `ray-al train` does; a sweep whose trial cannot fit the cluster is refused before it starts.
 Every epoch a trial reports its record and its own checkpoint folder as a `tune.Checkpoint`, so
@@ -54,8 +54,8 @@ from ray_al.config import (
     set_dotted,
 )
 from ray_al.errors import ConfigError, TrainingError
-from ray_al.loggers import console
-from ray_al.storage import RunStorage, read_records
+from ray_al.run.loggers import console
+from ray_al.run.storage import RunStorage, read_records
 
 SEARCH_FORMS = {"grid_search", "choice", "uniform", "loguniform", "randint", "quniform", "qloguniform"}
 SWEEP_KEYS = {"base", "config", "param_space", "tune", "output", "name"}
@@ -67,7 +67,7 @@ TUNE_DEFAULTS = {"num_samples": 1, "metric": "val_acc", "mode": "max", "schedule
                  "max_concurrent_trials": None, "max_failures": 1, "driver_cpus": 1.0, "seed": None, "verbose": 1}
 # keys that change only how the loaded data is batched: trials may share one loaded copy
 DATA_KEYS_SAFE_TO_SHARE = {"data.batch_size", "data.augment"}
-# a checkpoint carries these (ray_al.run.fingerprint): PBT may not change them inside a trial
+# a checkpoint carries these (ray_al.run.loop.fingerprint): PBT may not change them inside a trial
 FINGERPRINT_PREFIXES = ("model.", "data.", "train.seed", "train.trainer", "optim.l2_scope")
 Log = Callable[[str], None]
 
@@ -216,8 +216,8 @@ def _trainable(params: dict, base: dict, run_dir: str, data=None):
     from ray import tune
 
     from ray_al.checkpoint import files
-    from ray_al.loggers import numeric
-    from ray_al.run import train
+    from ray_al.run.loggers import numeric
+    from ray_al.run.loop import train
 
     cfg = trial_config(base, params)
     cfg.run_dir, cfg.name = run_dir, tune.get_context().get_trial_name()
@@ -264,7 +264,7 @@ def trial_resources(cfg: Config, n_blocks: int, driver_cpus: float):
     the driver's CPUs set aside."""
     from ray import tune
 
-    from ray_al.trainers.placement import block_bundle
+    from ray_al.pipeline.placement import block_bundle
 
     bundles = [{"CPU": driver_cpus}]
     if cfg.train.trainer == "al":  # in-process trainers start no actors
@@ -338,9 +338,9 @@ def _prepare(sweep: Sweep, log: Log):
     """Join Ray, load the data once, check that a trial fits; returns the trainable with its resources."""
     from ray import tune
 
-    from ray_al.data import load_dataset
+    from ray_al.data.datasets import load_dataset
     from ray_al.models import block_count
-    from ray_al.session import connect
+    from ray_al.pipeline.session import connect
 
     connect(sweep.base_cfg.ray)
     data = load_dataset(sweep.base_cfg.data)

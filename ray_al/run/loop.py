@@ -16,17 +16,17 @@ from typing import Callable
 from ray_al.checkpoint.files import supersede
 from ray_al.checkpoint.policy import Checkpointer, Position, RestartPolicy, fingerprint
 from ray_al.config import Config
-from ray_al.data import Dataset
+from ray_al.core.metrics import split_accuracies
+from ray_al.core.target_path import warm_up
+from ray_al.data.datasets import Dataset
 from ray_al.errors import BlockLost, CheckpointError, ConfigError, DataError
-from ray_al.loggers import check_loggers, console, make_loggers
-from ray_al.metrics import split_accuracies
 from ray_al.models import parameter_counts
-from ray_al.progress import Log, Progress, format_record
-from ray_al.provenance import provenance
-from ray_al.sources import ChunkSource, open_source
-from ray_al.storage import RunStorage
-from ray_al.target_path import warm_up
-from ray_al.trainers import Trainer, make_trainer
+from ray_al.run.factory import Trainer, make_trainer
+from ray_al.run.loggers import check_loggers, console, make_loggers
+from ray_al.run.progress import Log, Progress, format_record
+from ray_al.run.provenance import provenance
+from ray_al.run.sources import ChunkSource, open_source
+from ray_al.run.storage import RunStorage
 
 
 @dataclass

@@ -199,7 +199,7 @@ DEFAULT_THRESHOLDS = [0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99]
 def measure_tradeoff(blocks: list, x: torch.Tensor, y: torch.Tensor, thresholds: list[float],
                      measure: str = "maxprob", batch_size: int = 1000) -> dict:
     """Every exit's logits on (x, y) once, then `tradeoff` at each threshold, with FLOPs."""
-    from ray_al.blocks import predict_all_exits
+    from ray_al.core.blocks import predict_all_exits
 
     with torch.no_grad():
         parts = [predict_all_exits(blocks, x[i:i + batch_size]) for i in range(0, len(x), batch_size)]

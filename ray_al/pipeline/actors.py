@@ -8,15 +8,15 @@ import time
 import ray
 import torch
 
-from ray_al.block_trainer import BlockTrainer
 from ray_al.checkpoint.files import read_block, write_block
 from ray_al.config import ModelConfig, OptimConfig
+from ray_al.core.block_trainer import BlockTrainer
+from ray_al.core.step_options import StepOptions
 from ray_al.errors import RayALError
 from ray_al.models import build_al_block
-from ray_al.step_options import StepOptions
 
 
-@ray.remote(enable_tensor_transport=True)  # train_relay's outputs may travel by RDT (ray_al/transport.py)
+@ray.remote(enable_tensor_transport=True)  # train_relay's outputs may travel by RDT (ray_al/pipeline/transport.py)
 class BlockActor:
     def __init__(self, model: ModelConfig, optim: OptimConfig, seed: int, threads: int | None,
                  input_shape: tuple, num_classes: int, index: int, n_blocks: int, total_steps: int,
@@ -66,7 +66,7 @@ class BlockActor:
         return out, stats
 
     def train_relay(self, inputs: tuple):
-        """The same K steps on an RDT transport (ray_al/transport.py): (s_{i-1}, t_{i-1}[, stats of blocks
+        """The same K steps on an RDT transport (ray_al/pipeline/transport.py): (s_{i-1}, t_{i-1}[, stats of blocks
         before]) in; (s_i, t_i, stats of blocks 1..i) out, the tensors left where they are for the next
         block to fetch; the last block returns the stats list alone, for the driver."""
         if self.delay:

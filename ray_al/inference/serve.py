@@ -1,6 +1,6 @@
 """`ray-al serve RUN`: a run's model behind HTTP with Ray Serve, answering at the first confident exit.
 
-Layout: one deployment per block (`stage-k`: f_k and exit k's head, see ray_al/early_exit.py)
+Layout: one deployment per block (`stage-k`: f_k and exit k's head, see ray_al/inference/early_exit.py)
 and an ingress deployment that decodes the image, preprocesses it as training did and walks the
 stages through DeploymentHandles, stopping at the first exit whose confidence reaches the
 threshold. This is the composition Ray Serve's guide recommends for multi-model pipelines
@@ -36,8 +36,8 @@ class StageDeployment:
         import ray
         import torch
 
-        from ray_al.early_exit import stages_of
-        from ray_al.prediction import load
+        from ray_al.inference.early_exit import stages_of
+        from ray_al.inference.prediction import load
 
         cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
         torch.set_num_threads(max(1, int(cpus)))
@@ -57,7 +57,7 @@ class ALIngress:
     """HTTP in: decode and preprocess the image, then stage 1, 2, .. until an exit is confident."""
 
     def __init__(self, stages: list[DeploymentHandle], preprocess: dict, threshold: float, measure: str):
-        from ray_al.preprocess import Preprocess
+        from ray_al.data.preprocess import Preprocess
 
         self.stages, self.pre = stages, Preprocess(**preprocess)
         self.threshold, self.measure = threshold, measure
@@ -65,9 +65,9 @@ class ALIngress:
     async def __call__(self, request):
         from starlette.responses import JSONResponse
 
-        from ray_al.early_exit import ExitPolicy, confidence
-        from ray_al.images import decode_image
-        from ray_al.prediction import image_args
+        from ray_al.data.images import decode_image
+        from ray_al.inference.early_exit import ExitPolicy, confidence
+        from ray_al.inference.prediction import image_args
 
         try:
             exit_q = request.query_params.get("exit", "auto")
@@ -104,8 +104,8 @@ def _int(v: str, what: str) -> int:
 def build_app(run_dir: str | Path, threshold: float = 0.9, measure: str = "maxprob", replicas: list[int] | None = None,
               cpus_per_block: float = 0.5, gpus_per_block: float = 0.0, overrides: list[str] | None = None):
     """The Serve application: ingress -> stage-1 .. stage-N."""
-    from ray_al.early_exit import ExitPolicy
-    from ray_al.prediction import load
+    from ray_al.inference.early_exit import ExitPolicy
+    from ray_al.inference.prediction import load
 
     run_dir = str(Path(run_dir).resolve())
     run = load(run_dir, overrides)  # checks the run and its preprocessing here, before any replica starts

@@ -9,13 +9,13 @@ import time
 
 import torch
 
-from ray_al.blocks import ALBlock
 from ray_al.config import ModelConfig, OptimConfig
+from ray_al.core.blocks import ALBlock
+from ray_al.core.schedule import lr_multiplier
+from ray_al.core.step_options import StepOptions
+from ray_al.core.target_path import warmup_lr
+from ray_al.core.weight_decay import adam, kernels
 from ray_al.errors import TrainingError
-from ray_al.schedule import lr_multiplier
-from ray_al.step_options import StepOptions
-from ray_al.target_path import warmup_lr
-from ray_al.weight_decay import adam, kernels
 
 
 class BlockTrainer:
@@ -78,7 +78,7 @@ class BlockTrainer:
                  "compute_s": time.perf_counter() - start}
         return outs_s, outs_t, stats
 
-    # -- target path alone (ray_al/target_path.py) -----------------------------------------
+    # -- target path alone (ray_al/core/target_path.py) -----------------------------------------
     def warmup_chunk(self, t_prev: torch.Tensor):
         """K target-path-only steps (g_i, h_i on L'_i) over stacked t_{i-1} [K, B, ...]; block 1
         gets labels. Returns the stacked t_i for the next block and this block's stats."""

@@ -5,7 +5,7 @@ from typing import TYPE_CHECKING, Iterable
 
 import torch
 
-from ray_al.batches import eval_batches
+from ray_al.core.batches import eval_batches
 
 if TYPE_CHECKING:
     import numpy as np

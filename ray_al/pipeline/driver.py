@@ -15,18 +15,18 @@ from typing import Iterable, Iterator
 import ray
 import torch
 
-from ray_al.batches import Chunk, eval_batches
 from ray_al.config import Config
+from ray_al.core.batches import Chunk, eval_batches
+from ray_al.core.metrics import exit_accuracies
+from ray_al.core.step_options import StepOptions
+from ray_al.core.target_path import class_points, separability
 from ray_al.errors import BlockLost, ConfigError, RayALError, TrainingError
-from ray_al.metrics import exit_accuracies
 from ray_al.models import block_count
-from ray_al.session import connect, gcs_reachable
-from ray_al.step_options import StepOptions
-from ray_al.target_path import class_points, separability
-from ray_al.trainers.actors import BlockActor
+from ray_al.pipeline.actors import BlockActor
+from ray_al.pipeline.placement import reserve
+from ray_al.pipeline.session import connect, gcs_reachable
+from ray_al.pipeline.transport import check_bundles, close_group, open_group, relay, resolve
 from ray_al.trainers.base import OnChunk
-from ray_al.trainers.placement import reserve
-from ray_al.transport import check_bundles, close_group, open_group, relay, resolve
 
 
 def _unwrap(e: Exception) -> RayALError:

@@ -11,7 +11,7 @@ same remainder). Order: shards in random order, then a local shuffle buffer seed
 (seed, epoch); this is not the in-memory loader's order, and Ray Data's task timing can change
 which rows share a buffer, so this path is not bitwise reproducible (the in-memory loader is).
 `data.limit_train=n` keeps the same n rows as the in-memory loader (a fixed-seed draw). Labels are
-checked as the in-memory loader checks them (ray_al/labels.py), from the label column alone.
+checked as the in-memory loader checks them (ray_al/data/labels.py), from the label column alone.
 The test split is small and is loaded into the driver for evaluation, as in the default loader.
 Checkpoints, resume and block-loss recovery run only with the in-memory loader.
 
@@ -32,9 +32,9 @@ import torch
 from ray.util.placement_group import get_current_placement_group, placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from ray_al.batches import Chunk, augment, batch_generator, epoch_seed
 from ray_al.config import Config
-from ray_al.data import (
+from ray_al.core.batches import Chunk, augment, batch_generator, epoch_seed
+from ray_al.data.datasets import (
     _label_column,
     _load_split,
     _parquet_files,
@@ -44,12 +44,12 @@ from ray_al.data import (
     subset_indices,
     to_float,
 )
+from ray_al.data.labels import Origin, column_labels, count_classes
+from ray_al.data.preprocess import Preprocess
 from ray_al.errors import ConfigError, DataError
-from ray_al.labels import Origin, column_labels, count_classes
 from ray_al.models import block_count
-from ray_al.preprocess import Preprocess
-from ray_al.session import connect, gcs_reachable
-from ray_al.trainers.placement import cpus_per_block, wait_for_group
+from ray_al.pipeline.placement import cpus_per_block, wait_for_group
+from ray_al.pipeline.session import connect, gcs_reachable
 
 DATA_TASK_CPUS = 0.25  # per shard task
 DATA_CPUS = 0.5        # reserved for those tasks: two at a time

@@ -19,8 +19,8 @@ import numpy as np
 import torch
 
 from ray_al.config import DataConfig
+from ray_al.data.images import GRAY_MODES, IMAGE_SUFFIXES, decode_image
 from ray_al.errors import DataError
-from ray_al.images import GRAY_MODES, IMAGE_SUFFIXES, decode_image
 
 
 # -- python factory -------------------------------------------------------------------------------

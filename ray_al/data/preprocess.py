@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from ray_al.data import normalise, to_float
+from ray_al.data.datasets import normalise, to_float
 from ray_al.errors import DataError
 
 FILE = "preprocess.json"
@@ -29,7 +29,7 @@ class Preprocess:
 
     @classmethod
     def of(cls, data, image_size=None) -> "Preprocess":
-        """From a loaded ray_al.data.Dataset."""
+        """From a loaded ray_al.data.datasets.Dataset."""
         flat = lambda t: None if t is None else [float(v) for v in t]  # noqa: E731
         return cls(list(data.input_shape), flat(data.mean), flat(data.std),
                    list(image_size) if image_size else None, list(data.class_names))

@@ -15,19 +15,7 @@ from typing import Callable
 
 import torch
 
-from ray_al.config import Config, apply_overrides, config_from_dict, read_yaml
-from ray_al.early_exit import DEFAULT_THRESHOLDS, format_tradeoff, measure_tradeoff
-from ray_al.errors import ConfigError, RayALError
-from ray_al.metrics import (
-    block_count_of,
-    class_distances,
-    layer_names,
-    model_features,
-    paper_layers,
-    sample_indices,
-    tsne_figure,
-)
-from ray_al.paper import (
+from ray_al.analysis.paper import (
     NAMES,
     PAPER_EPOCHS,
     RESULTS,
@@ -38,7 +26,19 @@ from ray_al.paper import (
     method,
     paper_result,
 )
-from ray_al.target_path import format_separability
+from ray_al.config import Config, apply_overrides, config_from_dict, read_yaml
+from ray_al.core.metrics import (
+    block_count_of,
+    class_distances,
+    layer_names,
+    model_features,
+    paper_layers,
+    sample_indices,
+    tsne_figure,
+)
+from ray_al.core.target_path import format_separability
+from ray_al.errors import ConfigError, RayALError
+from ray_al.inference.early_exit import DEFAULT_THRESHOLDS, format_tradeoff, measure_tradeoff
 
 Log = Callable[[str], None]
 
@@ -321,8 +321,8 @@ def _slug(text: str) -> str:
 # -- models and features --------------------------------------------------------------------
 def load_model(run_dir: Path, overrides: list[str]):
     """The run's newest checkpoint as a list of ALBlocks (AL) or the BP twin (models.BPTwin)."""
-    from ray_al.trainers import load_run
-    _, trainer, _ = load_run(run_dir, overrides, device="cpu")
+    from ray_al.run.factory import load_trainer
+    _, trainer, _ = load_trainer(run_dir, overrides, device="cpu")
     return trainer.model
 
 
@@ -337,7 +337,7 @@ def analyse(run: Run, overrides: list[str], samples: int, datasets: dict, log: L
         cfg = config_from_dict(values)
         key = json.dumps(values["data"], sort_keys=True)
         if key not in datasets:
-            from ray_al.data import load_dataset
+            from ray_al.data.datasets import load_dataset
             datasets[key] = load_dataset(cfg.data)
         data = datasets[key]
     except RayALError as e:

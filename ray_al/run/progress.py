@@ -4,8 +4,8 @@ from __future__ import annotations
 import time
 from typing import Callable
 
-from ray_al.loggers import loss_scalars
-from ray_al.target_path import format_separability
+from ray_al.core.target_path import format_separability
+from ray_al.run.loggers import loss_scalars
 
 Log = Callable[[str], None]
 
@@ -16,7 +16,7 @@ class Progress:
     def __init__(self, epoch: int, epochs: int, steps: int, batch_size: int, log: Log, interval: float,
                  loggers=None):
         self.epoch, self.epochs, self.steps, self.batch_size = epoch, epochs, steps, batch_size
-        self.log, self.interval, self.loggers = log, interval, loggers  # loggers: ray_al.loggers.RunLoggers
+        self.log, self.interval, self.loggers = log, interval, loggers  # loggers: ray_al.run.loggers.RunLoggers
         self.done, self.sums = 0, {}
         self.start = self.last = time.perf_counter()
 

@@ -11,10 +11,10 @@ from typing import Iterator, Protocol
 
 import torch
 
-from ray_al.batches import Chunk, batches_per_epoch, epoch_chunks
 from ray_al.config import Config
-from ray_al.data import Dataset, load_dataset
-from ray_al.preprocess import Preprocess
+from ray_al.core.batches import Chunk, batches_per_epoch, epoch_chunks
+from ray_al.data.datasets import Dataset, load_dataset
+from ray_al.data.preprocess import Preprocess
 
 
 class ChunkSource(Protocol):
@@ -65,6 +65,6 @@ class MemorySource:
 def open_source(cfg: Config, data: Dataset | None = None) -> ChunkSource:
     """`data`: an already loaded dataset (memory loader only), e.g. one shared by Tune trials."""
     if cfg.data.loader == "ray_data":  # the training split never enters this process
-        from ray_al.ray_data import RayDataSource
+        from ray_al.pipeline.ray_data import RayDataSource
         return RayDataSource(cfg)
     return MemorySource(cfg, data)

@@ -18,9 +18,9 @@ import numpy as np
 import torch
 
 from ray_al.config import DataConfig
+from ray_al.data.labels import Origin, column_labels, count_classes
+from ray_al.data.user_data import load_imagefolder, load_python
 from ray_al.errors import DataError
-from ray_al.labels import Origin, column_labels, count_classes
-from ray_al.user_data import load_imagefolder, load_python
 
 
 @dataclass

@@ -1,0 +1,40 @@
+"""The trainer behind `train.trainer`, each a `Trainer` (trainers/base.py):
+
+    al        pipeline/driver.py     the Ray pipeline: one actor per block (pipeline/actors.py)
+    al_local  trainers/al_local.py   the same blocks one after another in this process: the semantic reference
+    bp        trainers/bp.py         the backprop twin: the AL prediction path as one network
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ray_al.checkpoint.files import read_manifest
+from ray_al.config import Config
+from ray_al.run.storage import open_run
+from ray_al.trainers.base import InProcessTrainer, Trainer
+
+
+def make_trainer(cfg: Config, input_shape: tuple, num_classes: int, total_steps: int) -> Trainer:
+    if cfg.train.trainer == "al":
+        from ray_al.pipeline.driver import ALPipeline  # the only trainer that needs Ray
+        return ALPipeline(cfg, input_shape, num_classes, total_steps)
+    if cfg.train.trainer == "al_local":
+        from ray_al.trainers.al_local import ALLocal
+        return ALLocal(cfg, input_shape, num_classes, total_steps)
+    from ray_al.trainers.bp import BPTrainer
+    return BPTrainer(cfg, input_shape, num_classes, total_steps)
+
+
+def load_trainer(run_dir: str | Path, overrides: list[str] | None = None,
+             device: str = "cpu") -> tuple[Config, InProcessTrainer, dict]:
+    """(cfg, trainer, manifest): a run folder's newest checkpoint in this process (al_local for AL runs:
+    same blocks, same arithmetic, no actors), built from the shapes the checkpoint records, so no
+    dataset is needed."""
+    cfg, storage = open_run(run_dir, [f"train.device={device}", *(overrides or [])])
+    if cfg.train.trainer == "al":
+        cfg.train.trainer = "al_local"
+    manifest = read_manifest(storage.checkpoint_uri)
+    fp = manifest["fingerprint"]
+    trainer = make_trainer(cfg, tuple(fp["input_shape"]), fp["num_classes"], total_steps=1)
+    trainer.load_blocks(storage.checkpoint_uri, manifest)
+    return cfg, trainer, manifest
