@@ -11,9 +11,9 @@ import sys
 import tempfile
 from pathlib import Path
 
+from ray_al.analysis.features import al_features, bp_features, class_distances, layer_names, sample_indices
 from ray_al.analysis.report import load_model
 from ray_al.config import load_config
-from ray_al.core.metrics import al_features, bp_features, class_distances, layer_names, sample_indices
 from ray_al.data.datasets import load_dataset
 from ray_al.run.loop import train
 

@@ -15,41 +15,43 @@ stay of one order is the vanishing gradient, measured. With --out: PREFIX.json a
 import argparse
 import json
 import sys
+import tempfile
 from pathlib import Path
 
 import torch
 
+from ray_al.analysis.features import sample_indices
 from ray_al.analysis.grad_norms import gradient_norms
 from ray_al.config import load_config
-from ray_al.core.batches import batches_per_epoch, epoch_chunks
-from ray_al.core.metrics import sample_indices
+from ray_al.core.batches import batches_per_epoch
 from ray_al.data.datasets import load_dataset
-from ray_al.run.factory import make_trainer
+from ray_al.run.loop import Hooks, train
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def run(kind: str, args, data, log) -> list[dict]:
-    """Train one method epoch by epoch; one record per epoch (0: before training)."""
-    overrides = [f"model.depth={args.depth}", f"optim.lr={args.lr}", f"train.threads={args.threads}"]
+def run(kind: str, args, data, log, run_dir: str) -> list[dict]:
+    """Train one method through the run loop; one record per epoch (0: before training), each with the
+    gradient norms measured at the epoch's end by the loop's hook."""
+    overrides = [f"model.depth={args.depth}", f"optim.lr={args.lr}", f"train.threads={args.threads}",
+                 f"train.epochs={args.epochs}", "checkpoint.enabled=false", "log.tensorboard=false",
+                 f"run_dir={run_dir}"]
     overrides += [f"data.path={args.data}"] if args.data else ["data.source=digits", "data.path=null"]
     cfg = load_config(ROOT / "configs" / "sigmoid" / f"mnist_mlp8_sigmoid_{kind}.yaml", overrides)
     n_batches = batches_per_epoch(len(data.train_x), cfg.data.batch_size)
-    torch.manual_seed(0)
-    trainer = make_trainer(cfg, data.input_shape, data.num_classes, args.epochs * n_batches)
     idx = sample_indices(len(data.train_x), args.probe, seed=1)
     probe_x, probe_y = data.train_x[idx], data.train_y[idx]
     records = []
-    for epoch in range(args.epochs + 1):
-        if epoch:
-            trainer.train_epoch(epoch_chunks(data.train_x, data.train_y, cfg.data.batch_size, cfg.train.chunk_size,
-                                             epoch - 1, cfg.train.seed), lambda stats: None)
+
+    def measure(trainer, step):
+        epoch = step // n_batches
         acc = trainer.evaluate(data.test_x, data.test_y)["test_acc"]
         norms = gradient_norms(trainer.model, probe_x, probe_y, cfg.data.batch_size)
         records.append({"method": kind, "epoch": epoch, "test_acc": acc, "grad_norms": norms})
         log(f"epoch {epoch} test_acc={acc:.4f} grad norm by block (1..{len(norms)}): "
             + " ".join(f"{v:.2e}" for v in norms) + f"  block 1 / block {len(norms)}: {norms[0] / norms[-1]:.2e}")
-    trainer.close()
+
+    train(cfg, log=lambda line: None, data=data, hooks=Hooks(every_steps=n_batches, on_steps=measure))
     return records
 
 
@@ -97,8 +99,9 @@ def main() -> int:
     print(f"sigmoid MLP depth={args.depth} d={cfg.model.d} lr={args.lr} data={data.name} "
           f"train_samples={len(data.train_x)} test_samples={len(data.test_x)} epochs={args.epochs}", flush=True)
     records = []
-    for kind in ("al", "bp"):
-        records += run(kind, args, data, lambda line, k=kind: print(f"[{k}] {line}", flush=True))
+    with tempfile.TemporaryDirectory() as runs:  # the run folders are scaffolding: the records are the result
+        for kind in ("al", "bp"):
+            records += run(kind, args, data, lambda line, k=kind: print(f"[{k}] {line}", flush=True), runs)
     final = {r["method"]: r for r in records if r["epoch"] == args.epochs}
     gap = final["al"]["test_acc"] - final["bp"]["test_acc"]
     print(f"  AL - BP test accuracy after {args.epochs} epochs: {gap:+.4f}")

@@ -12,7 +12,7 @@ import copy
 from pathlib import Path
 from typing import Callable
 
-from ray_al.config import Config, apply_overrides, config_from_dict
+from ray_al.config import Config, apply_overrides, changed, config_from_dict
 from ray_al.config import load_config as _load_config_file
 from ray_al.errors import ConfigError
 from ray_al.inference.prediction import LoadedRun, load, predict
@@ -33,23 +33,22 @@ def train(cfg: Config, log: Callable[[str], None] = print, resume_dir: str | Pat
     """Train as configured; returns the RunResult (`history`: one record per epoch; `run_dir`)."""
     from ray_al.run.loop import train as run_train
 
-    use_model_module(cfg)
-    return run_train(cfg, log=log, resume_dir=resume_dir)
+    return run_train(with_model_module(cfg), log=log, resume_dir=resume_dir)
 
 
-def use_model_module(cfg: Config) -> None:
-    """A model registered by the caller's own module must be importable by every block actor:
-    record that module as `model.module` (config.yaml keeps it for predict, serve and export).
+def with_model_module(cfg: Config) -> Config:
+    """A model registered by the caller's own module must be importable by every block actor: the config
+    with that module as `model.module` (config.yaml keeps it for predict, serve and export).
     A model registered in the running script (`__main__`) cannot be imported elsewhere."""
     module = builder_module(cfg.model.name)
     if cfg.model.module or module is None or module.startswith("ray_al."):
-        return
+        return cfg
     if module == "__main__":
         if cfg.train.trainer == "al":
             raise ConfigError(f"model '{cfg.model.name}' is registered in the running script (__main__), which the "
                               f"block actors do not run: move it into a module and set model.module to its name")
-        return
-    cfg.model.module = module
+        return cfg
+    return changed(cfg, {"model.module": module})
 
 
 def load_run(run_dir: str | Path, overrides: list[str] | None = None) -> LoadedRun:

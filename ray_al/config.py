@@ -20,15 +20,24 @@ import yaml
 from ray_al.errors import ConfigError
 
 
+def one_of(default_value, /, **choices: str):
+    """A setting with a closed set of values, each with what it means ('' where its name says it); a None
+    default is allowed as well. The one place a setting's allowed values are written (CHOICES reads them)."""
+    return field(default=default_value, metadata={"choices": choices})
+
+
 @dataclass
 class DataConfig:
-    source: str = "digits"            # digits | parquet | torchvision | synthetic | python | imagefolder
-    loader: str = "memory"            # memory (whole split as tensors) | ray_data (parquet streamed by Ray Data)
+    source: str = one_of("digits", digits="the 8x8 digits scikit-learn ships", parquet="a folder of Parquet shards",
+                         torchvision="a torchvision dataset by data.name", synthetic="class means plus noise",
+                         python="the user's factory (data.factory)", imagefolder="a folder of class folders")
+    loader: str = one_of("memory", memory="whole split as tensors", ray_data="parquet streamed by Ray Data")
     path: str | None = None           # parquet folder, or torchvision root folder
     name: str | None = None           # torchvision: mnist | cifar10 | cifar100
     download: bool = False            # torchvision only; off so that offline runs fail clearly
     batch_size: int = 32
-    augment: str = "none"             # none | jitter (paper: 2-pixel shifts) | crop_flip (reference code)
+    augment: str = one_of("none", none="no augmentation", jitter="the paper's 2-pixel shifts",
+                          crop_flip="the reference code's pad-crop-flip")
     normalize: bool = True            # per-channel mean/std of the training split
     limit_train: int | None = None    # keep n training samples, drawn with a fixed seed (quick runs)
     limit_test: int | None = None
@@ -50,17 +59,17 @@ class ModelConfig:
     name: str = "mlp"
     d: int | None = None              # target width; None: the paper's value for model and dataset
     depth: int | None = None          # number of blocks, for models that take it
-    act: str | None = None            # f activation; None: elu for AL, relu for the BP twin
+    act: str | None = one_of(None, elu="", relu="", sigmoid="", tanh="")  # f's; None: elu for AL, relu for BP
     bridge_grad_to_g: bool = False
     first_decoder_ce: bool = False
     # target-path warm-up (ray_al/core/target_path.py): g and h alone on the C class points, through
     # the chain, before the first data step; 0 = the paper's algorithm, untouched
     target_warmup_steps: int = 0
     target_warmup_lr: float | None = None    # its own Adam, dropped after; None: 3e-3 x min(1, 256 / d)
-    # the BP baseline (train.trainer=bp): twin (the AL prediction path, as the paper words it) | authors
-    # (the authors' code: VGG with BN after every conv and dense layer and no Dense(1024)s, ResNet with
-    # global average pooling to 64 features and BN in the head; for mlp and cnn the same as the twin)
-    bp_baseline: str = "twin"
+    # the BP baseline (train.trainer=bp); authors': VGG with BN after every conv and dense layer and no
+    # Dense(1024)s, ResNet with global average pooling to 64 features and BN in the head; mlp, cnn: the twin
+    bp_baseline: str = one_of("twin", twin="the AL prediction path, as the paper words it",
+                              authors="the BP network of the authors' code")
     module: str | None = None         # the user's module whose @register builders `name` may refer to;
                                       # imported in the driver and in every block actor before the lookup
 
@@ -70,26 +79,27 @@ class OptimConfig:
     lr: float = 1e-4
     target_lr_scale: float = 2.0      # g and h train at lr * this (the reference code's 2x)
     weight_decay: float = 0.0         # L2, as Adam's weight_decay
-    l2_scope: str = "f_kernels"       # what L2 reaches: f_kernels (the weights of f's Linear/Conv layers, as the
-                                      # authors' code; BP: every Linear/Conv weight) | all (every parameter)
-    schedule: str = "constant"        # constant | paper (x0.1 at 40/60/80% of steps, x0.5 at 90%)
+    l2_scope: str = one_of("f_kernels", f_kernels="the weights of f's Linear/Conv layers, as the authors' code "
+                           "(BP: every Linear/Conv weight)", all="every parameter")  # what L2 reaches
+    schedule: str = one_of("constant", constant="lr throughout", paper="x0.1 at 40/60/80% of steps, x0.5 at 90%")
 
 
 @dataclass
 class TrainConfig:
-    trainer: str = "al"               # al (Ray pipeline) | al_local (one process) | bp (backprop twin)
+    trainer: str = one_of("al", al="the Ray pipeline", al_local="the AL blocks in one process",
+                          bp="the backprop twin")
     epochs: int = 1
     chunk_size: int = 16              # K mini-batches per actor call
     max_inflight_chunks: int = 4      # bound on chunks between submission and completion
     seed: int = 0
     threads: int | None = None        # torch threads per block (None: from the CPUs Ray gives it)
-    device: str = "auto"              # al_local / bp: auto | cpu | cuda
+    device: str = one_of("auto", auto="cuda when there is one", cpu="", cuda="")  # al_local / bp
     eval_batch_size: int = 1000
     log_every_s: float = 10.0         # progress line interval on long epochs
     # step options (ray_al/core/step_options.py), each off by default; AL blocks and the BP twin alike
-    compile: str = "off"              # off | on (torch.compile of forward + losses) | cuda_graphs (CUDA only)
-    precision: str = "fp32"           # fp32 | bf16 (autocast of forward + losses; optimizer state stays fp32)
-    adam: str = "default"             # default | foreach | fused (torch's Adam implementations)
+    compile: str = one_of("off", off="", on="torch.compile of forward + losses", cuda_graphs="CUDA only")
+    precision: str = one_of("fp32", fp32="", bf16="autocast of forward + losses; optimizer state stays fp32")
+    adam: str = one_of("default", default="", foreach="", fused="")  # torch's Adam implementations
     pin_memory: bool = False          # CUDA only: host input chunks pinned, copied with non_blocking=True
     channels_last: bool = False       # NHWC weights and 4-D inputs (convolutional models)
 
@@ -100,10 +110,10 @@ class RayConfig:
     num_cpus: int | None = None       # CPUs of a new local cluster (None: all)
     num_cpus_per_block: float | None = None  # None: min(1, cluster CPUs / blocks)
     num_gpus_per_block: float = 0.0   # fractional shares one GPU between blocks
-    placement_strategy: str = "PACK"  # PACK | SPREAD | STRICT_PACK | STRICT_SPREAD
+    placement_strategy: str = one_of("PACK", PACK="", SPREAD="", STRICT_PACK="", STRICT_SPREAD="")  # Ray's
     placement_timeout_s: float = 60.0
-    tensor_transport: str = "auto"    # how chunks hop between blocks (pipeline/transport.py): auto | object_store |
-                                      # cuda_ipc | nccl | gloo (Ray Direct Transport); auto: by hardware
+    # how chunks hop between blocks (pipeline/transport.py); the last three are Ray Direct Transport
+    tensor_transport: str = one_of("auto", auto="by hardware", object_store="", cuda_ipc="", nccl="", gloo="")
     block_resources: dict[str, float] = field(default_factory=dict)  # custom resources per block, e.g. {worker: 0.01}
     runtime_env: dict[str, Any] = field(default_factory=dict)  # of the job this driver starts or joins,
                                       # e.g. {py_modules: [my_pkg]}: ships code to every worker
@@ -144,22 +154,19 @@ class Config:
         return dataclasses.asdict(self)
 
 
-CHOICES = {
-    "data.source": {"digits", "parquet", "torchvision", "synthetic", "python", "imagefolder"},
-    "data.augment": {"none", "jitter", "crop_flip"},
-    "data.loader": {"memory", "ray_data"},
-    "model.act": {None, "elu", "relu", "sigmoid", "tanh"},
-    "optim.schedule": {"constant", "paper"},
-    "optim.l2_scope": {"f_kernels", "all"},
-    "model.bp_baseline": {"twin", "authors"},
-    "train.trainer": {"al", "al_local", "bp"},
-    "train.device": {"auto", "cpu", "cuda"},
-    "train.compile": {"off", "on", "cuda_graphs"},
-    "train.precision": {"fp32", "bf16"},
-    "train.adam": {"default", "foreach", "fused"},
-    "ray.tensor_transport": {"auto", "object_store", "cuda_ipc", "nccl", "gloo"},
-    "ray.placement_strategy": {"PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"},
-}
+def _choices() -> dict[str, set]:
+    """{"section.key": allowed values} from every one_of field."""
+    out = {}
+    for section in dataclasses.fields(Config):
+        if section.default_factory is dataclasses.MISSING:  # run_dir, name: plain values
+            continue
+        for f in dataclasses.fields(section.default_factory()):
+            if "choices" in f.metadata:
+                out[f"{section.name}.{f.name}"] = set(f.metadata["choices"]) | ({None} if f.default is None else set())
+    return out
+
+
+CHOICES = _choices()
 POSITIVE = {"data.batch_size", "train.chunk_size", "train.max_inflight_chunks", "train.eval_batch_size",
             "optim.lr", "optim.target_lr_scale", "checkpoint.keep", "data.synthetic_classes",
             "data.synthetic_size", "data.num_classes", "model.d", "model.depth", "train.threads", "ray.num_cpus",
@@ -326,6 +333,15 @@ def apply_overrides(values: dict, overrides: list[str]) -> dict:
         key, value = parse_override(text)
         set_dotted(values, key, value, what=f"override '{text}'")
     return values
+
+
+def changed(cfg: Config, changes: dict[str, Any]) -> Config:
+    """A validated copy of `cfg` with dotted keys set ({"train.trainer": "al_local"}); `cfg` stays as it
+    was. Code that resolves a setting returns a changed config instead of writing into the caller's."""
+    values = cfg.to_dict()
+    for key, value in changes.items():
+        set_dotted(values, key, value)
+    return config_from_dict(values)
 
 
 def merge_values(into: dict, extra: dict) -> dict:

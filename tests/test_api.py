@@ -48,10 +48,10 @@ def test_model_module_is_recorded_for_the_actors(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(tmp_path))
     import api_models  # noqa: F401  (registers 'api_mlp' here, as a user's script would)
 
-    from ray_al.api import use_model_module
+    from ray_al.api import with_model_module
     cfg = ray_al.load_config({"model": {"name": "api_mlp"}})
-    use_model_module(cfg)
-    assert cfg.model.module == "api_models"  # the actors import it before the lookup
+    assert with_model_module(cfg).model.module == "api_models"  # the actors import it before the lookup
+    assert cfg.model.module is None  # the caller's config is left as it was
 
 
 def test_example_runs(tmp_path):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import itertools
 import time
 
-from ray_al.config import Config
+from ray_al.config import Config, changed
 from ray_al.core.batches import epoch_chunks
 from ray_al.data.datasets import Dataset
 
@@ -74,11 +74,10 @@ def throughput(cfg: Config, data: Dataset, batches: int, chunk_sizes=(1, 16), co
     connect(cfg.ray)
     runs = {}
     for k in chunk_sizes:
-        cfg.train.chunk_size = k
-        cfg.train.threads = max(1, cores // n)
-        pipe = ALPipeline(cfg, data.input_shape, data.num_classes, total_steps=batches)
+        k_cfg = changed(cfg, {"train.chunk_size": k, "train.threads": max(1, cores // n)})
+        pipe = ALPipeline(k_cfg, data.input_shape, data.num_classes, total_steps=batches)
         try:
-            runs[k] = measure(pipe, data, cfg, k, batches)
+            runs[k] = measure(pipe, data, k_cfg, k, batches)
         finally:
             pipe.close()
         results[f"ray_k{k}"], results[f"ray_k{k}_batches"] = runs[k]["samples_per_s"], runs[k]["steps"]

@@ -15,6 +15,15 @@ from typing import Callable
 
 import torch
 
+from ray_al.analysis.features import (
+    block_count_of,
+    class_distances,
+    layer_names,
+    model_features,
+    paper_layers,
+    sample_indices,
+    tsne_figure,
+)
 from ray_al.analysis.paper import (
     NAMES,
     PAPER_EPOCHS,
@@ -27,15 +36,6 @@ from ray_al.analysis.paper import (
     paper_result,
 )
 from ray_al.config import Config, apply_overrides, config_from_dict, read_yaml
-from ray_al.core.metrics import (
-    block_count_of,
-    class_distances,
-    layer_names,
-    model_features,
-    paper_layers,
-    sample_indices,
-    tsne_figure,
-)
 from ray_al.core.target_path import format_separability
 from ray_al.errors import ConfigError, RayALError
 from ray_al.inference.early_exit import DEFAULT_THRESHOLDS, format_tradeoff, measure_tradeoff

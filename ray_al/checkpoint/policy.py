@@ -13,6 +13,10 @@ from ray_al.config import CheckpointConfig, Config
 from ray_al.errors import BlockLost, CheckpointError, TrainingError
 from ray_al.run.provenance import provenance
 
+# the settings a checkpoint is bound to (fingerprint() records what of them decides its state): a
+# checkpoint made under other values cannot continue the same run, so PBT may not perturb them in a trial
+PINNED_BY_CHECKPOINT = ("model.", "data.", "train.seed", "train.trainer", "optim.l2_scope")
+
 
 def fingerprint(cfg: Config, input_shape: tuple, num_classes: int) -> dict:
     """What a checkpoint must match to be loaded into this run."""

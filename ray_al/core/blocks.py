@@ -77,16 +77,18 @@ class ALBlock(nn.Module):
 
 
 @contextlib.contextmanager
-def eval_mode(blocks: list[ALBlock]):
-    """Prediction uses BatchNorm's running statistics and leaves them alone; training mode is restored after."""
-    was = [b.training for b in blocks]
-    for b in blocks:
-        b.eval()
+def eval_mode(modules: list[nn.Module]):
+    """Prediction uses BatchNorm's running statistics and leaves them alone; every submodule's own mode
+    is restored after."""
+    every = [m for root in modules for m in root.modules()]
+    was = [m.training for m in every]
+    for m in every:
+        m.training = False
     try:
         yield
     finally:
-        for b, mode in zip(blocks, was):
-            b.train(mode)
+        for m, mode in zip(every, was):
+            m.training = mode
 
 
 def predict(blocks: list[ALBlock], x: torch.Tensor, exit_at: int | None = None) -> torch.Tensor:

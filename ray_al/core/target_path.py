@@ -14,6 +14,8 @@ from typing import Iterator
 import torch
 
 from ray_al.config import ModelConfig
+from ray_al.core.record import chunk_losses, sep_acc_key, sep_dist_key
+from ray_al.core.record import separability as rec_separability
 
 
 def class_points(num_classes: int) -> torch.Tensor:
@@ -47,19 +49,19 @@ def separability(targets: list[torch.Tensor], logits: list[torch.Tensor]) -> dic
     sep_acc_k: the fraction of classes whose target decodes back to that class (1/C: chance)."""
     out = {}
     for k, (t, z) in enumerate(zip(targets, logits), start=1):
-        out[f"sep_dist_{k}"] = float(torch.pdist(t.double()).mean())
-        out[f"sep_acc_{k}"] = float((z.argmax(dim=1).cpu() == class_points(len(z))).double().mean())
+        out[sep_dist_key(k)] = float(torch.pdist(t.double()).mean())
+        out[sep_acc_key(k)] = float((z.argmax(dim=1).cpu() == class_points(len(z))).double().mean())
     return out
 
 
 def format_separability(record: dict) -> str:
     """`sep=[1.00 0.90 0.10]`: decoding accuracy of the class targets at each depth, or ''."""
-    accs = [record[k] for k in sorted((k for k in record if k.startswith("sep_acc_")), key=lambda k: int(k[8:]))]
+    accs = list(rec_separability(record).values())
     return f"sep=[{' '.join(f'{a:.2f}' for a in accs)}]" if accs else ""
 
 
 def warm_up(trainer, model: ModelConfig, num_classes: int, chunk_size: int, log) -> dict:
-    """Run target_warmup_steps through `trainer` (LocalAL or ALPipeline: same chain, same
+    """Run target_warmup_steps through `trainer` (ALLocal or ALPipeline: same chain, same
     arithmetic) and log what it bought; returns the figures for the run's summary."""
     import time
 
@@ -68,6 +70,6 @@ def warm_up(trainer, model: ModelConfig, num_classes: int, chunk_size: int, log)
     trainer.warmup(warmup_chunks(model, num_classes, chunk_size), losses.append)
     seconds = time.perf_counter() - begin
     sep = trainer.target_separability()
-    ae = " ".join(f"b{st['block']}_ae_loss={st['ae_loss']:.4f}" for st in losses[-1]) if losses else ""
+    ae = " ".join(f"{k}={v:.4f}" for k, v in chunk_losses(losses[-1]).items()) if losses else ""
     log(f"target warm-up: {model.target_warmup_steps} steps in {seconds:.2f}s {ae} {format_separability(sep)}")
     return {"warmup_steps": model.target_warmup_steps, "warmup_time_s": seconds, **sep}

@@ -202,12 +202,12 @@ class RayDataSource:
         connect(cfg.ray)
         # in a Tune trial the trial's placement group holds the blocks and Ray Data runs beside it
         self.data_pg = None if get_current_placement_group() else _reserve_data_cpus(cfg, log)
-        self.reader = None
+        self.reader, self.resolved = None, {}
         try:
             if self.data_pg and cfg.ray.num_cpus_per_block is None:
                 # resolved here and recorded in the run's config.yaml: the blocks' share beside the reader
                 n = block_count(cfg.model, self.input_shape, self.num_classes)
-                cfg.ray.num_cpus_per_block = cpus_per_block(cfg.ray, n, reserved=DATA_CPUS)
+                self.resolved["ray.num_cpus_per_block"] = cpus_per_block(cfg.ray, n, reserved=DATA_CPUS)
             ctx = ray.data.DataContext.get_current()  # datasets carry this context to the reader
             ctx.enable_progress_bars, ctx.print_on_execution_start = False, False
             strategy = {"scheduling_strategy": PlacementGroupSchedulingStrategy(self.data_pg)} if self.data_pg else {}

@@ -83,20 +83,31 @@ def ray_session(ray_cfg: RayConfig | None):
 
 
 @contextlib.contextmanager
-def sigterm_raises_interrupt():
+def on_sigterm(action):
     """`ray job stop` sends SIGTERM, which makes a Ray driver abort (Ray's own handler, installed by
-    ray.init: enter this after joining Ray). Here SIGTERM raises KeyboardInterrupt instead, so the run
-    closes its actors and placement group and exits 130 within the job server's grace period."""
+    ray.init: enter this after joining Ray). Inside this block SIGTERM calls `action()` instead, and the
+    handler before it comes back after. Signal handlers belong to the main thread: elsewhere, nothing."""
     if threading.current_thread() is not threading.main_thread():
-        yield  # signal handlers belong to the main thread
+        yield
         return
-
-    def handler(signum, frame):
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, handler)
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: action())
     try:
         yield
     finally:
         if previous is not None:  # None: the old handler was not installed from Python
             signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupt():
+    raise KeyboardInterrupt
+
+
+def sigterm_raises_interrupt():
+    """SIGTERM as Ctrl-C in this process: the run closes its actors and placement group and exits 130
+    within the job server's grace period."""
+    return on_sigterm(_interrupt)
+
+
+def sigterm_sends_sigint():
+    """SIGTERM turned into a real SIGINT, for code (Ray Tune) that ends cleanly on SIGINT's own handler."""
+    return on_sigterm(lambda: os.kill(os.getpid(), signal.SIGINT))

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ray_al.checkpoint.files import read_manifest
-from ray_al.config import Config
+from ray_al.config import Config, changed
 from ray_al.run.storage import open_run
 from ray_al.trainers.base import InProcessTrainer, Trainer
 
@@ -31,8 +31,8 @@ def load_trainer(run_dir: str | Path, overrides: list[str] | None = None,
     same blocks, same arithmetic, no actors), built from the shapes the checkpoint records, so no
     dataset is needed."""
     cfg, storage = open_run(run_dir, [f"train.device={device}", *(overrides or [])])
-    if cfg.train.trainer == "al":
-        cfg.train.trainer = "al_local"
+    if cfg.train.trainer == "al":  # the same blocks and arithmetic in this process
+        cfg = changed(cfg, {"train.trainer": "al_local"})
     manifest = read_manifest(storage.checkpoint_uri)
     fp = manifest["fingerprint"]
     trainer = make_trainer(cfg, tuple(fp["input_shape"]), fp["num_classes"], total_steps=1)

@@ -17,8 +17,8 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import Protocol
 
+from ray_al.core.record import LossSums
 from ray_al.errors import ConfigError
 
 LOG = logging.getLogger("ray_al")
@@ -49,14 +49,6 @@ def console(message: str) -> None:
         LOG.setLevel(logging.INFO)
         LOG.propagate = False
     LOG.info(message)
-
-
-class Logger(Protocol):
-    def log_step(self, step: int, scalars: dict[str, float]) -> None: ...
-
-    def log_epoch(self, record: dict) -> None: ...
-
-    def close(self) -> None: ...
 
 
 def numeric(record: dict) -> dict[str, float]:
@@ -151,22 +143,19 @@ class RunLoggers:
 
     def __init__(self, loggers: list, every_steps: int, batch_size: int):
         self.loggers, self.every, self.batch_size = loggers, every_steps, batch_size
-        self._sums: dict[str, float] = {}
-        self._steps, self._since = 0, time.perf_counter()
+        self._window, self._since = LossSums(), time.perf_counter()
 
     def log_chunk(self, stats: list[dict]) -> None:
         if not self.loggers or not self.every:
             return
-        k, step = stats[-1]["steps"], stats[-1]["step"]
-        for key, value in loss_scalars(stats).items():
-            self._sums[key] = self._sums.get(key, 0.0) + value * k
-        self._steps += k
+        step = stats[-1]["step"]
+        k = self._window.add(stats)
         if step // self.every > (step - k) // self.every:
             now = time.perf_counter()
-            scalars = {key: total / self._steps for key, total in self._sums.items()}
-            scalars["samples_per_s"] = self._steps * self.batch_size / max(now - self._since, 1e-9)
+            scalars = self._window.mean()
+            scalars["samples_per_s"] = self._window.steps * self.batch_size / max(now - self._since, 1e-9)
             self.log_step(step, scalars)
-            self._sums, self._steps, self._since = {}, 0, now
+            self._window, self._since = LossSums(), now
 
     def log_step(self, step: int, scalars: dict[str, float]) -> None:
         for logger in self.loggers:
@@ -180,11 +169,6 @@ class RunLoggers:
     def close(self) -> None:
         for logger in self.loggers:
             logger.close()
-
-
-def loss_scalars(stats: list[dict]) -> dict[str, float]:
-    """Every block's losses of one chunk, named b{block}_{loss} as in the epoch record."""
-    return {f"b{st['block']}_{key}": value for st in stats for key, value in st.items() if key.endswith("loss")}
 
 
 def check_loggers(cfg) -> None:

@@ -4,8 +4,8 @@ from __future__ import annotations
 import time
 from typing import Callable
 
+from ray_al.core import record as rec
 from ray_al.core.target_path import format_separability
-from ray_al.run.loggers import loss_scalars
 
 Log = Callable[[str], None]
 
@@ -17,14 +17,11 @@ class Progress:
                  loggers=None):
         self.epoch, self.epochs, self.steps, self.batch_size = epoch, epochs, steps, batch_size
         self.log, self.interval, self.loggers = log, interval, loggers  # loggers: ray_al.run.loggers.RunLoggers
-        self.done, self.sums = 0, {}
+        self.losses = rec.LossSums()
         self.start = self.last = time.perf_counter()
 
     def __call__(self, stats: list[dict]) -> None:
-        k = stats[-1]["steps"]
-        self.done += k
-        for name, value in loss_scalars(stats).items():
-            self.sums[name] = self.sums.get(name, 0.0) + value * k
+        self.losses.add(stats)
         if self.loggers:
             self.loggers.log_chunk(stats)
         now = time.perf_counter()
@@ -34,17 +31,20 @@ class Progress:
             self.log(f"  epoch {self.epoch}/{self.epochs} step {self.done}/{self.steps} "
                      f"{rate:,.0f} samples/s {self._losses()}")
 
+    @property
+    def done(self) -> int:
+        return self.losses.steps
+
     def summary(self) -> dict:
-        return {name: total / max(self.done, 1) for name, total in self.sums.items()}
+        return self.losses.mean()
 
     def _losses(self) -> str:
         return " ".join(f"{k}={v:.4f}" for k, v in self.summary().items())
 
 
 def format_record(r: dict) -> str:
-    exits = [f"{r[k]:.4f}" for k in sorted(r, key=lambda k: int(k[5:]) if k[5:].isdigit() else 0)
-             if k.startswith("exit_")]
-    losses = " ".join(f"{k}={v:.4f}" for k, v in r.items() if k.endswith("loss"))
+    exits = [f"{acc:.4f}" for acc in rec.exits(r).values()]
+    losses = " ".join(f"{k}={v:.4f}" for k, v in rec.losses(r).items())
     line = (f"epoch {r['epoch']}/{r['epochs']} train {r['train_time_s']:.1f}s ({r['samples_per_s']:,.0f} samples/s) "
             f"{losses}" + (f" val_acc={r['val_acc']:.4f}" if "val_acc" in r else "") + f" test_acc={r['test_acc']:.4f}")
     line += f" exits=[{' '.join(exits)}]" if len(exits) > 1 else ""

@@ -29,6 +29,7 @@ class ChunkSource(Protocol):
     preprocess: Preprocess   # raw inputs -> model inputs, saved in the run folder for prediction
     checkpoints: bool        # whether a run on this source can save and resume
     description: str         # one line for the log
+    resolved: dict           # settings the source resolved ({"ray.num_cpus_per_block": 0.5}), for the run's config
 
     def chunks(self, epoch: int, start_batch: int = 0) -> Iterator[Chunk]:
         """The epoch's chunks of K batches from batch `start_batch` on, lazily, in order."""
@@ -42,7 +43,7 @@ class MemorySource:
 
     def __init__(self, cfg: Config, data: Dataset | None = None):
         self.data = data = data or load_dataset(cfg.data)
-        self.cfg = cfg
+        self.cfg, self.resolved = cfg, {}
         self.input_shape, self.num_classes = data.input_shape, data.num_classes
         self.test_x, self.test_y = data.test_x, data.test_y
         self.val_x, self.val_y = data.val_x, data.val_y

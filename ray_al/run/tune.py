@@ -43,6 +43,7 @@ from typing import Any, Callable
 
 import yaml
 
+from ray_al.checkpoint.policy import PINNED_BY_CHECKPOINT
 from ray_al.config import (
     Config,
     apply_overrides,
@@ -67,8 +68,6 @@ TUNE_DEFAULTS = {"num_samples": 1, "metric": "val_acc", "mode": "max", "schedule
                  "max_concurrent_trials": None, "max_failures": 1, "driver_cpus": 1.0, "seed": None, "verbose": 1}
 # keys that change only how the loaded data is batched: trials may share one loaded copy
 DATA_KEYS_SAFE_TO_SHARE = {"data.batch_size", "data.augment"}
-# a checkpoint carries these (ray_al.run.loop.fingerprint): PBT may not change them inside a trial
-FINGERPRINT_PREFIXES = ("model.", "data.", "train.seed", "train.trainer", "optim.l2_scope")
 Log = Callable[[str], None]
 
 
@@ -187,7 +186,7 @@ class Sweep:
         """What PBT may resample inside a trial: searched keys that a checkpoint does not fix."""
         return {k: v for k, v in self.param_space.items()
                 if not isinstance(self.raw_space[k], dict) or "grid_search" not in self.raw_space[k]
-                if hasattr(v, "sample") and not k.startswith(FINGERPRINT_PREFIXES)}
+                if hasattr(v, "sample") and not k.startswith(PINNED_BY_CHECKPOINT)}
 
 
 def _absolute_paths(values: dict) -> dict:
@@ -359,18 +358,10 @@ def _prepare(sweep: Sweep, log: Log):
 
 def _fit(tuner, sweep: Sweep, log: Log):
     """tuner.fit() with SIGTERM (`ray job stop`) taken as Ctrl-C, which Tune ends cleanly, saving its state."""
-    import os
-    import signal
-    import threading
+    from ray_al.pipeline.session import sigterm_sends_sigint
 
-    previous = None
-    if threading.current_thread() is threading.main_thread():
-        previous = signal.signal(signal.SIGTERM, lambda signum, frame: os.kill(os.getpid(), signal.SIGINT))
-    try:
+    with sigterm_sends_sigint():
         results = tuner.fit()
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
     from ray.tune import ExperimentAnalysis
 
     # each trial's state as Tune saved it last (on Ctrl-C: before it stopped the running ones)

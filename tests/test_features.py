@@ -5,8 +5,8 @@ import struct
 import pytest
 import torch
 
+from ray_al.analysis.features import al_features, bp_features, class_distances, layer_names, paper_layers, tsne_figure
 from ray_al.config import ModelConfig
-from ray_al.core.metrics import al_features, bp_features, class_distances, layer_names, paper_layers, tsne_figure
 from ray_al.errors import ConfigError
 from ray_al.models import build_al_blocks, build_bp_twin
 
@@ -76,7 +76,7 @@ def test_tsne_figure_is_a_png_with_one_panel_per_model_and_layer(tmp_path):
 
 
 def test_sample_indices_are_a_seeded_random_draw():
-    from ray_al.core.metrics import sample_indices
+    from ray_al.analysis.features import sample_indices
     y = torch.arange(1000) // 100  # sorted by class, like CIFAR-10's test split
     idx = sample_indices(1000, 300)
     assert torch.equal(idx, sample_indices(1000, 300)) and len(idx.unique()) == 300
