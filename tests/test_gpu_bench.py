@@ -1,6 +1,6 @@
 """benchmarks/gpu_throughput.py --quick runs end to end on the CPU: the baseline rows, the step-options row,
 ideal and peak-memory columns, the per-chunk transfer of every transport, JSON and text. (The whole of
-benchmarks/gpu_evidence.sh --cpu-dry-run takes two minutes here: run by hand, see the README; its
+benchmarks/gpu_evidence.sh --cpu-dry-run takes two minutes here: run by hand, see docs/transports.md; its
 argument checks are tested.)"""
 import json
 import os

@@ -6,8 +6,8 @@
     nccl          RDT over NCCL: one GPU per block, on one node or several
     gloo          RDT over Gloo: CPU tensors, sent process to process without the object store
     auto          cuda_ipc, else nccl, where the blocks' GPUs allow it; on CPUs the object store, as before
-                  (Gloo is opt-in: alpha in Ray 2.60, and measured faster only for large chunks, README
-                  "Transports"); the choice and why go into the placement lines
+                  (Gloo is opt-in: alpha in Ray 2.60, and measured faster only for large chunks,
+                  docs/transports.md); the choice and why go into the placement lines
 
 RDT (Ray 2.60, alpha) returns one object per call and a collective transport's objects can only be
 read by actors of its group, never by the driver. So on an RDT transport each block's `train_relay`
