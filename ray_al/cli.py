@@ -152,7 +152,7 @@ def _bench(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from ray_al.run.provenance import version_line
+    from ray_al.checkpoint.provenance import version_line
 
     parser = argparse.ArgumentParser(prog="ray-al", description="Associated Learning on Ray",
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # --version unwrapped

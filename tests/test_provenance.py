@@ -4,8 +4,8 @@ import json
 import subprocess
 
 from ray_al import __version__
+from ray_al.checkpoint.provenance import provenance
 from ray_al.run.loop import train
-from ray_al.run.provenance import provenance
 from tests.helpers import REPO, tiny_config
 
 
@@ -25,5 +25,5 @@ def test_summary_and_every_checkpoint_manifest_record_the_versions_and_commit(tm
 
 
 def test_no_commit_outside_a_checkout(tmp_path):
-    from ray_al.run.provenance import git_commit
+    from ray_al.checkpoint.provenance import git_commit
     assert git_commit(tmp_path) is None

@@ -9,9 +9,9 @@ import dataclasses
 import time
 
 from ray_al.checkpoint import files
+from ray_al.checkpoint.provenance import provenance
 from ray_al.config import CheckpointConfig, Config
 from ray_al.errors import BlockLost, CheckpointError, TrainingError
-from ray_al.run.provenance import provenance
 
 # the settings a checkpoint is bound to (fingerprint() records what of them decides its state): a
 # checkpoint made under other values cannot continue the same run, so PBT may not perturb them in a trial

@@ -20,6 +20,7 @@ from typing import Callable
 
 from ray_al.checkpoint.files import supersede
 from ray_al.checkpoint.policy import Checkpointer, Position, RestartPolicy, fingerprint
+from ray_al.checkpoint.provenance import provenance
 from ray_al.config import Config, changed
 from ray_al.core.metrics import split_accuracies
 from ray_al.core.target_path import warm_up
@@ -29,7 +30,6 @@ from ray_al.models import parameter_counts
 from ray_al.run.factory import Trainer, make_trainer
 from ray_al.run.loggers import check_loggers, console, make_loggers
 from ray_al.run.progress import Log, Progress, format_record
-from ray_al.run.provenance import provenance
 from ray_al.run.sources import ChunkSource, open_source
 from ray_al.run.storage import RunStorage
 
