@@ -15,20 +15,21 @@ from __future__ import annotations
 
 import argparse
 import csv
-import itertools
 import re
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import torch
 
 from benchmarks.common import datasets_root
-from ray_al.config import apply_overrides, config_from_dict
-from ray_al.core.batches import batches_per_epoch, epoch_chunks
-from ray_al.core.target_path import format_separability, warm_up
+from ray_al.config import apply_overrides, changed, config_from_dict
+from ray_al.core import record
+from ray_al.core.batches import batches_per_epoch
+from ray_al.core.target_path import format_separability
 from ray_al.data.datasets import load_dataset
-from ray_al.run.factory import make_trainer
+from ray_al.run.loop import Hooks, train
 
 
 def warmup(num_classes: int) -> dict:
@@ -76,36 +77,33 @@ def case_config(data: dict, model: dict, epochs: int, trainer: str, threads: int
 
 
 def run_variant(values: dict, data, evals_per_epoch: int, log) -> list[dict]:
-    """Train one variant; returns one record per evaluation (steps, training seconds, accuracies)."""
+    """Train one variant through the run loop; one record per evaluation (steps, training seconds,
+    accuracies). The loop's hook evaluates between chunks; the clock stops for every evaluation (the
+    hook's and the loop's own at epoch ends) and the warm-up's seconds are added."""
     cfg = config_from_dict(values)
-    torch.manual_seed(0)
     n_batches = batches_per_epoch(len(data.train_x), cfg.data.batch_size)
-    trainer = make_trainer(cfg, data.input_shape, data.num_classes, cfg.train.epochs * n_batches)
-    seconds, step, curve = 0.0, 0, []
-    try:
-        if cfg.model.target_warmup_steps:
-            seconds += warm_up(trainer, cfg.model, data.num_classes, cfg.train.chunk_size, log)["warmup_time_s"]
-        k = cfg.train.chunk_size
-        n_chunks = -(-n_batches // k)
-        cuts = sorted({round(n_chunks * (i + 1) / evals_per_epoch) for i in range(evals_per_epoch)})
-        for epoch in range(cfg.train.epochs):
-            chunks = epoch_chunks(data.train_x, data.train_y, cfg.data.batch_size, k, epoch, cfg.train.seed,
-                                  cfg.data.augment)
-            done = 0
-            for cut in cuts:
-                begin = time.perf_counter()
-                for chunk in itertools.islice(chunks, cut - done):
-                    trainer.train_epoch([chunk], lambda stats: None)
-                    step += chunk.x.shape[0]
-                seconds += time.perf_counter() - begin
-                done = cut
-                accs = trainer.evaluate(data.test_x, data.test_y)
-                curve.append({"epoch": epoch + done / n_chunks, "step": step, "seconds": seconds, **accs})
-                exits = " ".join(f"{accs[key]:.4f}" for key in sorted(accs) if key.startswith("exit_"))
-                log(f"epoch {epoch + done / n_chunks:.2f} step {step} {seconds:.1f}s test_acc={accs['test_acc']:.4f}"
-                    + (f" exits=[{exits}]" if exits else "") + f" {format_separability(accs)}")
-    finally:
-        trainer.close()
+    curve, clock = [], {"since": 0.0, "seconds": 0.0}
+
+    def evaluate(trainer, step):
+        if step:  # step 0 (after warm-up) only starts the clock
+            clock["seconds"] += time.perf_counter() - clock["since"]
+            accs = trainer.evaluate(data.test_x, data.test_y)
+            curve.append({"epoch": step / n_batches, "step": step, "seconds": clock["seconds"], **accs})
+            exits = " ".join(f"{v:.4f}" for v in record.exits(accs).values())
+            log(f"epoch {step / n_batches:.2f} step {step} {clock['seconds']:.1f}s test_acc={accs['test_acc']:.4f}"
+                + (f" exits=[{exits}]" if len(record.exits(accs)) > 1 else "") + f" {format_separability(accs)}")
+        clock["since"] = time.perf_counter()
+
+    def restart_clock(epoch_record):  # the loop evaluated the epoch: not training time
+        clock["since"] = time.perf_counter()
+
+    every = max(1, -(-n_batches // evals_per_epoch))
+    with tempfile.TemporaryDirectory() as runs:  # the run folders are scaffolding: the curve is the result
+        result = train(changed(cfg, {"run_dir": runs, "log.tensorboard": False}), data=data,
+                       log=lambda line: log(line) if line.startswith("target warm-up") else None,
+                       hooks=Hooks(on_epoch=restart_clock, every_steps=every, on_steps=evaluate))
+    for point in curve:
+        point["seconds"] += result.warmup.get("warmup_time_s", 0.0)
     return curve
 
 
