@@ -250,8 +250,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as e:
         print("ray-al: interrupted" + (f"\n{e}" if str(e) else ""), file=sys.stderr)  # e: how to resume, if any
         code = 130
-    if "ray_al.pipeline.session" in sys.modules and sys.modules["ray_al.pipeline.session"].Lost.cluster:
-        # the cluster died after the work: Ray's own exit would wait for it, then exit 1
+    session = sys.modules.get("ray_al.pipeline.session")  # imported (with Ray) only by commands that joined Ray
+    if session is not None and session.cluster_gone():
         print("ray-al: the Ray cluster stopped answering at the end; the run's files are written", file=sys.stderr)
         sys.stdout.flush()
         sys.stderr.flush()

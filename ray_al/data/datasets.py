@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from ray_al.config import DataConfig
+from ray_al.data.images import cell_bytes
 from ray_al.data.labels import Origin, column_labels, count_classes
 from ray_al.data.user_data import load_imagefolder, load_python
 from ray_al.errors import DataError
@@ -60,8 +61,7 @@ def decode_png(cell) -> np.ndarray:
     """One Parquet image cell ({bytes, path} or raw bytes) -> uint8 [H, W, C]."""
     from PIL import Image
 
-    raw = cell["bytes"] if isinstance(cell, dict) else cell
-    img = np.asarray(Image.open(io.BytesIO(raw)))
+    img = np.asarray(Image.open(io.BytesIO(cell_bytes(cell))))
     return img if img.ndim == 3 else img[:, :, None]
 
 

@@ -11,6 +11,11 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".ti
 GRAY_MODES = ("1", "L", "LA", "I", "I;16")  # decoded as one channel; everything else as RGB
 
 
+def cell_bytes(cell) -> bytes:
+    """A Parquet image cell's encoded bytes: Hugging Face exports write {bytes, path}; raw bytes pass."""
+    return cell["bytes"] if isinstance(cell, dict) else cell
+
+
 def decode_image(raw: bytes, channels: int, size: tuple[int, int] | None = None, resize: bool = False,
                  name: str = "image") -> np.ndarray:
     """PNG/JPEG/... bytes -> uint8 [C, H, W]: grey or RGB as the model takes, resized when the run

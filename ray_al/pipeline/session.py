@@ -60,15 +60,20 @@ def gcs_reachable(timeout: float = 2.0) -> bool:
         return False
 
 
-class Lost:
-    """Set when the cluster went away after the work was done: the CLI then exits without Ray's shutdown."""
-    cluster = False
+_cluster_gone = False  # a session of this process found its cluster gone after the work was done
+
+
+def cluster_gone() -> bool:
+    """Whether the cluster went away after the work was done: the CLI then exits without Ray's shutdown
+    (which would wait for it, then exit 1)."""
+    return _cluster_gone
 
 
 @contextlib.contextmanager
 def ray_session(ray_cfg: RayConfig | None):
     """Join Ray for the block (None: a run that needs no Ray) and leave a Ray joined here at its end,
     so in-process callers (tests) get Ray back as they had it."""
+    global _cluster_gone
     joined_here = ray_cfg is not None and not ray.is_initialized()
     if ray_cfg is not None:
         connect(ray_cfg)
@@ -79,7 +84,7 @@ def ray_session(ray_cfg: RayConfig | None):
             if gcs_reachable():
                 ray.shutdown()
             else:
-                Lost.cluster = True
+                _cluster_gone = True
 
 
 @contextlib.contextmanager
