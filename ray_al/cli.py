@@ -61,9 +61,6 @@ def _config(args) -> int:
 def _eval(args) -> int:
     import json
 
-    from ray_al.data.datasets import load_dataset
-    from ray_al.run.factory import load_trainer
-
     if args.thresholds:
         from ray_al.inference.early_exit import format_tradeoff
         from ray_al.inference.prediction import evaluate_thresholds
@@ -73,10 +70,9 @@ def _eval(args) -> int:
         print(format_tradeoff(result["rows"]))
         return 0
 
-    cfg, trainer, manifest = load_trainer(args.run_dir, args.overrides, device=args.device)
-    data = load_dataset(cfg.data)
-    accs = trainer.evaluate(data.test_x, data.test_y)
-    print(json.dumps({"run_dir": args.run_dir, "step": manifest["step"], **accs}, indent=1))
+    from ray_al.run.evaluation import evaluate_run
+
+    print(json.dumps(evaluate_run(args.run_dir, args.overrides, device=args.device), indent=1))
     return 0
 
 
