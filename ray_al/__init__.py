@@ -2,13 +2,14 @@
 
 The Python API (ray_al/api.py), imported on first use so that `import ray_al` stays light:
 `load_config`, `train`, `load_run`, `predict`; the model registry: `register`, `Architecture`,
-`model_names`.
+`model_names`; callbacks for `train`: `Callback`, `EarlyStopping`.
 """
 __version__ = "0.1.0"
 
 _LAZY = {"load_config": "ray_al.api", "train": "ray_al.api", "load_run": "ray_al.api", "predict": "ray_al.api",
          "register": "ray_al.models.registry", "Architecture": "ray_al.models.registry",
-         "model_names": "ray_al.models.registry"}
+         "model_names": "ray_al.models.registry", "Callback": "ray_al.run.callbacks",
+         "EarlyStopping": "ray_al.run.callbacks"}
 __all__ = sorted(_LAZY)
 
 

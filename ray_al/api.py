@@ -29,11 +29,15 @@ def load_config(source: str | Path | dict | None = None, overrides: list[str] | 
     return _load_config_file(source, overrides)
 
 
-def train(cfg: Config, log: Callable[[str], None] = print, resume_dir: str | Path | None = None):
-    """Train as configured; returns the RunResult (`history`: one record per epoch; `run_dir`)."""
+def train(cfg: Config, log: Callable[[str], None] = print, resume_dir: str | Path | None = None,
+          callbacks: list | None = None):
+    """Train as configured; returns the RunResult (`history`: one record per epoch; `run_dir`).
+    `callbacks`: ray_al.run.callbacks objects, e.g. [EarlyStopping("val_acc", patience=3)]."""
+    from ray_al.run.loop import Hooks
     from ray_al.run.loop import train as run_train
 
-    return run_train(with_model_module(cfg), log=log, resume_dir=resume_dir)
+    return run_train(with_model_module(cfg), log=log, resume_dir=resume_dir,
+                     hooks=Hooks(callbacks=list(callbacks or [])))
 
 
 def with_model_module(cfg: Config) -> Config:

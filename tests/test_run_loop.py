@@ -46,3 +46,21 @@ def test_record_keys_round_trip():
     sums.add([{"block": 1, "steps": 2, "bridge_loss": 1.0}, {"block": 2, "steps": 2, "ae_loss": 3.0}])
     sums.add([{"block": 1, "steps": 4, "bridge_loss": 4.0}, {"block": 2, "steps": 4, "ae_loss": 0.0}])
     assert sums.steps == 6 and sums.mean() == {"b1_bridge_loss": 3.0, "b2_ae_loss": 1.0}
+
+
+def test_early_stopping_ends_the_run_and_says_why(tmp_path):
+    import pytest
+
+    import ray_al
+    from ray_al.errors import ConfigError
+
+    stop = ray_al.EarlyStopping("val_acc", patience=1, min_delta=1.0)  # nothing improves by a whole point
+    lines = []
+    cfg = tiny_config(tmp_path, train={"trainer": "al_local", "epochs": 4}, data={"val_fraction": 0.2})
+    result = ray_al.train(cfg, log=lines.append, callbacks=[stop])
+    assert [r["epoch"] for r in result.history] == [1, 2]  # epoch 1 sets the best, epoch 2 fails to beat it
+    assert result.stopped_early.startswith("val_acc has not improved for 1 epoch(s)")
+    assert any(line.startswith("stopped after epoch 2 of 4: val_acc") for line in lines)
+    with pytest.raises(ConfigError, match="needs data.val_fraction"):
+        ray_al.train(tiny_config(tmp_path / "b", train={"trainer": "al_local"}), log=lines.append,
+                     callbacks=[ray_al.EarlyStopping("val_acc")])

@@ -27,6 +27,7 @@ from ray_al.core.target_path import warm_up
 from ray_al.data.datasets import Dataset
 from ray_al.errors import BlockLost, CheckpointError, ConfigError, DataError
 from ray_al.models import parameter_counts
+from ray_al.run.callbacks import Callback
 from ray_al.run.factory import Trainer, make_trainer
 from ray_al.run.loggers import check_loggers, console, make_loggers
 from ray_al.run.progress import Log, Progress, format_record
@@ -41,6 +42,7 @@ class RunResult:
     restarts: list[dict] = field(default_factory=list)
     warmup: dict = field(default_factory=dict)  # target-path warm-up: steps, seconds, separability after it
     trainer: Trainer | None = None
+    stopped_early: str = ""  # why a callback ended the run before train.epochs ('' when it ran them all)
 
     @property
     def final(self) -> dict:
@@ -56,6 +58,7 @@ class Hooks:
     on_epoch: Callable[[dict], None] | None = None
     every_steps: int = 0
     on_steps: Callable[[Trainer, int], None] | None = None
+    callbacks: list[Callback] = field(default_factory=list)  # run/callbacks.py: on_epoch_end, stop_training
 
 
 @dataclass
@@ -199,6 +202,13 @@ def train_epochs(run: Run, position: Position | None) -> None:
                 result.history.append(record)
                 if run.hooks.on_epoch:
                     run.hooks.on_epoch(record)
+                for callback in run.hooks.callbacks:
+                    callback.on_epoch_end(record)
+                stopping = [c.reason for c in run.hooks.callbacks if c.stop_training]
+                if stopping and epoch + 1 < cfg.train.epochs:
+                    result.stopped_early = "; ".join(stopping)
+                    run.log(f"stopped after epoch {epoch + 1} of {cfg.train.epochs}: {result.stopped_early}")
+                    return
             return
         except BlockLost as e:
             position = _recover(run, e)
@@ -210,7 +220,8 @@ def finish(run: Run) -> None:
     result, storage = run.result, run.storage
     storage.write_summary({"final": result.final, "run_dir": str(storage.run_dir), "run_id": storage.run_id,
                            "restarts": result.restarts, "loader": run.cfg.data.loader, "provenance": provenance(),
-                           **({"warmup": result.warmup} if result.warmup else {})})
+                           **({"warmup": result.warmup} if result.warmup else {}),
+                           **({"stopped_early": result.stopped_early} if result.stopped_early else {})})
     run.log(f"run folder: {storage.run_dir}")
 
 
