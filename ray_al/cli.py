@@ -14,6 +14,7 @@ def _train(args) -> int:
     from ray_al.config import load_config
     from ray_al.pipeline.session import ray_session, sigterm_raises_interrupt
     from ray_al.run.loop import train
+    from ray_al.run.preflight import check_before_ray
 
     changes = {}
     if args.resume:
@@ -25,6 +26,7 @@ def _train(args) -> int:
         if args.step is not None or args.allow_change:
             raise ConfigError("--step and --allow-change go with --resume RUN_DIR")
         cfg = load_config(args.config, args.overrides)
+    check_before_ray(cfg)
     with ray_session(cfg.ray if cfg.train.trainer == "al" else None), sigterm_raises_interrupt():
         if args.resume:
             train(cfg, resume_dir=args.resume, resume_step=args.step, config_changes=changes)
@@ -35,6 +37,7 @@ def _train(args) -> int:
 
 def _tune(args) -> int:
     from ray_al.pipeline.session import ray_session, sigterm_raises_interrupt
+    from ray_al.run.preflight import check_before_ray
     from ray_al.run.tune import Sweep, resume_sweep, run_sweep
 
     if args.resume:
@@ -45,6 +48,7 @@ def _tune(args) -> int:
         raise ConfigError("give a sweep file (e.g. configs/sweeps/mnist_mlp.yaml) or --resume SWEEP_DIR")
     else:
         sweep = Sweep(args.sweep, args.overrides)
+    check_before_ray(sweep.base_cfg)
     with ray_session(sweep.base_cfg.ray), sigterm_raises_interrupt():
         resume_sweep(sweep) if args.resume else run_sweep(sweep)
     return 0

@@ -153,6 +153,42 @@ def _load_split(folder: Path, split: str, cache_dir: str | None):
     return x, y, names, Origin(split, counts)
 
 
+def peek(cfg: DataConfig) -> tuple[tuple, int] | None:
+    """(input shape, number of classes) of the data, read cheaply and without decoding a whole split: a
+    Parquet folder's first image and its label columns; the embedded and synthetic data from the config.
+    Raises the DataError a load would (missing folder, no shards, no label column, unreadable file);
+    None where only a full load can tell (torchvision, a factory, an image folder)."""
+    if cfg.source == "digits":
+        return (1, 8, 8), 10
+    if cfg.source == "synthetic":
+        return tuple(cfg.synthetic_shape), cfg.num_classes or cfg.synthetic_classes
+    if cfg.source != "parquet":
+        return None
+    import pyarrow.parquet as pq
+
+    folder = Path(cfg.path).expanduser()
+    if not folder.is_dir():
+        raise DataError(f"dataset folder not found: {folder}")
+    files = {split: _parquet_files(folder, split) for split in ("train", "test")}
+    for split, found in files.items():
+        if not found:
+            raise DataError(f"no {split}-*.parquet files in {folder}")
+    top = 0
+    try:
+        for f in files["train"] + files["test"]:
+            label = _label_column(pq.read_schema(f).names, f)
+            column = pq.read_table(f, columns=[label]).column(label)
+            top = max(top, int(column_labels(column, str(f)).max(initial=-1)) + 1)
+        first = pq.ParquetFile(files["train"][0]).read_row_group(0, columns=["image"]).column("image")[0].as_py()
+        image = decode_png(first)
+    except DataError:
+        raise
+    except Exception as e:  # pyarrow raises several types for a damaged file
+        raise DataError(f"cannot read the Parquet files in {folder}: {str(e).splitlines()[0]}") from None
+    names = _class_names(pq.read_schema(files["train"][0]).metadata, label)
+    return (image.shape[2], *image.shape[:2]), cfg.num_classes or len(names) or top
+
+
 def load_parquet(cfg: DataConfig):
     folder = Path(cfg.path).expanduser()
     if not folder.is_dir():

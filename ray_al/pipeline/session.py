@@ -29,12 +29,28 @@ def connect(ray_cfg: RayConfig) -> None:
                                                    "include_dashboard": False}
     if ray_cfg.runtime_env:  # this driver's job: local folders and files (py_modules, working_dir) are uploaded
         kwargs["runtime_env"] = ray_cfg.runtime_env
+    _quiet_token_auth_notice()
     try:
         ray.init(logging_level="WARNING", **kwargs)
     except (ConnectionError, TimeoutError, ValueError, RuntimeError) as e:
         if ray_cfg.runtime_env and isinstance(e, ValueError):
             raise ConfigError(f"ray.runtime_env: {str(e).splitlines()[0]}") from None
         raise ConfigError(f"cannot reach the Ray cluster at {address}: {str(e).splitlines()[0]}") from None
+
+
+def _quiet_token_auth_notice() -> None:
+    """Ray announces on every start that token authentication is on (RAY_AUTH_MODE unset, a token on
+    disk): that is the safe default, so say nothing. Its warning that authentication is off stays."""
+    import logging
+
+    logger = logging.getLogger("ray._private.authentication.authentication_token_setup")
+    if not any(isinstance(f, _DropTokenAuthEnabled) for f in logger.filters):
+        logger.addFilter(_DropTokenAuthEnabled())
+
+
+class _DropTokenAuthEnabled:
+    def filter(self, record) -> bool:
+        return not record.getMessage().startswith("Token authentication is enabled")
 
 
 def check_reachable(address: str, timeout: float = 5.0) -> None:

@@ -177,6 +177,26 @@ def check_loggers(cfg) -> None:
         _require("mlflow", "log.mlflow")
     if cfg.log.wandb:
         _require("wandb", "log.wandb")
+        _check_wandb_key()
+
+
+def _check_wandb_key() -> None:
+    """W&B online needs an API key (WANDB_API_KEY, or `wandb login`'s netrc entry); without one wandb.init
+    fails after Ray and every block have started. Offline and disabled modes need none."""
+    import netrc
+    import os
+    from urllib.parse import urlparse
+
+    if os.environ.get("WANDB_MODE", "").lower() in ("offline", "disabled", "dryrun") or os.environ.get("WANDB_API_KEY"):
+        return
+    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname
+    try:
+        if netrc.netrc().authenticators(host):
+            return
+    except (OSError, netrc.NetrcParseError):
+        pass
+    raise ConfigError(f"log.wandb=true: no W&B API key for {host} (run `wandb login`, set WANDB_API_KEY, or "
+                      f"WANDB_MODE=offline)")
 
 
 def make_loggers(cfg, run_dir: Path, from_step: int = 0) -> RunLoggers:
