@@ -10,7 +10,7 @@ from PIL import Image
 
 from ray_al.cli import main
 from ray_al.config import DataConfig
-from ray_al.core.blocks import predict as composed
+from ray_al.core.blocks import predict_all_exits
 from ray_al.data.datasets import load_dataset
 from ray_al.inference.early_exit import ExitPolicy, LocalRunner, answer, confidence, stages_of, tradeoff
 from ray_al.inference.prediction import load, read_inputs
@@ -18,6 +18,11 @@ from ray_al.run.loop import train
 from tests.helpers import tiny_config, write_parquet, write_user_models
 
 N = 120  # test images written as files
+
+
+def composed(blocks, x, exit_at=None):
+    """The paper's composed function h_1(...h_k(b_k(f_k(...f_1(x))))) for exit k (default: the last)."""
+    return predict_all_exits(blocks, x)[(exit_at or len(blocks)) - 1]
 
 
 @pytest.fixture(scope="module")
