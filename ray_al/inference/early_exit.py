@@ -1,15 +1,15 @@
 """Early exit in ray_al: every AL block can predict, so an input whose exit k is confident enough
 never runs blocks k+1..N.
 
-Exit k's prediction is h_1(...h_k(b_k(s_k))) with s_k = f_k(...f_1(x)). The stage API
-(exit_loop.py): stage k maps s_{k-1} to (s_k, exit k's logits), and `answer` (the one early-exit
-loop, exit_loop.py) walks the stages of whatever holds them:
+Exit k's prediction is h_1(...h_k(b_k(s_k))) with s_k = f_k(...f_1(x)). The stage API: stage k
+maps s_{k-1} to (s_k, exit k's logits), and `answer`, the one early-exit loop (both in
+exit_loop.py), walks the stages of whatever holds them:
 
-    LocalRunner         this file             `Stage` modules sharing the blocks, in this process
-    ActorRunner         prediction.py         the Ray block actors (ALPipeline.stage)
-    StageDeployment     serve.py              one Ray Serve deployment per block (answer_async)
-    ExportedAL          exit_loop.py          the torch.export programs of `ray-al export`
-    Replay              this file             exits computed once, for the threshold trade-off
+    LocalRunner     this file        `Stage` modules sharing the blocks, in this process
+    ActorRunner     prediction.py    the Ray block actors (ALPipeline.stage)
+    HandleStages    serve.py         one Serve deployment per stage (StageDeployment), awaited
+    ExportedAL      exit_loop.py     the torch.export programs of `ray-al export`
+    Replay          this file        exits computed once, for the threshold trade-off
 
 `tradeoff` scores thresholds by replaying `answer` on every exit's logits computed once.
 """
