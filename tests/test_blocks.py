@@ -3,7 +3,7 @@ import torch
 import torch.nn as nn
 
 from ray_al.config import ModelConfig
-from ray_al.core.blocks import ALBlock, BlockOptions, predict, predict_all_exits
+from ray_al.core.blocks import ALBlock, BlockOptions, predict_all_exits
 from ray_al.models import build_al_blocks
 
 
@@ -56,10 +56,8 @@ def test_prediction_is_the_papers_composition_and_exits_agree():
     x = torch.randn(7, 1, 3, 4)
     b1, b2 = blocks
     by_hand = b1.h(torch.sigmoid(b2.h(b2.b(b2.f(b1.f(x))))))
-    assert torch.allclose(predict(blocks, x), by_hand)
     exits = predict_all_exits(blocks, x)
     assert torch.allclose(exits[1], by_hand)
-    assert torch.allclose(exits[0], predict(blocks, x, exit_at=1))
     assert torch.allclose(exits[0], b1.h(b1.b(b1.f(x))))
 
 

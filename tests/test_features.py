@@ -47,9 +47,9 @@ def test_same_names_pick_the_same_layers_in_al_and_bp(name):
     for n in names:
         assert al[n].shape == bp[n].shape, n
     assert al["out"].shape == (7, 10) and al["b1"].shape == (7, 6)
-    # the AL logits are the paper's prediction h_1(...h_N(b_N(f_N(...)))), as blocks.predict computes it
-    from ray_al.core.blocks import predict
-    assert torch.allclose(al["out"], predict(blocks, x), atol=1e-6)
+    # the AL logits are the paper's prediction h_1(...h_N(b_N(f_N(...)))), the last exit
+    from ray_al.core.blocks import predict_all_exits
+    assert torch.allclose(al["out"], predict_all_exits(blocks, x)[-1], atol=1e-6)
     assert torch.allclose(bp["out"], net(x), atol=1e-6)
     assert [child for child, _ in net.named_children()] == names  # the BP twin's layers carry the names
     with pytest.raises(ConfigError, match="unknown layer"):

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from ray_al.core.blocks import predict
+from ray_al.core.blocks import predict_all_exits
 from ray_al.data.datasets import load_dataset
 from ray_al.run.loop import train
 from tests.helpers import assert_states_equal, tiny_config
@@ -52,7 +52,7 @@ def test_inference_through_actors_is_the_composed_function(ray_cluster, tmp_path
         for blk in local.blocks:
             blk.eval()
         with torch.no_grad():
-            composed = [predict(local.blocks, x, exit_at=k) for k in (1, 2)]
+            composed = predict_all_exits(local.blocks, x)
         exits = list(piped.trainer.predict_exits(x, batch_size=128))
         assert len(exits) == 3  # 128 + 128 + 44
         for k in range(2):

@@ -10,7 +10,7 @@ from PIL import Image
 
 from ray_al.cli import main
 from ray_al.config import DataConfig
-from ray_al.core.blocks import predict as composed
+from ray_al.core.blocks import predict_all_exits
 from ray_al.data.datasets import load_dataset
 from ray_al.inference.early_exit import ExitPolicy, LocalRunner, answer, confidence, stages_of, tradeoff
 from ray_al.inference.prediction import load, read_inputs
@@ -18,6 +18,11 @@ from ray_al.run.loop import train
 from tests.helpers import tiny_config, write_parquet, write_user_models
 
 N = 120  # test images written as files
+
+
+def composed(blocks, x, exit_at=None):
+    """The paper's composed function h_1(...h_k(b_k(f_k(...f_1(x))))) for exit k (default: the last)."""
+    return predict_all_exits(blocks, x)[(exit_at or len(blocks)) - 1]
 
 
 @pytest.fixture(scope="module")
@@ -103,6 +108,33 @@ def test_confident_inputs_never_reach_the_next_block(run):
     assert row["blocks_per_input"] == pytest.approx(float(ans.exit.float().mean()))
 
 
+def test_prediction_and_serve_replicas_load_weights_only(run, monkeypatch):
+    """`ray-al predict` and every Serve replica build no optimizer, yet answer exactly as the blocks
+    of the full training loader (run.factory.load_trainer) do."""
+    from ray_al.inference.serve import replica_stage
+    from ray_al.run.factory import load_trainer
+
+    made, original = [], torch.optim.Optimizer.__init__
+
+    def counting(self, *args, **kwargs):
+        made.append(type(self).__name__)
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.Optimizer, "__init__", counting)
+    loaded, stage_2 = load(run / "r"), replica_stage(str(run / "r"), 2, [])
+    assert made == [] and not any(isinstance(v, torch.optim.Optimizer) for v in vars(loaded).values())
+    _, trainer, _ = load_trainer(run / "r")
+    assert made  # the full loader builds them, and the counter sees it
+    x = load_dataset(loaded.cfg.data).test_x
+    ours, full = LocalRunner(stages_of(loaded.blocks)), LocalRunner(stages_of(trainer.blocks))
+    for policy in (ExitPolicy(None, 0.5), ExitPolicy(1), ExitPolicy(None, 0.3, "entropy")):
+        a, b = answer(ours, x, policy), answer(full, x, policy)
+        assert all(torch.equal(getattr(a, f), getattr(b, f)) for f in ("prediction", "confidence", "exit")), policy
+    with torch.no_grad():
+        s_1, _ = full.stage(1, x)
+        assert torch.equal(stage_2(s_1)[1], full.stage(2, s_1)[1])
+
+
 def test_confidence_measures():
     logits = torch.tensor([[0.0, 0.0, 0.0, 0.0], [20.0, 0.0, 0.0, 0.0]])
     assert torch.allclose(confidence(logits, "maxprob"), torch.tensor([0.25, 1.0]))
@@ -133,6 +165,17 @@ def test_cli_eval_thresholds_prints_the_tradeoff(run, capsys):
     assert all(1 <= r["blocks_per_input"] <= 2 for r in saved["rows"])
 
 
+def _damaged(run_dir, tmp):
+    """A copy of the run whose newest block-2.pt has one byte changed."""
+    import shutil
+    copy = shutil.copytree(run_dir, tmp / "damaged")
+    block = sorted(copy.glob("checkpoints/step-*/block-2.pt"))[-1]
+    data = bytearray(block.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    block.write_bytes(bytes(data))
+    return copy
+
+
 def _bad_png(path):
     Image.fromarray(np.zeros((16, 16), dtype=np.uint8)).save(path)
     return path
@@ -152,6 +195,12 @@ CASES = {
                            "not an image, folder, .npy or .parquet input"),
     "threshold out of range": (lambda r, t: ["eval", str(r / "r"), "--thresholds", "0.5,1.5"],
                                "--threshold must be in [0, 1]"),
+    "negative threshold": (lambda r, t: ["eval", str(r / "r"), "--thresholds", "0.5,-0.5"],
+                           "--threshold must be in [0, 1], got -0.5"),
+    "damaged checkpoint": (lambda r, t: ["predict", str(_damaged(r / "r", t)), str(r / "x.npy")],
+                           "block-2.pt is damaged or truncated"),
+    "checkpoint of another model": (lambda r, t: ["eval", str(r / "r"), "model.d=16", "--thresholds", "0.5"],
+                                    "block-1.pt does not fit model 'user_bn_mlp' (size mismatch for"),
 }
 
 

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from ray_al.checkpoint import files as ckpt
 from ray_al.config import config_from_dict, load_config
-from ray_al.core.blocks import decode_exits
+from ray_al.core.blocks import decode_to_logits
 from ray_al.core.target_path import class_points, format_separability, separability, warmup_chunks
 from ray_al.errors import ConfigError
 from ray_al.run.loop import train
@@ -47,7 +47,7 @@ def test_separability_is_the_class_points_through_g_and_back_through_h():
         for block in al.blocks:
             t = block.encode_target(t)
             targets.append(t)
-        logits = decode_exits(al.blocks, targets)
+        logits = decode_to_logits(al.blocks, targets)
     expected = {}
     for k, (tk, z) in enumerate(zip(targets, logits), start=1):
         expected[f"sep_dist_{k}"] = float(torch.cdist(tk, tk).sum() / (10 * 9))

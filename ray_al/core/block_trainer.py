@@ -120,10 +120,10 @@ class BlockTrainer:
         return s, self.block.bridge(s)
 
     @torch.no_grad()
-    def decode_exits(self, ts: list[torch.Tensor], logits: bool) -> list[torch.Tensor]:
-        """h_i applied to each exit's target estimate (block 1: the logits, no sigmoid)."""
+    def apply_h(self, ts: list[torch.Tensor]) -> list[torch.Tensor]:
+        """This block's h_i applied to each t: sigmoid(h_i(t)), or for block 1 the logits h_1(t)."""
         self.block.eval()
-        fn = self.block.decode_logits if logits else self.block.decode
+        fn = self.block.decode_logits if self.index == 0 else self.block.decode
         return [fn(t.to(self.device)) for t in ts]
 
     # -- state -----------------------------------------------------------------------

@@ -91,33 +91,22 @@ def eval_mode(modules: list[nn.Module]):
             m.training = mode
 
 
-def predict(blocks: list[ALBlock], x: torch.Tensor, exit_at: int | None = None) -> torch.Tensor:
-    """The paper's Eq. 7 (and its early exits): h_1(...h_k(b_k(f_k(...f_1(x))))), in eval mode."""
-    k = len(blocks) if exit_at is None else exit_at
-    s = x
-    with eval_mode(blocks):
-        for block in blocks[:k]:
-            s = block(s)
-        t = blocks[k - 1].bridge(s)
-        for block in reversed(blocks[1:k]):
-            t = block.decode(t)
-        return blocks[0].decode_logits(t)
-
-
 def predict_all_exits(blocks: list[ALBlock], x: torch.Tensor) -> list[torch.Tensor]:
-    """Logits of every exit k = 1..N in one pass over the f's, in eval mode."""
+    """Logits of every exit k = 1..N in one pass over the f's, in eval mode: exit N is the paper's
+    prediction (Eq. 7), h_1(...h_N(b_N(f_N(...f_1(x))))), and exit k stops at block k."""
     bridged, s = [], x
     with eval_mode(blocks):
         for block in blocks:
             s = block(s)
             bridged.append(block.bridge(s))
-        return decode_exits(blocks, bridged)
+        return decode_to_logits(blocks, bridged)
 
 
-def decode_exits(blocks: list[ALBlock], bridged: list[torch.Tensor]) -> list[torch.Tensor]:
-    """Given b_k(s_k) for k = 1..N, decode each down to logits through h_k..h_1."""
+def decode_to_logits(blocks: list[ALBlock], ts: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Each t_k (k = 1..N: b_k(s_k), or a target t_k) decoded down to class logits through
+    h_k..h_1: h_1(sigmoid(h_2(...sigmoid(h_k(t_k)))))."""
     outs = []
-    for k, t in enumerate(bridged, start=1):
+    for k, t in enumerate(ts, start=1):
         for block in reversed(blocks[1:k]):
             t = block.decode(t)
         outs.append(blocks[0].decode_logits(t))

@@ -1,52 +1,33 @@
-"""Answering at the first confident exit: every AL block can predict, so an input whose exit k is
-confident enough never runs blocks k+1..N.
+"""Early exit in ray_al: every AL block can predict, so an input whose exit k is confident enough
+never runs blocks k+1..N.
 
-Exit k's prediction is h_1(...h_k(b_k(s_k))) with s_k = f_k(...f_1(x)). A `Stage` is block k's
-share of that at inference: f_k and exit k's head (b_k, then h_k..h_1). Prediction walks the
-stages in order; `answer` is the one loop that every runner uses (in this process, through the Ray
-block actors, behind Ray Serve), and `tradeoff` scores thresholds on precomputed exits.
+Exit k's prediction is h_1(...h_k(b_k(s_k))) with s_k = f_k(...f_1(x)). The stage API: stage k
+maps s_{k-1} to (s_k, exit k's logits), and `answer`, the one early-exit loop (both in
+exit_loop.py), walks the stages of whatever holds them:
+
+    LocalRunner     this file        `Stage` modules sharing the blocks, in this process
+    ActorRunner     prediction.py    the Ray block actors (ALPipeline.stage)
+    HandleStages    serve.py         one Serve deployment per stage (StageDeployment), awaited
+    ExportedAL      exit_loop.py     the torch.export programs of `ray-al export`
+    Replay          this file        exits computed once, for the threshold trade-off
+
+`tradeoff` scores thresholds by replaying `answer` on every exit's logits computed once.
 """
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
-from typing import Protocol
-
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
-from ray_al.errors import ConfigError
-
-MEASURES = ("maxprob", "entropy")
-
-
-def confidence(logits: torch.Tensor, measure: str = "maxprob") -> torch.Tensor:
-    """maxprob: the top softmax probability; entropy: 1 - H(p) / log(C), also in [0, 1] (1: certain)."""
-    p = F.softmax(logits.float(), dim=1)
-    if measure == "maxprob":
-        return p.max(dim=1).values
-    if measure == "entropy":
-        h = -(p * p.clamp_min(1e-12).log()).sum(dim=1)
-        return 1 - h / math.log(p.shape[1])
-    raise ConfigError(f"unknown confidence measure '{measure}' (known: {', '.join(MEASURES)})")
-
-
-@dataclass
-class ExitPolicy:
-    """`exit=k` answers every input at exit k; `exit=None` answers at the first exit whose confidence
-    reaches `threshold`, and at the last exit otherwise."""
-    exit: int | None = None
-    threshold: float = 0.9
-    measure: str = "maxprob"
-
-    def check(self, n_blocks: int) -> "ExitPolicy":
-        if self.exit is not None and not 1 <= self.exit <= n_blocks:
-            raise ConfigError(f"--exit {self.exit}: the model has exits 1..{n_blocks}")
-        if not 0 <= self.threshold <= 1:
-            raise ConfigError(f"--threshold must be in [0, 1], got {self.threshold}")
-        confidence(torch.zeros(1, 2), self.measure)  # rejects an unknown measure
-        return self
+from ray_al.inference.exit_loop import (  # noqa: F401  (the loop's names, for everything in ray_al)
+    MEASURES,
+    Answers,
+    ExitPolicy,
+    Stages,
+    answer,
+    answer_async,
+    confidence,
+    every_exit,
+)
 
 
 # -- the stages of the prediction path --------------------------------------------------------------
@@ -66,7 +47,7 @@ class ExitHead(nn.Module):
 
 
 class Stage(nn.Module):
-    """Block k at inference: s_k = f_k(s_{k-1}) and exit k's logits."""
+    """Block k at inference: s_k = f_k(s_{k-1}) and exit k's logits (what `ray-al export` writes)."""
 
     def __init__(self, f: nn.Module, head: ExitHead):
         super().__init__()
@@ -78,97 +59,66 @@ class Stage(nn.Module):
 
 
 def stages_of(blocks: list) -> list[Stage]:
-    """Stages sharing the blocks' modules (no copy), in eval mode (BatchNorm uses its running statistics)."""
+    """Stages sharing the blocks' modules (no copy), in eval mode (BatchNorm uses its running statistics).
+    Blocks 1..k suffice for stage k (its exit decodes through h_k..h_1)."""
     stages = [Stage(b.f, ExitHead(b.b, [blocks[j].h for j in range(k, -1, -1)])) for k, b in enumerate(blocks)]
     for st in stages:
         st.eval()
     return stages
 
 
-# -- the loop -----------------------------------------------------------------------------------------
-class Runner(Protocol):
-    """What `answer` needs from wherever the blocks live."""
-    n: int
-
-    def forward(self, k: int, s: torch.Tensor) -> torch.Tensor: ...          # s_k from s_{k-1} (k is 1-based)
-    def exit_logits(self, k: int, s: torch.Tensor) -> torch.Tensor: ...      # exit k's logits from s_k
-
-
 class LocalRunner:
-    """The stages in this process."""
+    """`Stages` in this process."""
 
     def __init__(self, stages: list[Stage]):
         self.stages, self.n = stages, len(stages)
 
     @torch.no_grad()
     def forward(self, k: int, s: torch.Tensor) -> torch.Tensor:
+        """s_k from s_{k-1}."""
         return self.stages[k - 1].f(s)
 
     @torch.no_grad()
     def exit_logits(self, k: int, s: torch.Tensor) -> torch.Tensor:
+        """Exit k's logits from s_k."""
         return self.stages[k - 1].head(s)
 
-
-@dataclass
-class Answers:
-    prediction: torch.Tensor   # class index per input
-    confidence: torch.Tensor   # of the answering exit, by the policy's measure
-    exit: torch.Tensor         # 1-based exit that answered
-
-    @classmethod
-    def cat(cls, parts: list["Answers"]) -> "Answers":
-        return cls(*(torch.cat([getattr(p, f) for p in parts]) for f in ("prediction", "confidence", "exit")))
-
-
-def answer(runner: Runner, x: torch.Tensor, policy: ExitPolicy) -> Answers:
-    """One batch through the stages in order; rows that are answered leave the batch, so an input
-    answered at exit k never reaches block k+1."""
-    n = len(x)
-    pred, conf, ex = torch.zeros(n, dtype=torch.long), torch.zeros(n), torch.zeros(n, dtype=torch.long)
-    rows, s = torch.arange(n), x
-    last = policy.exit or runner.n
-    for k in range(1, last + 1):
-        s = runner.forward(k, s)
-        if k < last and policy.exit is not None:
-            continue  # a fixed exit reads no earlier exit
-        logits = runner.exit_logits(k, s)
-        c = confidence(logits, policy.measure)
-        done = torch.ones(len(rows), dtype=torch.bool) if k == last else c >= policy.threshold
-        pred[rows[done]], conf[rows[done]], ex[rows[done]] = logits[done].argmax(dim=1).cpu(), c[done].cpu(), k
-        if k == last or bool(done.all()):
-            break
-        rows, s = rows[~done], s[~done]
-    return Answers(pred, conf, ex)
+    def stage(self, k: int, s_prev: torch.Tensor, with_exit: bool = True):
+        s = self.forward(k, s_prev)
+        return s, (self.exit_logits(k, s) if with_exit else None)
 
 
 # -- the trade-off, from every exit's logits at once ------------------------------------------------------
+class Replay:
+    """`Stages` over exits computed once: the "features" are the row numbers, and stage k returns
+    them with those rows of exit k's logits, so `answer` decides each threshold by its own rule."""
+
+    def __init__(self, exit_logits: list[torch.Tensor]):
+        self.exit_logits, self.n = exit_logits, len(exit_logits)
+
+    def stage(self, k: int, rows: torch.Tensor, with_exit: bool = True):
+        return rows, self.exit_logits[k - 1][rows]
+
+
 def tradeoff(exit_logits: list[torch.Tensor], y: torch.Tensor, thresholds: list[float], measure: str = "maxprob",
              costs: dict | None = None) -> list[dict]:
     """Per threshold: accuracy, the share of inputs answered at each exit, blocks evaluated per
-    input and (with `costs` from `stage_costs`) compute relative to the plain last-exit path.
-    The same rule as `answer` (first exit reaching the threshold, else the last)."""
-    n_exits = len(exit_logits)
-    conf = torch.stack([confidence(z, measure) for z in exit_logits])          # [N, n]
-    preds = torch.stack([z.argmax(dim=1) for z in exit_logits])               # [N, n]
-    rows = []
-    for t in thresholds:
-        reached = conf >= t
-        reached[-1] = True
-        first = reached.float().argmax(dim=0)                                  # 0-based exit per input
-        pred = preds.gather(0, first[None])[0]
-        share = [float((first == k).float().mean()) for k in range(n_exits)]
-        row = {"threshold": t, "accuracy": float((pred == y).float().mean()),
-               **{f"exit_{k + 1}_share": share[k] for k in range(n_exits)},
-               "blocks_per_input": float((first + 1).float().mean())}
+    input and (with `costs` from `stage_costs`) compute relative to the plain last-exit path;
+    then the last exit alone."""
+    n_exits, replay, rows = len(exit_logits), Replay(exit_logits), torch.arange(len(y))
+    policies = [ExitPolicy(None, t, measure) for t in thresholds] + [ExitPolicy(n_exits, 1.0, measure)]
+    out = []
+    for policy in policies:
+        ans = answer(replay, rows, policy)
+        row = {"threshold": "last exit" if policy.exit else policy.threshold,
+               "accuracy": float((ans.prediction == y).float().mean()),
+               **{f"exit_{k}_share": float((ans.exit == k).float().mean()) for k in range(1, n_exits + 1)},
+               "blocks_per_input": float(ans.exit.float().mean())}
         if costs:
-            used = torch.tensor(costs["cumulative"])[first]
-            row["compute_vs_last_exit"] = float(used.double().mean()) / costs["last_exit_only"]
-        rows.append(row)
-    full = preds[-1]
-    rows.append({"threshold": "last exit", "accuracy": float((full == y).float().mean()),
-                 **{f"exit_{k + 1}_share": float(k == n_exits - 1) for k in range(n_exits)},
-                 "blocks_per_input": float(n_exits), **({"compute_vs_last_exit": 1.0} if costs else {})})
-    return rows
+            used = torch.tensor(costs["cumulative"])[ans.exit - 1]
+            row["compute_vs_last_exit"] = 1.0 if policy.exit else float(used.double().mean()) / costs["last_exit_only"]
+        out.append(row)
+    return out
 
 
 def stage_costs(stages: list[Stage], input_shape: tuple) -> dict:
@@ -198,13 +148,13 @@ DEFAULT_THRESHOLDS = [0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99]
 
 def measure_tradeoff(blocks: list, x: torch.Tensor, y: torch.Tensor, thresholds: list[float],
                      measure: str = "maxprob", batch_size: int = 1000) -> dict:
-    """Every exit's logits on (x, y) once, then `tradeoff` at each threshold, with FLOPs."""
-    from ray_al.core.blocks import predict_all_exits
-
-    with torch.no_grad():
-        parts = [predict_all_exits(blocks, x[i:i + batch_size]) for i in range(0, len(x), batch_size)]
+    """Every exit's logits on (x, y) once (the stages in this process), then `tradeoff` at each
+    threshold, with FLOPs."""
+    stages = stages_of(blocks)
+    runner = LocalRunner(stages)
+    parts = [every_exit(runner, x[i:i + batch_size]) for i in range(0, len(x), batch_size)]
     exit_logits = [torch.cat([p[k] for p in parts]) for k in range(len(blocks))]
-    costs = stage_costs(stages_of(blocks), tuple(x.shape[1:]))
+    costs = stage_costs(stages, tuple(x.shape[1:]))
     return {"measure": measure, "test_samples": len(y), "costs": costs,
             "rows": tradeoff(exit_logits, y, thresholds, measure, costs)}
 

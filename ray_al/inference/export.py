@@ -2,9 +2,9 @@
 
 DIR gets one `torch.export` program per block, `stage-k.pt2` (s_{k-1} -> (s_k, exit k's logits):
 f_k, and b_k, h_k..h_1), so chaining stages 1..N computes f_1..f_N, b_N, h_N..h_1 and every exit
-on the way; `meta.json` (the training preprocessing and class names) and `al_exits.py`, a loader
-that needs only PyTorch (see ray_al/inference/exported.py). The batch dimension is dynamic; BatchNorm is
-exported in eval mode.
+on the way; `meta.json` (the training preprocessing and class names) and `al_exits.py`, a copy of
+ray_al/inference/exit_loop.py: the loader and the one early-exit loop, PyTorch alone. The batch
+dimension is dynamic; BatchNorm is exported in eval mode.
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import torch
 from ray_al.errors import ConfigError
 from ray_al.inference.early_exit import stages_of
 
-LOADER = Path(__file__).with_name("exported.py")
+LOADER = Path(__file__).with_name("exit_loop.py")  # shipped as al_exits.py
 
 
 def export_run(run_dir: str | Path, out: str | Path, overrides: list[str] | None = None) -> Path:

@@ -2,20 +2,22 @@
 
 Layout: one deployment per block (`stage-k`: f_k and exit k's head, see ray_al/inference/early_exit.py)
 and an ingress deployment that decodes the image, preprocesses it as training did and walks the
-stages through DeploymentHandles, stopping at the first exit whose confidence reaches the
-threshold. This is the composition Ray Serve's guide recommends for multi-model pipelines
-(deployments bound into one application, called through handles, each scaled and given its
-resources on its own), and it fits early exit: an input answered at block k never reaches the
-replicas of blocks k+1..N, so the later blocks, which see only the hard inputs, can run fewer
-replicas or smaller GPU shares (`--replicas 2,1`, `--gpus-per-block`). One deployment holding
-the whole model would save a hop per block but scale all blocks as one.
+stages through DeploymentHandles with the one early-exit loop (exit_loop.answer_async), stopping
+at the first exit whose confidence reaches the threshold. This is the composition Ray Serve's
+guide recommends for multi-model pipelines (deployments bound into one application, called
+through handles, each scaled and given its resources on its own), and it fits early exit: an
+input answered at block k never reaches the replicas of blocks k+1..N, so the later blocks, which
+see only the hard inputs, can run fewer replicas or smaller GPU shares (`--replicas 2,1`,
+`--gpus-per-block`). One deployment holding the whole model would save a hop per block but scale
+all blocks as one.
 
     POST /?threshold=0.9&exit=auto   body: the image file (PNG, JPEG, ...)
     -> {"prediction": 7, "class": "7", "confidence": 0.97, "exit": 1}
     A body that is empty, not an image or of the wrong size gets a 400 with {"error": "..."}.
 
-Every replica loads the run's newest checkpoint itself: the run folder (or `checkpoint.uri`) must
-be readable from the nodes that host the replicas.
+Every replica of stage k loads the weights of blocks 1..k of the run's newest checkpoint itself
+(inference/weights.py: no optimizer): the run folder (or `checkpoint.uri`) must be readable from
+the nodes that host the replicas.
 """
 from __future__ import annotations
 
@@ -30,26 +32,42 @@ from ray_al.errors import ConfigError, RayALError
 
 @serve.deployment
 class StageDeployment:
-    """Block k: s_{k-1} -> (s_k, exit k's logits), on the GPU Ray gave this replica, else CPU."""
+    """Stage k: s_{k-1} -> (s_k, exit k's logits), on the GPU Ray gave this replica, else CPU."""
 
     def __init__(self, run_dir: str, k: int, overrides: list[str]):
         import ray
         import torch
 
-        from ray_al.inference.early_exit import stages_of
-        from ray_al.inference.prediction import load
-
         cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
         torch.set_num_threads(max(1, int(cpus)))
         self.device = torch.device("cuda:0" if ray.get_gpu_ids() and torch.cuda.is_available() else "cpu")
-        self.stage = stages_of(load(run_dir, overrides).blocks)[k - 1].to(self.device)
+        self.stage = replica_stage(run_dir, k, overrides).to(self.device)
 
-    def __call__(self, s):
+    def __call__(self, s, with_exit: bool = True):
         import torch
 
         with torch.no_grad():
-            s, logits = self.stage(s.to(self.device))
-        return s.cpu(), logits.cpu()
+            s = self.stage.f(s.to(self.device))
+            logits = self.stage.head(s).cpu() if with_exit else None
+        return s.cpu(), logits
+
+
+def replica_stage(run_dir: str, k: int, overrides: list[str]):
+    """Stage k from blocks 1..k of the run's newest checkpoint, weights only."""
+    from ray_al.inference.early_exit import stages_of
+    from ray_al.inference.weights import load_weights
+
+    return stages_of(load_weights(run_dir, overrides, upto=k)[1])[-1]
+
+
+class HandleStages:
+    """`AsyncStages` over the stage deployments: stage k is one call to deployment stage-k."""
+
+    def __init__(self, handles: list[DeploymentHandle]):
+        self.handles, self.n = handles, len(handles)
+
+    async def stage(self, k: int, s_prev, with_exit: bool = True):
+        return await self.handles[k - 1].remote(s_prev, with_exit)
 
 
 @serve.deployment
@@ -59,33 +77,28 @@ class ALIngress:
     def __init__(self, stages: list[DeploymentHandle], preprocess: dict, threshold: float, measure: str):
         from ray_al.data.preprocess import Preprocess
 
-        self.stages, self.pre = stages, Preprocess(**preprocess)
+        self.stages, self.pre = HandleStages(stages), Preprocess(**preprocess)
         self.threshold, self.measure = threshold, measure
 
     async def __call__(self, request):
         from starlette.responses import JSONResponse
 
         from ray_al.data.images import decode_image
-        from ray_al.inference.early_exit import ExitPolicy, confidence
-        from ray_al.inference.prediction import image_args
+        from ray_al.inference.early_exit import ExitPolicy, answer_async
+        from ray_al.inference.inputs import image_args
 
         try:
             exit_q = request.query_params.get("exit", "auto")
             policy = ExitPolicy(None if exit_q == "auto" else _int(exit_q, "exit"),
                                 _float(request.query_params.get("threshold", self.threshold)),
-                                request.query_params.get("confidence", self.measure)).check(len(self.stages))
+                                request.query_params.get("confidence", self.measure)).check(self.stages.n)
             x = self.pre(decode_image(await request.body(), *image_args(self.pre), name="request body")[None])
         except RayALError as e:
             return JSONResponse({"error": str(e)}, status_code=400)
-        s, last = x, policy.exit or len(self.stages)
-        for k in range(1, last + 1):
-            s, logits = await self.stages[k - 1].remote(s)
-            if k < last and policy.exit is not None:
-                continue
-            c = float(confidence(logits, policy.measure)[0])
-            if k == last or c >= policy.threshold:
-                p = int(logits[0].argmax())
-                return {"prediction": p, "class": self.pre.label(p), "confidence": round(c, 6), "exit": k}
+        ans = await answer_async(self.stages, x, policy)
+        p = int(ans.prediction[0])
+        return {"prediction": p, "class": self.pre.label(p), "confidence": round(float(ans.confidence[0]), 6),
+                "exit": int(ans.exit[0])}
 
 
 def _float(v) -> float:

@@ -101,14 +101,14 @@ class BlockActor:
         s, bridged = self.trainer.infer(s_prev)
         return (None if self.is_last else s.cpu()), bridged.cpu()
 
-    def decode_exits(self, carried: list, own_bridge: torch.Tensor) -> list:
-        """Apply h_i to the exits coming down from later blocks and to this block's own exit."""
-        outs = self.trainer.decode_exits([*carried, own_bridge], logits=self.trainer.index == 0)
-        return [o.cpu() for o in outs]
+    def apply_h_to_exits(self, carried: list, own: torch.Tensor) -> list:
+        """h_i of every exit coming down from later blocks and of this block's own (b_i(s_i) or t_i):
+        one step of each exit's decode chain, all exits at once (evaluation)."""
+        return [o.cpu() for o in self.trainer.apply_h([*carried, own])]
 
-    def decode_one(self, t: torch.Tensor) -> torch.Tensor:
-        """h_i of one exit's target estimate: a step of exit k's decode chain k, k-1, .., 1 (early exit)."""
-        return self.trainer.decode_exits([t], logits=self.trainer.index == 0)[0].cpu()
+    def apply_h(self, t: torch.Tensor) -> torch.Tensor:
+        """h_i of one exit's value: a step of exit k's decode chain k, k-1, .., 1 (ALPipeline.stage)."""
+        return self.trainer.apply_h([t])[0].cpu()
 
     def get_state(self) -> dict:
         return _to_cpu(self.trainer.state_dict())

@@ -194,7 +194,7 @@ class ALPipeline:
         """Block k's value through h_k..h_1 for every k: a ref of the list for k = N..1."""
         carried = []
         for actor, b in zip(reversed(self.actors), reversed(per_block)):
-            carried = actor.decode_exits.remote(carried, b)
+            carried = actor.apply_h_to_exits.remote(carried, b)
         return carried
 
     def predict_exits(self, x: torch.Tensor, batch_size: int) -> Iterator[list[torch.Tensor]]:
@@ -206,6 +206,17 @@ class ALPipeline:
                 yield self._get(pending.popleft())[::-1]
         while pending:
             yield self._get(pending.popleft())[::-1]
+
+    def stage(self, k: int, s_prev: torch.Tensor, with_exit: bool = True):
+        """Prediction's stage k (1-based) in the actors: (s_k, exit k's logits) from s_{k-1}. Actor k
+        runs f_k and b_k; exit k's decode chain passes from actor k down to actor 1 without the driver."""
+        s, t = self.actors[k - 1].infer.remote(s_prev)
+        if not with_exit:
+            return self._get(s), None
+        for actor in reversed(self.actors[:k]):
+            t = actor.apply_h.remote(t)
+        s, logits = self._get([s, t])
+        return s, logits
 
     def evaluate(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
         return {**exit_accuracies(self.predict_exits(x, self.cfg.train.eval_batch_size), y),

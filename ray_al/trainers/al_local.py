@@ -12,7 +12,7 @@ import torch
 from ray_al.config import Config
 from ray_al.core.batches import Chunk, eval_batches
 from ray_al.core.block_trainer import BlockTrainer
-from ray_al.core.blocks import ALBlock, decode_exits
+from ray_al.core.blocks import ALBlock, decode_to_logits
 from ray_al.core.step_options import StepOptions
 from ray_al.core.target_path import class_points, separability
 from ray_al.models import block_count, build_al_block
@@ -61,7 +61,7 @@ class ALLocal(InProcessTrainer):
             t = trainer.encode_targets(t)
             targets.append(t)
         with torch.no_grad():
-            return separability(targets, decode_exits(self.blocks, targets))
+            return separability(targets, decode_to_logits(self.blocks, targets))
 
     def evaluate(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
         return {**super().evaluate(x, y), **self.target_separability()}
@@ -73,7 +73,7 @@ class ALLocal(InProcessTrainer):
                 s, b = trainer.infer(s)
                 bridged.append(b)
             with torch.no_grad():
-                yield decode_exits(self.blocks, bridged)
+                yield decode_to_logits(self.blocks, bridged)
 
     def state_dicts(self) -> list[dict]:
         return [t.state_dict() for t in self.trainers]
