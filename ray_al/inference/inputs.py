@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ray_al.data.images import IMAGE_SUFFIXES, decode_image
+from ray_al.data.images import IMAGE_SUFFIXES, cell_bytes, decode_image
 from ray_al.data.preprocess import Preprocess
 from ray_al.errors import DataError
 
@@ -69,6 +69,6 @@ def _read_parquet(path: Path, pre: Preprocess):
         column = pq.read_table(path, columns=["image"]).column("image").to_pylist()
     except Exception as e:  # pyarrow raises several types for a damaged file or a missing column
         raise DataError(f"{path}: cannot read an 'image' column ({str(e).splitlines()[0]})") from None
-    images = [decode_image(cell["bytes"] if isinstance(cell, dict) else cell, *image_args(pre),
+    images = [decode_image(cell_bytes(cell), *image_args(pre),
                            name=f"{path}[{i}]") for i, cell in enumerate(column)]
     return [f"{path}[{i}]" for i in range(len(images))], pre(np.stack(images))

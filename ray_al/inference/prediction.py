@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from ray_al.config import changed
 from ray_al.data.preprocess import Preprocess
 from ray_al.inference.early_exit import Answers, ExitPolicy, LocalRunner, Stages, answer, stages_of
 from ray_al.inference.inputs import read_inputs
@@ -77,7 +78,7 @@ class ActorRunner:
         from ray_al.run.storage import open_run
 
         cfg, storage = open_run(run.run_dir, overrides)
-        cfg.train.trainer = "al"
+        cfg = changed(cfg, {"train.trainer": "al"})  # a run trained in one process is answered by actors too
         fp = run.manifest["fingerprint"]
         self.pipeline = ALPipeline(cfg, tuple(fp["input_shape"]), fp["num_classes"], total_steps=1)
         try:
