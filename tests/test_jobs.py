@@ -41,7 +41,8 @@ def test_job_stop_ends_a_run_cleanly_and_the_head_survives(head, tmp_path):
     assert metrics.is_file(), logs(head, "al-stop")[-3000:]  # it trained at least one epoch
     head.ray("job", "stop", "al-stop")
     assert wait_for(head, "al-stop", {"STOPPED", "FAILED", "SUCCEEDED"}, 60) == "STOPPED"
-    assert "ray-al: interrupted" in logs(head, "al-stop")  # SIGTERM became a clean exit, not a kill
+    text = logs(head, "al-stop")  # SIGTERM became a clean exit, not a kill, that says how to go on
+    assert f"ray-al: interrupted\nresume with: ray-al train --resume {tmp_path / 'long'}" in text
     deadline = time.time() + 30
     while [a for a in alive_actors(head) if a.get("class_name") == "BlockActor"] and time.time() < deadline:
         time.sleep(1.0)
@@ -56,7 +57,8 @@ def test_submitted_run_succeeds_and_writes_its_metrics(head, tmp_path):
     assert [r["epoch"] for r in records] == [1, 2] and 0 <= records[-1]["test_acc"] <= 1
     text = logs(head, "al-ok")
     assert "block 1: node" in text and "block 2: node" in text  # where each block ran, printed at start
-    assert json.loads((tmp_path / "tiny" / "summary.json").read_text())["final"]["epoch"] == 2
+    summary = json.loads((tmp_path / "tiny" / "summary.json").read_text())
+    assert summary["final"]["epoch"] == 2 and summary["provenance"]["ray_job_submission_id"] == "al-ok"
 
 
 def test_bad_config_fails_the_job_with_one_line(head, tmp_path):

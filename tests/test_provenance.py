@@ -27,3 +27,17 @@ def test_summary_and_every_checkpoint_manifest_record_the_versions_and_commit(tm
 def test_no_commit_outside_a_checkout(tmp_path):
     from ray_al.checkpoint.provenance import git_commit
     assert git_commit(tmp_path) is None
+
+
+def test_a_submitted_job_records_its_submission_id(monkeypatch):
+    from ray_al.checkpoint import provenance as prov
+
+    monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", '{"metadata": {"job_submission_id": "raysubmit_abc"}}')
+    prov.provenance.cache_clear()
+    try:
+        assert prov.provenance()["ray_job_submission_id"] == "raysubmit_abc"
+        monkeypatch.delenv("RAY_JOB_CONFIG_JSON_ENV_VAR")
+        prov.provenance.cache_clear()
+        assert "ray_job_submission_id" not in prov.provenance()
+    finally:
+        prov.provenance.cache_clear()

@@ -1,4 +1,5 @@
-"""What made a run: the package version, its git commit when it runs from a checkout, torch and Ray.
+"""What made a run: the package version, its git commit when it runs from a checkout, torch and Ray,
+and the Ray job submission that ran it (`ray job submit`), if any.
 
 Recorded in every `summary.json` and checkpoint manifest, and printed by `ray-al --version`.
 """
@@ -37,8 +38,23 @@ def git_commit(folder: Path | None = None) -> str | None:
 def provenance() -> dict:
     """Asked once per process (git takes milliseconds; a run saves many checkpoints)."""
     from ray_al import __version__
-    return {"ray_al": __version__, "git_commit": git_commit(), "torch": _version("torch"),
+    made = {"ray_al": __version__, "git_commit": git_commit(), "torch": _version("torch"),
             "ray": _version("ray"), "python": platform.python_version()}
+    job = ray_job_submission_id()
+    return {**made, "ray_job_submission_id": job} if job else made
+
+
+def ray_job_submission_id() -> str | None:
+    """The submission id `ray job submit` gave this driver (`ray job logs/stop ID`), read from the job
+    config Ray's job supervisor passes in the environment; None outside a submitted job."""
+    import json
+    import os
+
+    try:
+        config = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR", "{}"))
+        return config.get("metadata", {}).get("job_submission_id")
+    except (ValueError, AttributeError):
+        return None
 
 
 def version_line() -> str:

@@ -103,6 +103,11 @@ def train(cfg: Config, log: Log = console, on_epoch: Callable[[dict], None] | No
         try:
             train_epochs(run, start(run))
             finish(run)
+        except KeyboardInterrupt:  # Ctrl-C, or `ray job stop` (SIGTERM, see pipeline/session.py)
+            run.trainer.close()
+            if run.checkpoints.exists():
+                raise KeyboardInterrupt(f"resume with: ray-al train --resume {run.storage.run_dir}") from None
+            raise
         except BaseException:
             run.trainer.close()
             raise
