@@ -118,10 +118,14 @@ def _serve(args) -> int:
 
 
 def _export(args) -> int:
+    import json
+
     from ray_al.inference.export import export_run
 
     out = export_run(args.run_dir, args.out)
-    print(f"exported {args.run_dir} to {out}: stage-1..N.pt2 (torch.export), meta.json, al_exits.py (loader)")
+    n = json.loads((out / "meta.json").read_text())["n_blocks"]
+    stages = "stage-1.pt2" if n == 1 else f"stage-1.pt2 .. stage-{n}.pt2"
+    print(f"exported {args.run_dir} to {out}: {stages} (torch.export), meta.json, al_exits.py (loader)")
     return 0
 
 

@@ -36,9 +36,10 @@ def run(tmp_path_factory):
     return root / "r"
 
 
-def test_exported_stages_answer_without_ray(run, tmp_path):
+def test_exported_stages_answer_without_ray(run, tmp_path, capsys):
     out = tmp_path / "exported"
     assert main(["export", str(run), "--out", str(out)]) == 0
+    assert "stage-1.pt2 .. stage-4.pt2 (torch.export)" in capsys.readouterr().out
     stages = [f"stage-{k}.pt2" for k in range(1, 5)]
     assert sorted(p.name for p in out.iterdir()) == ["al_exits.py", "meta.json", *stages]
     assert json.loads((out / "meta.json").read_text())["n_blocks"] == 4
