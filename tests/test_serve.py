@@ -70,7 +70,7 @@ def _png(size):
     (b"", {}, "request body: empty"),
     (b"not an image at all", {}, "request body: not an image"),
     (_png((16, 16)), {}, "request body: image is 16x16, expected 8x8"),
-    (_png((8, 8)), {"exit": "5"}, "--exit 5: the model has exits 1..2"),
+    (_png((8, 8)), {"exit": "5"}, "exit 5: the model has exits 1..2"),
     (_png((8, 8)), {"threshold": "high"}, "threshold 'high' is not a number"),
 ], ids=["empty", "not an image", "wrong size", "exit beyond the model", "threshold not a number"])
 def test_bad_requests_get_a_400_and_the_server_keeps_serving(served, body, params, reason):

@@ -54,9 +54,9 @@ class ExitPolicy:
 
     def check(self, n_blocks: int) -> "ExitPolicy":
         if self.exit is not None and not 1 <= self.exit <= n_blocks:
-            raise PolicyError(f"--exit {self.exit}: the model has exits 1..{n_blocks}")
+            raise PolicyError(f"exit {self.exit}: the model has exits 1..{n_blocks}")
         if not 0 <= self.threshold <= 1:
-            raise PolicyError(f"--threshold must be in [0, 1], got {self.threshold}")
+            raise PolicyError(f"threshold must be in [0, 1], got {self.threshold}")
         confidence(torch.zeros(1, 2), self.measure)  # rejects an unknown measure
         return self
 

@@ -21,6 +21,7 @@ the nodes that host the replicas.
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import asdict
 from pathlib import Path
 
@@ -141,8 +142,19 @@ def start(run_dir, host: str = "127.0.0.1", port: int = 8000, name: str = "ray_a
     the run; returns the URL."""
     app = build_app(run_dir, **app_options)
     serve.start(http_options={"host": host, "port": port})
-    serve.run(app, name=name, route_prefix=route_prefix)
+    # serve.run joins the Serve just started and logs that "new http_options will not be applied": it
+    # has none to apply, ours are in place
+    serve_logger = logging.getLogger("ray.serve")
+    serve_logger.addFilter(_not_applied)
+    try:
+        serve.run(app, name=name, route_prefix=route_prefix)
+    finally:
+        serve_logger.removeFilter(_not_applied)
     return f"http://{host}:{port}{route_prefix}"
+
+
+def _not_applied(record: logging.LogRecord) -> bool:
+    return "will not be applied" not in record.getMessage()
 
 
 def serve_forever(run_dir, **options) -> None:
