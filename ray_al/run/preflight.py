@@ -28,6 +28,6 @@ def _check_writable(run_dir: Path) -> None:
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
     if not existing.is_dir():
-        raise ConfigError(f"run_dir {run_dir}: {existing} is not a folder")
+        raise ConfigError(f"run folder {run_dir} is not writable: {existing} is not a folder")
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise ConfigError(f"run_dir {run_dir} is not writable ({existing}: permission denied)")
+        raise ConfigError(f"run folder {run_dir} is not writable: {existing}: permission denied")
