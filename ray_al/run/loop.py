@@ -227,7 +227,13 @@ def finish(run: Run) -> None:
                            "restarts": result.restarts, "loader": run.cfg.data.loader, "provenance": provenance(),
                            **({"warmup": result.warmup} if result.warmup else {}),
                            **({"stopped_early": result.stopped_early} if result.stopped_early else {})})
-    run.log(f"run folder: {storage.run_dir}")
+    run.log(f"run folder: {storage.run_dir} ({_size(storage.run_dir)})")
+
+
+def _size(folder: Path) -> str:
+    """What a run folder holds on disk (checkpoints under checkpoint.uri elsewhere are not counted)."""
+    total = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file() and not f.is_symlink())
+    return f"{total / 2**20:,.1f} MiB" if total >= 2**20 else f"{total / 2**10:,.0f} KiB"
 
 
 def _recover(run: Run, e: BlockLost) -> Position | None:
