@@ -1,4 +1,5 @@
-"""`ray-al train | eval | predict | serve | export | tune | report | bench`: failures are one line, exit 2."""
+"""`ray-al train | eval | predict | serve | export | tune | runs | report | bench | config`: failures are one
+line, exit 2."""
 from __future__ import annotations
 
 import argparse
@@ -69,14 +70,31 @@ def _eval(args) -> int:
         from ray_al.inference.early_exit import format_tradeoff
         from ray_al.inference.prediction import evaluate_thresholds
         result = evaluate_thresholds(args.run_dir, args.thresholds, args.confidence, args.overrides)
+        if args.json:
+            print(json.dumps(result, indent=1))
+            return 0
         print(f"early exit on {result['test_samples']} test inputs (step {result['step']}, confidence "
               f"{result['measure']}): answer at the first exit whose confidence reaches the threshold")
         print(format_tradeoff(result["rows"]))
         return 0
 
+    from ray_al.core import record
     from ray_al.run.evaluation import evaluate_run
 
-    print(json.dumps(evaluate_run(args.run_dir, args.overrides, device=args.device), indent=1))
+    result = evaluate_run(args.run_dir, args.overrides, device=args.device)
+    if args.json:
+        print(json.dumps(result, indent=1))
+        return 0
+    print(f"{args.run_dir} at step {result['step']}: test accuracy by exit (the last is the paper's prediction)")
+    print("  ".join(f"exit {k}: {acc:.4f}" for k, acc in record.exits(result).items())
+          or f"test_acc: {result['test_acc']:.4f}")
+    return 0
+
+
+def _runs(args) -> int:
+    from ray_al.analysis.runs import print_runs
+
+    print_runs(args.folders, as_json=args.json)
     return 0
 
 
@@ -189,7 +207,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="early-exit trade-off: accuracy, share per exit, blocks per input at each threshold")
     p.add_argument("--confidence", default="maxprob", choices=["maxprob", "entropy"],
                    help="maxprob: top softmax probability; entropy: 1 - H(p)/log(classes)")
+    p.add_argument("--json", action="store_true", help="print JSON for machines instead of the table")
     p.set_defaults(fn=_eval)
+    p = sub.add_parser("runs", help="runs side by side: epochs, best and last accuracy, the settings they differ in",
+                       epilog="example: ray-al runs runs/  (a folder of run folders, or run folders)")
+    p.add_argument("folders", nargs="*", default=["runs"], help="run folders or folders of them (default: runs)")
+    p.add_argument("--json", action="store_true", help="print JSON for machines instead of the table")
+    p.set_defaults(fn=_runs)
     p = sub.add_parser("predict", help="answer new inputs (images, folders, .npy, .parquet) with a run's model")
     p.add_argument("run_dir")
     p.add_argument("inputs", nargs="+", help="PNG/JPEG files, folders of them, .npy arrays, Parquet files")

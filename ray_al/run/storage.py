@@ -207,7 +207,7 @@ def resume_config(run_dir: str | Path, overrides: list[str], allow_change: bool)
     """The run's config with `overrides`; a change to what the run learns from or how (data, model,
     optimizer, seed) is refused unless `allow_change`, and then returned to be recorded."""
     saved, cfg = run_config(run_dir).to_dict(), run_config(run_dir, overrides)
-    changes = {key: {"was": old, "now": new} for key, old, new in _diff(saved, cfg.to_dict())
+    changes = {key: {"was": old, "now": new} for key, old, new in differences(saved, cfg.to_dict())
                if not key.startswith(SAFE_ON_RESUME)}
     if changes and not allow_change:
         key, change = next(iter(changes.items()))
@@ -217,11 +217,12 @@ def resume_config(run_dir: str | Path, overrides: list[str], allow_change: bool)
     return cfg, changes
 
 
-def _diff(a: dict, b: dict, prefix: str = ""):
+def differences(a: dict, b: dict, prefix: str = ""):
+    """(dotted key, a's value, b's value) wherever two nested config dicts differ."""
     for key in sorted(set(a) | set(b)):
         x, y = a.get(key), b.get(key)
         if isinstance(x, dict) and isinstance(y, dict):
-            yield from _diff(x, y, f"{prefix}{key}.")
+            yield from differences(x, y, f"{prefix}{key}.")
         elif x != y:
             yield f"{prefix}{key}", x, y
 
