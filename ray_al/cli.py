@@ -9,6 +9,7 @@ import sys
 from ray_al.errors import ConfigError, RayALError
 
 DEFAULT_CONFIG = None  # no file: the embedded digits dataset, a small MLP, through Ray actors
+CONFIDENCE_HELP = "maxprob: top softmax probability; entropy: 1 - H(p)/log(classes)"
 
 
 def _train(args) -> int:
@@ -180,7 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # --version unwrapped
     parser.add_argument("--version", action="version", version=version_line())
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("train", help="train a model (default: the embedded digits MLP through Ray actors)")
+    p = sub.add_parser("train", help="train a model (default: the embedded digits MLP through Ray actors)",
+                       epilog="example: ray-al train paper/mnist_mlp_al data.path=/data/mnist train.epochs=3")
     p.add_argument("config", nargs="?", default=DEFAULT_CONFIG,
                    help="YAML config, from here or shipped (e.g. paper/mnist_mlp_al); default: built-in defaults")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.epochs=3 optim.lr=1e-3")
@@ -190,23 +192,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-change", action="store_true", help="with --resume: accept overrides that change what "
                    "the run learns (data, optimizer, ...); recorded in config.yaml and run.json")
     p.set_defaults(fn=_train)
-    p = sub.add_parser("config", help="every config key with its type, default and value (* where changed)")
+    p = sub.add_parser("config", help="every config key with its type, default and value (* where changed)",
+                       epilog="example: ray-al config configs/mnist_mlp.yaml optim.lr=1e-3")
     p.add_argument("config", nargs="?", default=DEFAULT_CONFIG, help="YAML config (default: built-in defaults)")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.epochs=3")
     p.set_defaults(fn=_config)
-    p = sub.add_parser("tune", help="a Ray Tune sweep (see ray_al/run/tune.py for the sweep file)")
+    p = sub.add_parser("tune", help="a Ray Tune sweep (docs/tuning.md has the sweep file)",
+                       epilog="example: ray-al tune sweeps/mnist_mlp data.path=/data/mnist")
     p.add_argument("sweep", nargs="?", help="sweep YAML (e.g. sweeps/mnist_mlp): base/config, param_space, tune")
     p.add_argument("overrides", nargs="*", help="dotted overrides of the base config, e.g. data.path=...")
     p.add_argument("--resume", metavar="SWEEP_DIR", help="continue an interrupted sweep (its output folder)")
     p.set_defaults(fn=_tune)
-    p = sub.add_parser("eval", help="test accuracy of every exit of a run's newest checkpoint")
-    p.add_argument("run_dir")
+    p = sub.add_parser("eval", help="test accuracy of every exit of a run's newest checkpoint",
+                       epilog="example: ray-al eval runs/RUN --thresholds 0.5,0.9,0.99")
+    p.add_argument("run_dir", help="a run folder (config.yaml, metrics.jsonl, checkpoints/)")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. data.path=... for moved data")
-    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where to evaluate (default: cpu)")
     p.add_argument("--thresholds", type=_floats, metavar="T1,T2,..",
                    help="early-exit trade-off: accuracy, share per exit, blocks per input at each threshold")
     p.add_argument("--confidence", default="maxprob", choices=["maxprob", "entropy"],
-                   help="maxprob: top softmax probability; entropy: 1 - H(p)/log(classes)")
+                   help=CONFIDENCE_HELP)
     p.add_argument("--json", action="store_true", help="print JSON for machines instead of the table")
     p.set_defaults(fn=_eval)
     p = sub.add_parser("runs", help="runs side by side: epochs, best and last accuracy, the settings they differ in",
@@ -214,40 +219,45 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("folders", nargs="*", default=["runs"], help="run folders or folders of them (default: runs)")
     p.add_argument("--json", action="store_true", help="print JSON for machines instead of the table")
     p.set_defaults(fn=_runs)
-    p = sub.add_parser("predict", help="answer new inputs (images, folders, .npy, .parquet) with a run's model")
-    p.add_argument("run_dir")
+    p = sub.add_parser("predict", help="answer new inputs (images, folders, .npy, .parquet) with a run's model",
+                       epilog="example: ray-al predict runs/RUN digits/ --exit auto --threshold 0.9 --out answers.csv")
+    p.add_argument("run_dir", help="a run folder (config.yaml, metrics.jsonl, checkpoints/)")
     p.add_argument("inputs", nargs="+", help="PNG/JPEG files, folders of them, .npy arrays, Parquet files")
     p.add_argument("--exit", default="auto", help="exit number 1..N, or auto: the first confident exit")
     p.add_argument("--threshold", type=float, default=0.9, help="confidence that answers (--exit auto)")
-    p.add_argument("--confidence", default="maxprob", choices=["maxprob", "entropy"])
+    p.add_argument("--confidence", default="maxprob", choices=["maxprob", "entropy"], help=CONFIDENCE_HELP)
     p.add_argument("--ray", action="store_true", help="through the Ray block actors instead of this process")
     p.add_argument("--out", help="write here (.csv or .json); default: CSV on stdout")
-    p.add_argument("--format", choices=["csv", "json"])
-    p.add_argument("--batch-size", type=int, default=1000)
+    p.add_argument("--format", choices=["csv", "json"], help="output format (default: from --out's suffix, else csv)")
+    p.add_argument("--batch-size", type=int, default=1000, help="inputs per forward pass (default: 1000)")
     p.set_defaults(fn=_predict)
-    p = sub.add_parser("serve", help="serve a run over HTTP with Ray Serve (POST an image, get JSON)")
-    p.add_argument("run_dir")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
+    p = sub.add_parser("serve", help="serve a run over HTTP with Ray Serve (POST an image, get JSON)",
+                       epilog="example: ray-al serve runs/RUN --port 8000; curl --data-binary @x.png localhost:8000")
+    p.add_argument("run_dir", help="a run folder (config.yaml, metrics.jsonl, checkpoints/)")
+    p.add_argument("--host", default="127.0.0.1", help="address the HTTP proxy listens on (default: 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="its port (default: 8000)")
     p.add_argument("--threshold", type=float, default=0.9, help="default confidence that answers (?threshold=)")
-    p.add_argument("--confidence", default="maxprob", choices=["maxprob", "entropy"])
+    p.add_argument("--confidence", default="maxprob", choices=["maxprob", "entropy"], help=CONFIDENCE_HELP)
     p.add_argument("--replicas", help="replicas per block deployment: one count, or one per block (2,1)")
-    p.add_argument("--cpus-per-block", type=float, default=0.5)
+    p.add_argument("--cpus-per-block", type=float, default=0.5, help="CPUs of each block replica (default: 0.5)")
     p.add_argument("--gpus-per-block", type=float, default=0.0, help="GPU share of each block replica")
     p.set_defaults(fn=_serve)
-    p = sub.add_parser("export", help="write the prediction path and every exit as torch.export programs")
-    p.add_argument("run_dir")
+    p = sub.add_parser("export", help="write the prediction path and every exit as torch.export programs",
+                       epilog="example: ray-al export runs/RUN --out exported/")
+    p.add_argument("run_dir", help="a run folder (config.yaml, metrics.jsonl, checkpoints/)")
     p.add_argument("--out", required=True, help="folder for stage-k.pt2, meta.json and the al_exits.py loader")
     p.set_defaults(fn=_export)
-    p = sub.add_parser("bench", help="samples/s: sequential AL, Ray pipeline at chunk sizes K, BP twin, ideal")
-    p.add_argument("config", nargs="?", default=None)
-    p.add_argument("overrides", nargs="*")
-    p.add_argument("--batches", type=int, default=400)
-    p.add_argument("--chunk-sizes", type=int, nargs="+", default=[1, 16])
+    p = sub.add_parser("bench", help="samples/s: sequential AL, Ray pipeline at chunk sizes K, BP twin, ideal",
+                       epilog="example: ray-al bench configs/mnist_mlp.yaml data.path=/data/mnist --chunk-sizes 1 16")
+    p.add_argument("config", nargs="?", default=None, help="YAML config (default: built-in defaults)")
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. data.path=...")
+    p.add_argument("--batches", type=int, default=400, help="batches timed per row (default: 400)")
+    p.add_argument("--chunk-sizes", type=int, nargs="+", default=[1, 16], help="chunk sizes K of the Ray rows")
     p.add_argument("--cores", type=int, default=2, help="cores the comparison may use in total")
     p.add_argument("--out", help="write the figures as JSON here")
     p.set_defaults(fn=_bench)
-    p = sub.add_parser("report", help="runs -> Markdown report with the paper's tables and figures beside ours")
+    p = sub.add_parser("report", help="runs -> Markdown report with the paper's tables and figures beside ours",
+                       epilog="example: ray-al report runs/RUN_AL runs/RUN_BP --out report/")
     p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders (config.yaml, metrics.jsonl, checkpoints/)")
     p.add_argument("--out", default="report", help="folder for report.md and its PNG figures (default: report)")
     p.add_argument("--data", action="append", default=[], metavar="NAME=PATH",

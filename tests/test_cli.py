@@ -1,5 +1,6 @@
 """The bad-input catalogue: each gets one line naming the problem, a non-zero exit, and
 leaves earlier checkpoints as they were."""
+import argparse
 import hashlib
 import subprocess
 import sys
@@ -177,3 +178,12 @@ def test_shipped_configs_are_found_from_any_directory(tmp_path, monkeypatch):
     assert load_config("paper/mnist_mlp_al.yaml").train.epochs == 7  # a file here comes first
     with pytest.raises(ConfigError, match="config file not found: paper/nothing"):
         find_config("paper/nothing")
+
+
+def test_every_subcommand_has_an_example_and_every_argument_a_help_text():
+    from ray_al.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    for name, parser in sub.choices.items():
+        assert parser.epilog and parser.epilog.startswith(f"example: ray-al {name}"), name
+        assert not [a.dest for a in parser._actions if not a.help], name
