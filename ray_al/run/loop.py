@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -230,6 +231,11 @@ def finish(run: Run) -> None:
     run.log(f"run folder: {storage.run_dir} ({_size(storage.run_dir)})")
 
 
+def _on_a_terminal(run: Run) -> bool:
+    """A progress bar when the run prints to a terminal through the console log; plain lines elsewhere."""
+    return run.log is console and run.cfg.train.log_every_s > 0 and sys.stdout.isatty()
+
+
 def _size(folder: Path) -> str:
     """What a run folder holds on disk (checkpoints under checkpoint.uri elsewhere are not counted)."""
     total = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file() and not f.is_symlink())
@@ -285,24 +291,29 @@ def _train_epoch(run: Run, epoch: int, start_batch: int, loggers) -> dict:
     cfg, source, trainer, hooks = run.cfg, run.source, run.trainer, run.hooks
     n_batches, k = source.n_batches, cfg.train.chunk_size
     progress = Progress(epoch + 1, cfg.train.epochs, n_batches - start_batch, cfg.data.batch_size, run.log,
-                        cfg.train.log_every_s, loggers)
+                        cfg.train.log_every_s, loggers, bar=_on_a_terminal(run))
     chunks = source.chunks(epoch, start_batch)
     seconds = 0.0
-    for first, end, checkpoint_due, hook_due in _segments(run, epoch, start_batch):
-        begin = time.perf_counter()
-        trainer.train_epoch(itertools.islice(chunks, -(-(end - first) // k)), progress)
-        seconds += time.perf_counter() - begin
-        if checkpoint_due:
-            run.checkpoints.save(trainer, Position(epoch * n_batches + end, epoch, end))
-        if hook_due:
-            hooks.on_steps(trainer, epoch * n_batches + end)
-    done = n_batches - start_batch
-    record = {"run_id": run.storage.run_id, "epoch": epoch + 1, "epochs": cfg.train.epochs,
-              "step": (epoch + 1) * n_batches, "train_time_s": seconds,
-              "samples_per_s": done * cfg.data.batch_size / max(seconds, 1e-9),
-              **progress.summary(), **trainer.evaluate(source.test_x, source.test_y)}
-    if source.val_x is not None:  # data.val_fraction: the held-out part of the training split
-        record.update(split_accuracies("val", trainer.evaluate(source.val_x, source.val_y)))
+    try:
+        for first, end, checkpoint_due, hook_due in _segments(run, epoch, start_batch):
+            begin = time.perf_counter()
+            trainer.train_epoch(itertools.islice(chunks, -(-(end - first) // k)), progress)
+            seconds += time.perf_counter() - begin
+            if checkpoint_due:
+                run.checkpoints.save(trainer, Position(epoch * n_batches + end, epoch, end))
+            if hook_due:
+                hooks.on_steps(trainer, epoch * n_batches + end)
+        done = n_batches - start_batch
+        progress.evaluating(f"testing on {len(source.test_y):,} samples")
+        record = {"run_id": run.storage.run_id, "epoch": epoch + 1, "epochs": cfg.train.epochs,
+                  "step": (epoch + 1) * n_batches, "train_time_s": seconds,
+                  "samples_per_s": done * cfg.data.batch_size / max(seconds, 1e-9),
+                  **progress.summary(), **trainer.evaluate(source.test_x, source.test_y)}
+        if source.val_x is not None:  # data.val_fraction: the held-out part of the training split
+            progress.evaluating(f"validating on {len(source.val_y):,} samples")
+            record.update(split_accuracies("val", trainer.evaluate(source.val_x, source.val_y)))
+    finally:
+        progress.close()
     if start_batch:  # resumed mid-epoch: time, rate and losses cover batches start_batch.. only
         record.update(partial=True, from_batch=start_batch)
     run.checkpoints.save(trainer, Position((epoch + 1) * n_batches, epoch + 1, 0), record)
