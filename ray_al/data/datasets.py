@@ -175,18 +175,18 @@ def peek(cfg: DataConfig) -> tuple[tuple, int] | None:
     for split, found in files.items():
         if not found:
             raise DataError(f"no {split}-*.parquet files in {folder}")
-    top = 0
+    top, f = 0, None
     try:
         for f in files["train"] + files["test"]:
             label = _label_column(pq.read_schema(f).names, f)
             column = pq.read_table(f, columns=[label]).column(label)
             top = max(top, int(column_labels(column, str(f)).max(initial=-1)) + 1)
-        first = pq.ParquetFile(files["train"][0]).read_row_group(0, columns=["image"]).column("image")[0].as_py()
-        image = decode_png(first)
+        f = files["train"][0]
+        image = decode_png(pq.ParquetFile(f).read_row_group(0, columns=["image"]).column("image")[0].as_py())
     except DataError:
         raise
-    except Exception as e:  # pyarrow raises several types for a damaged file
-        raise DataError(f"cannot read the Parquet files in {folder}: {str(e).splitlines()[0]}") from None
+    except Exception as e:  # pyarrow raises several types for a damaged file, as the full load says
+        raise DataError(f"cannot read Parquet file {f}: {str(e).splitlines()[0]}") from None
     names = _class_names(pq.read_schema(files["train"][0]).metadata, label)
     return (image.shape[2], *image.shape[:2]), cfg.num_classes or len(names) or top
 
