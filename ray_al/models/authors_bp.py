@@ -10,9 +10,8 @@ MLP and the CNN the authors' BP network is the twin itself. The layers carry the
 (s1..s4, bridge, dec4..dec2, out), so the report's distances and t-SNE read them alike; in BP-VGG
 s4 is the flattened conv features (the Dense(1024) stage is not there).
 
-Not reproduced: the residual stages are the AL model's f (the code's residual blocks apply the
-activation after the second BN as well as after the addition, and its strided 1x1 shortcut has no
-BN), and the code's BP-VGG dense layers start from Glorot rather than He weights (their
+The residual stages are the AL model's f, whose block is the code's `resBlock` (models/resnet.py).
+Not reproduced: the code's BP-VGG dense layers start from Glorot rather than He weights (their
 initializer and regulariser land in other argument positions).
 """
 from __future__ import annotations
