@@ -111,12 +111,12 @@ def test_a_killed_trial_is_restored_from_its_last_checkpoint(ray_cluster, tmp_pa
 
     monkeypatch.setattr(sweeps, "_run_config", with_the_killer)
     assert main(["tune", str(path)]) == 0
-    assert [epoch for _, epoch in killer.killed] == [1]
+    assert [epoch for _, epoch in killer.killed] == [1], killer.killed
     from ray.tune import ExperimentAnalysis
     (trial,) = ExperimentAnalysis(str(tmp_path / "sweep" / "tune")).trials
     last = trial.last_result
     # the restarted trial went on from epoch 1's checkpoint: it trained epochs 2 and 3 only
-    assert last["epoch"] == 3 and last["iterations_since_restore"] == 2
+    assert (last["epoch"], last["iterations_since_restore"]) == (3, 2), last
     rows = json.loads((tmp_path / "sweep" / "results.json").read_text())
     assert rows[0]["status"] == "TERMINATED" and rows[0]["epoch"] == 3
     (trial,) = (tmp_path / "sweep" / "tune").glob("*/result.json")
