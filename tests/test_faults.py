@@ -44,31 +44,36 @@ def test_killed_block_is_rebuilt_from_checkpoint_and_ends_bitwise_equal(ray_clus
 
 # over Gloo too: the warm-up goes through the object store, but a lost block must still end the group
 @pytest.mark.parametrize("transport", ["object_store", "gloo"])
-def test_block_lost_during_warmup_is_rebuilt_from_its_seed_and_warms_up_again(ray_cluster, tmp_path, transport):
+def test_block_lost_during_warmup_is_rebuilt_from_its_seed_and_warms_up_again(ray_cluster, tmp_path, transport,
+                                                                              monkeypatch):
     """No checkpoint exists before warm-up ends: every block is rebuilt from (seed, index) and the
     warm-up is redone; the run still ends bitwise where one in-process run ends."""
-    import threading
-    import time
+    from ray_al import target_path
 
     torch.set_num_threads(1)
-    over = dict(model={"target_warmup_steps": 3000}, train={"epochs": 1, "chunk_size": 1})
+    over = dict(model={"target_warmup_steps": 300}, train={"epochs": 1, "chunk_size": 1})
     cfg = tiny_config(tmp_path / "ray", checkpoint={"enabled": True}, name="run", ray={"tensor_transport": transport},
                       **over)
     lines: list[str] = []
+    killed: list[int] = []
+    real_chunks = target_path.warmup_chunks
 
-    def kill_once_warmup_runs():
-        while not any(line.startswith("block 2: node") for line in lines):
-            time.sleep(0.002)
-        time.sleep(0.5)  # 3000 one-step chunks through 2 actors: seconds of warm-up still to go
-        _kill(next(line for line in lines if line.startswith("block 2: node")))
+    def chunks_killing_block_2(model, num_classes, chunk_size):
+        """The warm-up's own label chunks; when the driver draws chunk 40 (so at least 36 are done, at most 4
+        in flight), block 2's process is killed: always mid warm-up, whatever the machine's speed."""
+        for k, chunk in enumerate(real_chunks(model, num_classes, chunk_size)):
+            if k == 40 and not killed:
+                _kill(next(line for line in lines if line.startswith("block 2: node")))
+                killed.append(k)
+            yield chunk
 
-    killer = threading.Thread(target=kill_once_warmup_runs, daemon=True)
-    killer.start()
+    monkeypatch.setattr(target_path, "warmup_chunks", chunks_killing_block_2)
     result = train(cfg, log=lines.append, keep_trainer=True)
     try:
+        assert killed == [40]
         assert result.restarts and result.restarts[0]["step"] is None, lines  # lost before step 0 was saved
         assert "rebuilt every block from its seed; warming up again" in lines
-        assert sum(line.startswith("target warm-up: 3000 steps") for line in lines) == 1
+        assert sum(line.startswith("target warm-up: 300 steps") for line in lines) == 1
         reference = train(tiny_config(tmp_path / "local", train={**over["train"], "trainer": "al_local"},
                                       model=over["model"]), log=lambda line: None, keep_trainer=True)
         for i, (a, b) in enumerate(zip(result.trainer.state_dicts(), reference.trainer.state_dicts())):

@@ -203,6 +203,27 @@ def test_resnet_layout(name, convs3x3):
     assert len(convs) == convs3x3  # ResNet-20 = 19 convolutions + the classifier
 
 
+def test_resnet_block_is_the_authors_resblock():
+    """CIFAR10/models.py `resBlock` (5069adc): conv-BN-act, conv-BN-act, + shortcut, act; the strided
+    shortcut is a 1x1 conv with a bias and no BN. The counts lock that choice (configs/README.md)."""
+    from ray_al.models.resnet import BasicBlock
+
+    block = BasicBlock(16, 32, 2, nn.ELU)
+    assert [type(m) for m in block.body] == [nn.Conv2d, nn.BatchNorm2d, nn.ELU] * 2
+    assert isinstance(block.shortcut, nn.Conv2d) and block.shortcut.bias is not None
+    assert block.shortcut.kernel_size == (1, 1) and block.shortcut.stride == (2, 2)
+    assert isinstance(BasicBlock(16, 16, 1, nn.ELU).shortcut, nn.Identity)
+    x = torch.randn(2, 16, 8, 8)
+    body = block.body(x)
+    assert body.min() > -1  # ELU after the second BN: the body's output is already activated
+    assert torch.equal(block(x), F.elu(body + block.shortcut(x)))
+    counts = {(n, c): parameter_counts(ModelConfig(name=n), CIFAR, c)
+              for n in ("resnet20", "resnet32") for c in (10, 100)}
+    assert {k: (v["al_effective"], v["bp_authors"]) for k, v in counts.items()} == {
+        ("resnet20", 10): (7_141_438, 1_098_838), ("resnet20", 100): (12_566_328, 2_495_328),
+        ("resnet32", 10): (7_335_870, 1_293_270), ("resnet32", 100): (12_760_760, 2_689_760)}
+
+
 def test_batch_norm_state_belongs_to_its_block_and_eval_uses_it():
     blocks = build_al_blocks(ModelConfig(name="resnet20", d=SMALL_D), CIFAR, 10, seed=0)
     keys = blocks[0].state_dict().keys()

@@ -2,6 +2,8 @@
 section, the paper's figures beside ours, valid PNGs; bad input is a one-line error."""
 import struct
 
+import pytest
+
 from ray_al.cli import main
 from ray_al.run.loop import train
 from tests.helpers import tiny_config
@@ -41,23 +43,67 @@ def test_report_of_an_al_and_a_bp_run(tmp_path, capsys):
     assert al_width > bp_width  # the AL curves have a third panel: separability per depth
 
 
-def test_report_puts_the_paper_figure_beside_ours(tmp_path):
-    # finished MNIST CNN runs' folders, as train() leaves them (no checkpoint: distances are skipped)
-    runs = []
-    for trainer, extra, acc in (("al", "", 0.95), ("bp", ", limit_train: 640", 0.9)):
-        run = tmp_path / f"mnist-cnn-{trainer}"
-        run.mkdir()
-        (run / "config.yaml").write_text(f"data: {{source: parquet, path: somewhere/mnist{extra}}}\n"
-                                         f"model: {{name: cnn}}\ntrain: {{trainer: {trainer}, epochs: 200}}\n")
-        (run / "metrics.jsonl").write_text(f'{{"epoch": 1, "epochs": 200, "b1_loss": 0.1, "exit_1": 0.9, '
-                                           f'"test_acc": {acc}}}\n')
-        runs.append(str(run))
+def _finished_run(folder, config: str, accuracies: list[float]):
+    """A finished run's folder as train() leaves it, without a checkpoint (distances are skipped)."""
+    folder.mkdir()
+    (folder / "config.yaml").write_text(config)
+    (folder / "metrics.jsonl").write_text("".join(
+        f'{{"epoch": {e}, "epochs": 200, "b1_loss": 0.1, "exit_1": 0.9, "test_acc": {acc}}}\n'
+        for e, acc in enumerate(accuracies, start=1)))
+    return str(folder)
+
+
+def test_report_puts_the_paper_figure_beside_ours_and_names_every_deviation(tmp_path):
+    """MNIST CNN in the paper's layout (methods as rows, models as columns), the last and the best epoch;
+    the BP run on fewer samples and the AL run with target warm-up are marked with what they change,
+    the AL run that spells out the paper's own d=256 is not."""
+    mnist = "data: {source: parquet, path: somewhere/mnist%s}\n"
+    paper = "optim: {schedule: paper}\ntrain: {trainer: %s, epochs: 200}\n"
+    runs = [_finished_run(tmp_path / "mnist-cnn-bp", mnist % ", limit_train: 640" + "model: {name: cnn}\n"
+                          + paper % "bp", [0.9]),
+            _finished_run(tmp_path / "mnist-cnn-al", mnist % "" + "model: {name: cnn, d: 256}\n" + paper % "al",
+                          [0.96, 0.95]),
+            _finished_run(tmp_path / "warm", mnist % "" + "model: {name: cnn, target_warmup_steps: 300}\n"
+                          + paper % "al", [0.97])]
     out = tmp_path / "report"
     assert main(["report", *runs, "--out", str(out)]) == 0
     text = (out / "report.md").read_text()
-    assert "### MNIST (paper Table 1)" in text
-    assert "| CNN | 99.4 | 90.0* | 1/200 | 99.5 | 95.0 | 1/200 |" in text  # *: fewer samples than the paper
+    table = text[text.index("### MNIST (paper Table 1)"):text.index("## Early exits")]
+    for row in ("| method | MLP | CNN |",
+                "| BP, paper | 98.6 | 99.4 |",
+                "| BP, ours: final | - | 90.0* (1/200) |",
+                "| BP, ours: best | - | = final |",
+                "| AL, paper | 98.7 | 99.5 |",
+                "| AL, ours: final | - | 95.0 (2/200); 97.0* (1/200) |",
+                "| AL, ours: best | - | 96.0 (epoch 1); = final |",
+                "- BP CNN `mnist-cnn-bp`: data.limit_train=640 (paper: none)",
+                "- AL CNN `warm`: model.target_warmup_steps=300 (paper: 0)"):
+        assert row in table, row
+    assert "mnist-cnn-al`" not in table  # d=256 is the paper's own
     assert "skipped mnist-cnn-al" in text
+
+
+@pytest.mark.parametrize("override,named", [
+    ("model.target_warmup_steps=1000", "model.target_warmup_steps=1000 (paper: 0)"),
+    ("model.bridge_grad_to_g=true", "model.bridge_grad_to_g=True (paper: False)"),
+    ("model.first_decoder_ce=true", "model.first_decoder_ce=True (paper: False)"),
+    ("optim.l2_scope=all", "optim.l2_scope=all (paper: f_kernels)"),
+    ("data.augment=crop_flip", "data.augment=crop_flip (paper: jitter)"),
+    ("optim.schedule=constant", "optim.schedule=constant (paper: paper)"),
+    ("optim.lr=1e-4", "optim.lr=0.0001 (paper: 0.001)"),
+    ("model.d=300", "model.d=300 (paper: 500)"),
+    ("train.precision=bf16", "train.precision=bf16 (paper: fp32)"),
+])
+def test_every_setting_that_changes_the_arithmetic_is_named(override, named):
+    from ray_al.config import load_config
+    from ray_al.paper import deviations, format_deviations
+    cfg = load_config("paper/cifar100_resnet20_al", [override])
+    assert format_deviations(deviations(cfg)) == named
+    same = ["model.d=500", "model.act=elu", "model.depth=4", "train.trainer=al_local", "train.chunk_size=4",
+            "data.path=elsewhere/cifar100", "ray.num_cpus=2", "checkpoint.enabled=false", "train.seed=3"]
+    assert deviations(load_config("paper/cifar100_resnet20_al", same)) == []
+    assert deviations(load_config("paper/cifar100_resnet20_bp", ["model.bp_baseline=authors"])) == \
+        [("model.bp_baseline", "authors", "twin")]
 
 
 def test_report_of_a_folder_that_is_not_a_run(tmp_path, capsys):
@@ -94,13 +140,15 @@ def test_report_sets_table4_beside_ours_and_marks_the_bp_baseline(tmp_path):
     out = tmp_path / "report"
     assert main(["report", *runs, "--out", str(out), "--tsne-samples", "30"]) == 0
     text = (out / "report.md").read_text()
-    assert "Paper Table 4 (200 epochs) beside ours:" in text
+    assert "Paper Table 4 (200 epochs) beside ours, at the layer inferred above:" in text
+    assert "does not say at which layer; we infer the output layer from the magnitudes" in text
     assert "40 test samples" in text  # --samples defaults to the whole test split (here 40)
-    al_row = next(line for line in text.splitlines() if line.startswith("| AL c10-al_local | out_sigmoid | 0.73 |"))
+    al_row = next(line for line in text.splitlines() if line.startswith("| AL c10-al_local* | out_sigmoid | 0.73 |"))
     inter, intra = (float(v) for v in al_row.split("|")[4:7:2])
     assert 0 < inter < 3.2 and 0 < intra < 3.2  # sigmoid-bounded points in [0, 1]^10
-    assert "| BP c10-bp† | out | 39.36 |" in text
-    assert "| MLP | 61.6 | " in text and "† the authors' BP network" in text
+    assert "| BP c10-bp*† | out | 39.36 |" in text  # *: d=16, 1 epoch, no jitter, constant lr ...
+    assert "- \\* `c10-bp` differs from the paper's config in: " in text and "model.d=16 (paper: 3000)" in text
+    assert "| BP, paper | 61.6 | 85.4 | 90.6 | 91.9 | 93.1 |" in text and "† the authors' BP network" in text
     assert "| out_sigmoid |" in text  # AL's extra layer in the full distance table
     width, _ = struct.unpack(">II", (out / "tsne-c10-bp.png").read_bytes()[16:24])
     assert width == 4 * 4 * 80  # raw data + the MLP's three paper layers, 4-inch panels at 80 dpi

@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import pytest
 import ray
 import torch
 import yaml
+from ray import tune
 
 from ray_al.cli import main
 from ray_al.errors import ConfigError
@@ -82,40 +82,44 @@ def test_two_trials_on_two_cpus_report_their_checkpoints(ray_cluster, tmp_path, 
     assert {len(pg["bundles"]) for pg in ray.util.placement_group_table().values()} == {3}
 
 
-def test_a_killed_trial_is_restored_from_its_last_checkpoint(ray_cluster, tmp_path):
-    """SIGKILL the trial's process after its first report: Tune (max_failures=1) starts it again and
-    the run goes on from the checkpoint it reported, not from epoch 1."""
-    path = write_sweep(tmp_path, config={"train": {"epochs": 12, **LOCAL}, **LONGER},
+class KillAtFirstCheckpoint(tune.Callback):
+    """SIGKILL a trial's process when Tune takes its first checkpoint. Tune's function trainables report
+    synchronously, so the trial is then waiting for Tune to ask for its next epoch: it dies after epoch 1,
+    always, and Tune registers epoch 1's checkpoint before it restarts the trial."""
+
+    def __init__(self):
+        self.killed: list[tuple[int, int]] = []  # (pid, epoch)
+
+    def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
+        if not self.killed:
+            os.kill(trial.last_result["pid"], signal.SIGKILL)  # the trial's own process
+            self.killed.append((trial.last_result["pid"], trial.last_result["epoch"]))
+
+
+def test_a_killed_trial_is_restored_from_its_last_checkpoint(ray_cluster, tmp_path, monkeypatch):
+    """SIGKILL the trial's process at its first checkpoint: Tune (max_failures=1) starts it again and
+    the run goes on from that checkpoint (epoch 1), not from the start."""
+    import ray_al.tune as sweeps
+    path = write_sweep(tmp_path, config={"train": {"epochs": 3, **LOCAL}},
                        param_space={"optim.lr": 1.0e-3}, tune={"driver_cpus": 0.5, "verbose": 0, "max_failures": 1})
-    killed = []
+    killer, run_config = KillAtFirstCheckpoint(), sweeps._run_config
 
-    def kill_after_first_report():
-        deadline = time.time() + 300
-        while time.time() < deadline and not killed:
-            for result in (tmp_path / "sweep" / "tune").glob("*/result.json"):
-                lines = result.read_text().splitlines()
-                if lines:
-                    pid = json.loads(lines[0])["pid"]
-                    os.kill(pid, signal.SIGKILL)  # the trial's own process, started by this test's cluster
-                    killed.append((pid, json.loads(lines[-1])["epoch"]))
-                    return
-            time.sleep(0.02)
+    def with_the_killer(sweep):
+        config = run_config(sweep)
+        config.callbacks = [killer]
+        return config
 
-    watcher = threading.Thread(target=kill_after_first_report, daemon=True)
-    watcher.start()
+    monkeypatch.setattr(sweeps, "_run_config", with_the_killer)
     assert main(["tune", str(path)]) == 0
-    watcher.join()
-    assert killed, "the trial finished before it could be killed"
+    assert [epoch for _, epoch in killer.killed] == [1], killer.killed
     from ray.tune import ExperimentAnalysis
     (trial,) = ExperimentAnalysis(str(tmp_path / "sweep" / "tune")).trials
     last = trial.last_result
-    # the restarted trial went on from a reported checkpoint (epoch >= 1), not from epoch 1
-    assert last["epoch"] == 12 and 1 <= last["epoch"] - last["iterations_since_restore"] <= killed[0][1] + 1
+    # the restarted trial went on from epoch 1's checkpoint: it trained epochs 2 and 3 only
+    assert (last["epoch"], last["iterations_since_restore"]) == (3, 2), last
     rows = json.loads((tmp_path / "sweep" / "results.json").read_text())
-    assert rows[0]["status"] == "TERMINATED" and rows[0]["epoch"] == 12
-    (trial,) = (tmp_path / "sweep" / "tune").glob("*/result.json")
-    pids = {json.loads(line)["pid"] for line in trial.read_text().splitlines()}
-    assert killed[0][0] in pids and len(pids) == 2  # two processes: the killed one and its replacement
+    assert rows[0]["status"] == "TERMINATED" and rows[0]["epoch"] == 3
+    assert last["pid"] != killer.killed[0][0]  # two processes: the killed one and its replacement
 
 
 def test_an_interrupted_sweep_resumes_to_completion(ray_cluster, tmp_path):

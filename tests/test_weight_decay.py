@@ -78,3 +78,42 @@ def test_bp_f_kernels_decays_every_linear_weight_and_nothing_else(tmp_path):
     params = list(trainer.net.parameters())
     weights = {id(m.weight) for m in trainer.net.modules() if isinstance(m, nn.Linear)}
     assert _moved_by_decay_alone(params, trainer.opt) == weights
+
+
+def test_vgg_dense_1024s_get_no_l2_as_in_the_authors_code():
+    """VGG_AL passes the regulariser of its two Dense(1024) as `use_bias` (5069adc): f_kernels decays the
+    six convs of f and not those two layers; scope `all` still decays them."""
+    block = build_al_block(ModelConfig(name="vgg", d=8), (3, 32, 32), 10, 3, seed=0)
+    dense = [m.weight for m in block.f.modules() if isinstance(m, nn.Linear)]
+    assert len(dense) == 2 and not {id(p) for p in kernels(block.f)} & {id(p) for p in dense}
+    convs = build_al_block(ModelConfig(name="vgg", d=8), (3, 32, 32), 10, 0, seed=0)
+    assert len(kernels(convs.f)) == 2  # block 1: conv128, conv256, both decayed
+    trainer = BlockTrainer(block, OptimConfig(lr=1e-2, weight_decay=0.1), 100, 1)
+    assert not _moved_by_decay_alone(block.forward_params(), trainer.opt_forward)
+    trainer = BlockTrainer(block, OptimConfig(lr=1e-2, weight_decay=0.1, l2_scope="all"), 100, 1)
+    assert {id(p) for p in dense} <= _moved_by_decay_alone(block.forward_params(), trainer.opt_forward)
+
+
+def test_authors_bp_vgg_head_has_no_l2_and_glorot_weights(tmp_path):
+    """The authors' BP-VGG: L2 on its six convs only; its dense layers start from Glorot-uniform weights
+    (bound sqrt(6 / (fan_in + fan_out))), the BP-ResNet head from He-normal ones, with L2."""
+    cfg = tiny_config(tmp_path, data={"source": "synthetic", "synthetic_shape": [3, 32, 32]},
+                      model={"name": "vgg", "d": 300, "bp_baseline": "authors"}, train={"trainer": "bp"},
+                      optim={"lr": 1e-2, "weight_decay": 0.1})
+    trainer = BPTrainer(cfg, (3, 32, 32), 10, 100)
+    convs = {id(m.weight) for m in trainer.net.modules() if isinstance(m, nn.Conv2d)}
+    assert len(convs) == 6 and {id(p) for p in kernels(trainer.net)} == convs
+    assert _moved_by_decay_alone(list(trainer.net.parameters()), trainer.opt) == convs
+    fresh = BPTrainer(cfg, (3, 32, 32), 10, 100).net
+    dense = [m for m in fresh.modules() if isinstance(m, nn.Linear)]
+    assert len(dense) == 6
+    for m in dense:
+        bound = (6 / (m.in_features + m.out_features)) ** 0.5
+        w = m.weight.detach()
+        assert float(w.abs().max()) <= bound and float(w.std()) == pytest.approx(bound / 3 ** 0.5, rel=0.1)
+    resnet = BPTrainer(tiny_config(tmp_path, data={"source": "synthetic", "synthetic_shape": [3, 32, 32]},
+                                   model={"name": "resnet20", "d": 300, "bp_baseline": "authors"},
+                                   train={"trainer": "bp"}), (3, 32, 32), 10, 100).net
+    head = resnet.bridge[2]  # pool, flatten, Dense(5d): 64 -> 1500, He-normal std sqrt(2 / 64)
+    assert isinstance(head, nn.Linear) and float(head.weight.detach().std()) == pytest.approx((2 / 64) ** 0.5, rel=0.1)
+    assert any(p is head.weight for p in kernels(resnet))

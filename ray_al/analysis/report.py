@@ -1,6 +1,7 @@
 """`ray-al report RUN_DIR...`: runs -> a Markdown report with the paper's figures beside ours.
 
-Sections: accuracy in the layout of the paper's Tables 1-3 (with the epochs each run had),
+Sections: accuracy in the layout of the paper's Tables 1-3 (methods as rows, models as columns; the last
+and the best epoch of each run; every setting that differs from the cell's paper config named, paper.deviations),
 early-exit accuracy of every block, class-distance metafeatures (paper Table 4), t-SNE of the
 paper's layers (Figures 3-4, BP and AL side by side) and training curves. Accuracies come
 from each run's metrics.jsonl; distances and t-SNE need the run's newest checkpoint and its
@@ -32,6 +33,8 @@ from ray_al.analysis.paper import (
     TABLE4_LAYER,
     TABLES,
     dataset_key,
+    deviations,
+    format_deviations,
     method,
     paper_result,
 )
@@ -102,50 +105,67 @@ def _pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.1f}"
 
 
-def _reduced(run: Run) -> bool:
-    """A run on fewer samples or a narrower model than the paper's (the quick configs)."""
-    d = run.cfg.data
-    return bool(d.limit_train or d.limit_test or run.cfg.model.d is not None)
-
-
-def _baseline(run: Run) -> str:
-    """'†' on a BP run of the authors' BP network (model.bp_baseline=authors); the twin is unmarked."""
-    return "†" if run.method == "bp" and run.cfg.model.bp_baseline == "authors" else ""
+def _marks(run: Run) -> str:
+    """'*' on a run whose config differs from its cell's paper config (named under the table); '†' on a BP
+    run of the authors' BP network (model.bp_baseline=authors); the twin is unmarked."""
+    return ("*" if deviations(run.cfg) else "") + \
+        ("†" if run.method == "bp" and run.cfg.model.bp_baseline == "authors" else "")
 
 
 def _epochs(run: Run) -> str:
     return f"{run.final.get('epoch', 0)}/{run.cfg.train.epochs}"
 
 
+def _final_and_best(run: Run) -> tuple[dict, dict]:
+    """The last evaluated epoch and the best one (the earliest of equals); {} and {} without an evaluation."""
+    evaluated = [h for h in run.history if h.get("test_acc") is not None]
+    if not evaluated:
+        return {}, {}
+    return evaluated[-1], max(evaluated, key=lambda h: h["test_acc"])
+
+
+def _ours(runs: list[Run], which: str) -> str:
+    cells = []
+    for r in runs:
+        final, best = _final_and_best(r)
+        if which == "final":
+            cells.append(f"{_pct(final.get('test_acc'))}{_marks(r)} ({_epochs(r)})")
+        else:
+            same = not best or best["test_acc"] == final["test_acc"]
+            cells.append("= final" if same else f"{_pct(best['test_acc'])}{_marks(r)} (epoch {best['epoch']})")
+    return "; ".join(cells) or "-"
+
+
 # -- sections -------------------------------------------------------------------------------
 def accuracy_section(runs: list[Run]) -> list[str]:
     lines = ["## Test accuracy (%)", "",
-             f"Paper: Kao & Chen 2021, {PAPER_EPOCHS} epochs. Ours: the last evaluated epoch of each run "
-             "(epochs done / planned). A paper figure is never ours.", ""]
+             f"In the paper's layout (methods as rows, models as columns). Paper: Kao & Chen 2021, {PAPER_EPOCHS} "
+             "epochs; it does not say whether it reports the last or the best epoch, so ours gives both: the last "
+             "evaluated epoch (epochs done / planned) and the best one where it is another. A paper figure is "
+             "never ours.", ""]
     cells = {}
     for r in runs:
         if paper_result(r.cfg) is not None:
             cells.setdefault((r.dataset, r.cfg.model.name), {}).setdefault(r.method, []).append(r)
     for ds, table in TABLES.items():
-        rows = [(m, cells[(d, m)]) for (d, m) in RESULTS if d == ds and (d, m) in cells]
-        if not rows:
+        models = [m for (d, m) in RESULTS if d == ds]
+        shown = [r for m in models for by in [cells.get((ds, m), {})] for found in by.values() for r in found]
+        if not shown:
             continue
         lines += [f"### {NAMES[ds]} (paper {table})", "",
-                  "| model | BP paper | BP ours | epochs | AL paper | AL ours | epochs |",
-                  "|---|---|---|---|---|---|---|"]
-        for model, by in rows:
-            paper = RESULTS[(ds, model)]
-            cols = []
-            for m in ("bp", "al"):
-                found = by.get(m, [])
-                ours = "; ".join(_pct(r.final.get("test_acc")) + ("*" if _reduced(r) else "") + _baseline(r)
-                                 for r in found) or "-"
-                eps = "; ".join(_epochs(r) for r in found) or "-"
-                cols += [f"{paper[m]:.1f}", ours, eps]
-            lines.append(f"| {NAMES[model]} | " + " | ".join(cols) + " |")
+                  "| method | " + " | ".join(NAMES[m] for m in models) + " |", "|---|" + "---|" * len(models)]
+        for m in ("bp", "al"):
+            found = [cells.get((ds, model), {}).get(m, []) for model in models]
+            lines.append(f"| {m.upper()}, paper | " + " | ".join(f"{RESULTS[(ds, model)][m]:.1f}" for model in models)
+                         + " |")
+            for which in ("final", "best"):
+                lines.append(f"| {m.upper()}, ours: {which} | " + " | ".join(_ours(f, which) for f in found) + " |")
         lines.append("")
-        if any(_reduced(r) for _, by in rows for found in by.values() for r in found):
-            lines += ["\\* fewer samples (data.limit_train / limit_test) or another d than the paper's.", ""]
+        marked = [r for r in shown if deviations(r.cfg)]
+        if marked:
+            lines += ["\\* differs from the paper's config of its cell (configs/paper/), in:", ""]
+            lines += [f"- {r.method.upper()} {NAMES[r.cfg.model.name]} `{r.label}`: "
+                      + format_deviations(deviations(r.cfg)) for r in marked] + [""]
         lines += ["BP ours: the BP twin (the AL prediction path trained end to end, as the paper words it); "
                   "† the authors' BP network instead (model.bp_baseline=authors).", ""]
     others = [r for r in runs if paper_result(r.cfg) is None]
@@ -233,9 +253,10 @@ def distance_section(runs: list[Run]) -> list[str]:
              "distance between class centroids; ratio = inter / intra (higher: classes better separated). "
              "Layers of the prediction path f_1..f_N, b_N, h_N..h_1: s_i after f_i, bridge = b_N(s_N), "
              "dec_k after h_k, out = logits; AL's out_sigmoid = sigmoid(out), the output of the authors' AL "
-             "inference. The paper's Table 4 gives one layer, the output: BP's logits and AL's output, whose values "
-             "below 1.2 are those of sigmoid-bounded points, so ours beside it are measured at BP `out` and "
-             "AL `out_sigmoid`.", ""]
+             "inference. The paper's Table 4 gives one value per model and does not say at which layer; we infer the "
+             "output layer from the magnitudes (BP's tens to hundreds fit logits, AL's values below 1.2 fit "
+             "sigmoid-bounded points), so ours beside it are measured at BP `out` and AL `out_sigmoid`. The layer "
+             "is our inference, not the paper's statement.", ""]
     for bp, al in _pairs(runs):
         shown = [r for r in (bp, al) if r is not None]
         head = shown[0]
@@ -264,19 +285,22 @@ def distance_section(runs: list[Run]) -> list[str]:
 
 def table4_lines(runs: list[Run]) -> list[str]:
     """The paper's Table 4 row of each run's cell beside ours at the matching layer (TABLE4_LAYER)."""
-    rows = []
+    rows, notes = [], []
     for r in runs:
         paper = TABLE4.get((r.dataset, r.cfg.model.name), {}).get(r.method)
         ours = r.features.get(TABLE4_LAYER[r.method])
         if paper and ours:
-            rows.append(f"| {r.method.upper()} {r.label}{_baseline(r)} | {TABLE4_LAYER[r.method]} | "
+            rows.append(f"| {r.method.upper()} {r.label}{_marks(r)} | {TABLE4_LAYER[r.method]} | "
                         f"{paper[0]:.2f} | {ours['inter']:.2f} | {paper[1]:.2f} | {ours['intra']:.2f} | "
                         f"{paper[2]:.2f} | {ours['ratio']:.2f} | {_epochs(r)} |")
+            if deviations(r.cfg):
+                notes.append(f"- \\* `{r.label}` differs from the paper's config in: "
+                             + format_deviations(deviations(r.cfg)))
     if not rows:
         return []
-    return ["Paper Table 4 (200 epochs) beside ours:", "",
+    return ["Paper Table 4 (200 epochs) beside ours, at the layer inferred above:", "",
             "| run | layer | inter paper | inter ours | intra paper | intra ours | ratio paper | ratio ours | epochs |",
-            "|---|---|---|---|---|---|---|---|---|", *rows, ""]
+            "|---|---|---|---|---|---|---|---|---|", *rows, "", *notes, *([""] if notes else [])]
 
 
 # -- figures --------------------------------------------------------------------------------

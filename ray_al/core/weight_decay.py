@@ -5,6 +5,11 @@ target path g/h, biases and BatchNorm are never decayed), so `f_kernels`, the de
 weight tensors of the Linear and Conv layers of f; `all` gives Adam's weight_decay to every
 parameter the optimizer holds (what ray_al did before the option existed). The BP networks are
 all forward path, so there `f_kernels` means every Linear and Conv weight.
+
+A layer with `no_l2 = True` is left out, as the code leaves it out: AL-VGG's two Dense(1024) and
+every dense layer of the authors' BP-VGG get their regulariser in `tf.layers.dense`'s `use_bias`
+position (CIFAR10/models.py at 5069adc), so no L2 reaches them. The mark travels with the layer,
+so the VGG twin leaves its Dense(1024)s undecayed too.
 """
 from __future__ import annotations
 
@@ -17,8 +22,9 @@ KERNEL_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
 def kernels(module: nn.Module) -> list[nn.Parameter]:
-    """The weight tensors of the Linear and Conv layers inside `module` (no biases, no norm layers)."""
-    return [m.weight for m in module.modules() if isinstance(m, KERNEL_LAYERS)]
+    """The weight tensors of the Linear and Conv layers inside `module` (no biases, no norm layers), but
+    not of a layer marked `no_l2`."""
+    return [m.weight for m in module.modules() if isinstance(m, KERNEL_LAYERS) and not getattr(m, "no_l2", False)]
 
 
 def adam(params: Iterable[nn.Parameter], lr: float, weight_decay: float, scope: str,

@@ -27,7 +27,10 @@ __all__ = ["build_al_block", "build_al_blocks", "build_bp_twin", "block_count", 
 def he_init(module: nn.Module) -> nn.Module:
     for m in module.modules():
         if isinstance(m, (nn.Linear, nn.Conv2d)):
-            nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+            if getattr(m, "glorot", False):  # the authors' BP-VGG head (models/authors_bp.py)
+                nn.init.xavier_uniform_(m.weight)
+            else:
+                nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
         elif isinstance(m, nn.modules.batchnorm._NormBase):

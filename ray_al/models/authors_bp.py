@@ -10,10 +10,10 @@ MLP and the CNN the authors' BP network is the twin itself. The layers carry the
 (s1..s4, bridge, dec4..dec2, out), so the report's distances and t-SNE read them alike; in BP-VGG
 s4 is the flattened conv features (the Dense(1024) stage is not there).
 
-Not reproduced: the residual stages are the AL model's f (the code's residual blocks apply the
-activation after the second BN as well as after the addition, and its strided 1x1 shortcut has no
-BN), and the code's BP-VGG dense layers start from Glorot rather than He weights (their
-initializer and regulariser land in other argument positions).
+The residual stages are the AL model's f, whose block is the code's `resBlock` (models/resnet.py).
+BP-VGG's dense layers are the code's too: `tf.layers.dense(net, units, None, regularizer)` puts the
+regulariser in `use_bias` and leaves the initializer at TF's default, so they start from Glorot-uniform
+weights and get no L2 (`glorot` and `no_l2` marks, read by models.he_init and weight_decay.kernels).
 """
 from __future__ import annotations
 
@@ -22,14 +22,21 @@ import torch.nn as nn
 from ray_al.models.registry import Architecture
 
 
-def _dense_bn(n_in: int, n_out: int, act) -> list[nn.Module]:
-    return [nn.Linear(n_in, n_out), nn.BatchNorm1d(n_out), act()]
+def _dense(n_in: int, n_out: int, code_vgg: bool) -> nn.Linear:
+    layer = nn.Linear(n_in, n_out)
+    layer.glorot = layer.no_l2 = code_vgg  # BP-VGG: TF's default init, no L2 (module docstring)
+    return layer
 
 
-def _head(n_in: int, d: int, num_classes: int, act, n_blocks: int, pool: list[nn.Module]):
-    bridge = nn.Sequential(*pool, nn.Flatten(), *_dense_bn(n_in, 5 * d, act), *_dense_bn(5 * d, d, act))
-    decoders = [nn.Sequential(*_dense_bn(d, d, act)) for _ in range(n_blocks - 1)]
-    return bridge, decoders, nn.Linear(d, num_classes)
+def _dense_bn(n_in: int, n_out: int, act, code_vgg: bool) -> list[nn.Module]:
+    return [_dense(n_in, n_out, code_vgg), nn.BatchNorm1d(n_out), act()]
+
+
+def _head(n_in: int, d: int, num_classes: int, act, n_blocks: int, pool: list[nn.Module], code_vgg: bool = False):
+    bridge = nn.Sequential(*pool, nn.Flatten(), *_dense_bn(n_in, 5 * d, act, code_vgg),
+                           *_dense_bn(5 * d, d, act, code_vgg))
+    decoders = [nn.Sequential(*_dense_bn(d, d, act, code_vgg)) for _ in range(n_blocks - 1)]
+    return bridge, decoders, _dense(d, num_classes, code_vgg)
 
 
 def _conv_bn(c_in: int, c_out: int, act) -> list[nn.Module]:
@@ -45,7 +52,7 @@ def vgg(arch: Architecture, input_shape, num_classes: int, act):
         nn.Sequential(*_conv_bn(512, 512, act), nn.MaxPool2d(2), *_conv_bn(512, 512, act), nn.MaxPool2d(2)),
         nn.Flatten(),  # no Dense(1024)s
     ]
-    return (stages, *_head(512 * (h // 16) * (w // 16), arch.d, num_classes, act, len(stages), []))
+    return (stages, *_head(512 * (h // 16) * (w // 16), arch.d, num_classes, act, len(stages), [], code_vgg=True))
 
 
 def resnet(arch: Architecture, input_shape, num_classes: int, act):

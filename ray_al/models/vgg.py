@@ -13,6 +13,12 @@ def pool():
     return nn.MaxPool2d(2)
 
 
+def _no_l2(layer):
+    """The authors' code passes these layers' regulariser as `use_bias`: no L2 (ray_al/weight_decay.py)."""
+    layer.no_l2 = True
+    return layer
+
+
 @register("vgg")
 def vgg(input_shape, num_classes, act, d=None) -> Architecture:
     if d is None:
@@ -23,6 +29,6 @@ def vgg(input_shape, num_classes, act, d=None) -> Architecture:
         nn.Sequential(*conv(c, 128, act), *conv(128, 256, act), pool()),
         nn.Sequential(*conv(256, 256, act), *conv(256, 512, act), pool()),
         nn.Sequential(*conv(512, 512, act), pool(), *conv(512, 512, act), pool()),
-        nn.Sequential(nn.Flatten(), nn.Linear(flat, 1024), act(), nn.Linear(1024, 1024), act()),
+        nn.Sequential(nn.Flatten(), _no_l2(nn.Linear(flat, 1024)), act(), _no_l2(nn.Linear(1024, 1024)), act()),
     ]
     return Architecture(stages, d)
