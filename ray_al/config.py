@@ -335,6 +335,13 @@ def apply_overrides(values: dict, overrides: list[str]) -> dict:
     return values
 
 
+def settings(cfg: Config) -> dict[str, Any]:
+    """Every setting by its dotted key ("optim.lr", "run_dir"); dict-valued settings (factory_args, ...) whole."""
+    return {f"{section}.{key}" if isinstance(values, dict) else section: value
+            for section, values in cfg.to_dict().items()
+            for key, value in (values.items() if isinstance(values, dict) else [(None, values)])}
+
+
 def changed(cfg: Config, changes: dict[str, Any]) -> Config:
     """A validated copy of `cfg` with dotted keys set ({"train.trainer": "al_local"}); `cfg` stays as it
     was. Code that resolves a setting returns a changed config instead of writing into the caller's."""

@@ -95,8 +95,8 @@ def test_report_puts_the_paper_figure_beside_ours_and_names_every_deviation(tmp_
     ("train.precision=bf16", "train.precision=bf16 (paper: fp32)"),
 ])
 def test_every_setting_that_changes_the_arithmetic_is_named(override, named):
+    from ray_al.analysis.paper import deviations, format_deviations
     from ray_al.config import load_config
-    from ray_al.paper import deviations, format_deviations
     cfg = load_config("paper/cifar100_resnet20_al", [override])
     assert format_deviations(deviations(cfg)) == named
     same = ["model.d=500", "model.act=elu", "model.depth=4", "train.trainer=al_local", "train.chunk_size=4",

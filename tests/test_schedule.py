@@ -1,16 +1,16 @@
-"""The paper's lr schedule (ray_al/schedule.py): x0.1 after 40%, 60% and 80% of the steps, then x0.5 after
+"""The paper's lr schedule (ray_al/core/schedule.py): x0.1 after 40%, 60% and 80% of the steps, then x0.5 after
 90%, for f and b at lr and for g and h at 2 x lr; in process, in the BP twin, and through the Ray actors."""
 import pytest
 import torch
 import torch.nn.functional as F
 
-from ray_al.batches import batches_per_epoch, epoch_chunks
-from ray_al.block_trainer import BlockTrainer
 from ray_al.config import ModelConfig, OptimConfig
-from ray_al.data import load_dataset
+from ray_al.core.batches import batches_per_epoch, epoch_chunks
+from ray_al.core.block_trainer import BlockTrainer
+from ray_al.core.schedule import lr_multiplier
+from ray_al.data.datasets import load_dataset
 from ray_al.models import build_al_block, build_al_blocks
-from ray_al.run import train
-from ray_al.schedule import lr_multiplier
+from ray_al.run.loop import train
 from ray_al.trainers.bp import BPTrainer
 from tests.helpers import assert_states_equal, tiny_config
 

@@ -99,7 +99,7 @@ class KillAtFirstCheckpoint(tune.Callback):
 def test_a_killed_trial_is_restored_from_its_last_checkpoint(ray_cluster, tmp_path, monkeypatch):
     """SIGKILL the trial's process at its first checkpoint: Tune (max_failures=1) starts it again and
     the run goes on from that checkpoint (epoch 1), not from the start."""
-    import ray_al.tune as sweeps
+    import ray_al.run.tune as sweeps
     path = write_sweep(tmp_path, config={"train": {"epochs": 3, **LOCAL}},
                        param_space={"optim.lr": 1.0e-3}, tune={"driver_cpus": 0.5, "verbose": 0, "max_failures": 1})
     killer, run_config = KillAtFirstCheckpoint(), sweeps._run_config

@@ -6,7 +6,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from ray_al.config import SHIPPED_CONFIGS, Config, load_config
+from ray_al.config import SHIPPED_CONFIGS, Config, load_config, settings
 
 # (dataset, model) -> {"bp": %, "al": %}
 RESULTS: dict[tuple[str, str], dict[str, float]] = {
@@ -91,12 +91,6 @@ def paper_config(dataset: str, model: str, method_: str) -> Config | None:
     return load_config(path) if path.is_file() else None
 
 
-def _flat(cfg: Config) -> dict[str, Any]:
-    return {f"{section}.{key}" if isinstance(values, dict) else section: value
-            for section, values in cfg.to_dict().items()
-            for key, value in (values.items() if isinstance(values, dict) else [(None, values)])}
-
-
 def _effective(cfg: Config, dataset: str) -> dict[str, Any]:
     """Settings whose None means "the paper's value for this model and dataset", resolved, so that a run
     spelling out the paper's own d (or depth, activation, classes) matches a paper config that leaves it None."""
@@ -123,7 +117,7 @@ def deviations(cfg: Config) -> list[tuple[str, Any, Any]]:
     paper = paper_config(dataset, cfg.model.name, method(cfg)) if dataset else None
     if paper is None:
         return []
-    ours, theirs = _flat(cfg) | _effective(cfg, dataset), _flat(paper) | _effective(paper, dataset)
+    ours, theirs = settings(cfg) | _effective(cfg, dataset), settings(paper) | _effective(paper, dataset)
     skip = UNUSED_BY[method(cfg)]
     return [(key, value, theirs.get(key)) for key, value in ours.items()
             if key not in NOT_COMPARED_KEYS and key not in skip and not key.startswith(NOT_COMPARED_PREFIXES)

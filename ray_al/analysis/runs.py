@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ray_al.config import settings
 from ray_al.errors import ConfigError, RayALError
-from ray_al.run.storage import differences, read_records, run_config
+from ray_al.run.storage import read_records, run_config
 
 SAME_FOR_EVERY_RUN = ("run_dir", "name")  # where a run lives, not what it did
 
@@ -40,20 +41,10 @@ def summarize(run_dir: Path) -> dict:
 
 
 def differing(run_dirs: list[Path]) -> dict[Path, dict[str, object]]:
-    """Per run, the settings in which it differs from the first run (the same keys for every run)."""
-    configs = [run_config(r).to_dict() for r in run_dirs]
-    keys = sorted({k for c in configs[1:] for k, _, _ in differences(configs[0], c)
-                   if not k.startswith(SAME_FOR_EVERY_RUN)})
-    flat = [dict(_flatten(c)) for c in configs]
-    return {r: {k: f.get(k) for k in keys} for r, f in zip(run_dirs, flat)}
-
-
-def _flatten(values: dict, prefix: str = ""):
-    for key, value in values.items():
-        if isinstance(value, dict):
-            yield from _flatten(value, f"{prefix}{key}.")
-        else:
-            yield f"{prefix}{key}", value
+    """Per run, the settings in which the runs are not all alike (the same keys for every run)."""
+    flat = [settings(run_config(r)) for r in run_dirs]
+    keys = [k for k in flat[0] if not k.startswith(SAME_FOR_EVERY_RUN) and any(f[k] != flat[0][k] for f in flat)]
+    return {r: {k: f[k] for k in keys} for r, f in zip(run_dirs, flat)}
 
 
 def runs_table(paths: list[str | Path]) -> list[dict]:
