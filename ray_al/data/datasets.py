@@ -141,8 +141,9 @@ def _load_split(folder: Path, split: str, cache_dir: str | None):
         except Exception as e:  # truncated, damaged or from an older layout: decode again and replace it
             print(f"data: cache {cache} is unreadable ({type(e).__name__}); decoding the shards again",
                   file=sys.stderr)
-    print(f"data: decoding {len(files)} {split} shard(s) of {folder.name} (once: later runs read {cache.name})",
-          file=sys.stderr, flush=True)
+    if sys.stderr.isatty():  # someone waits at a terminal: say why nothing moves (logs need no such line)
+        print(f"data: decoding {len(files)} {split} shard(s) of {folder.name} (once: later runs read {cache.name})",
+              file=sys.stderr, flush=True)
     x, y, names, counts = _decode_parquet(files, split)
     try:
         cache.parent.mkdir(parents=True, exist_ok=True)
