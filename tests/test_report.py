@@ -142,7 +142,7 @@ def test_report_sets_table4_beside_ours_and_marks_the_bp_baseline(tmp_path):
     text = (out / "report.md").read_text()
     assert "Paper Table 4 (200 epochs) beside ours, at the layer inferred above:" in text
     assert "does not say at which layer; we infer the output layer from the magnitudes" in text
-    assert "40 test samples" in text  # --samples defaults to the whole test split (here 40)
+    assert "40 test samples" in text  # the whole test split when it holds fewer than --samples (here 40)
     al_row = next(line for line in text.splitlines() if line.startswith("| AL c10-al_local* | out_sigmoid | 0.73 |"))
     inter, intra = (float(v) for v in al_row.split("|")[4:7:2])
     assert 0 < inter < 3.2 and 0 < intra < 3.2  # sigmoid-bounded points in [0, 1]^10

@@ -124,7 +124,7 @@ def tsne_embed(features: torch.Tensor, seed: int = 0, max_iter: int = 1000) -> "
 
 
 def tsne_figure(rows: list[tuple[str, dict[str, torch.Tensor]]], labels: torch.Tensor, path,
-                seed: int = 0, max_iter: int = 1000) -> list[str]:
+                seed: int = 0, max_iter: int = 1000, class_names: list[str] | None = None) -> list[str]:
     """One row per model (e.g. [("BP", feats), ("AL", feats)]), one column per layer, points coloured
     by class; saved as PNG. Returns the panel titles, row by row."""
     import matplotlib
@@ -135,6 +135,7 @@ def tsne_figure(rows: list[tuple[str, dict[str, torch.Tensor]]], labels: torch.T
     fig, axes = plt.subplots(len(rows), cols, figsize=(4 * cols, 4 * len(rows)), squeeze=False)
     titles = []
     y = labels.numpy()
+    k = int(y.max()) + 1  # the same colour for a class in every panel
     for r, (model, feats) in enumerate(rows):
         for c in range(cols):
             ax = axes[r][c]
@@ -145,12 +146,17 @@ def tsne_figure(rows: list[tuple[str, dict[str, torch.Tensor]]], labels: torch.T
                 ax.axis("off")
                 continue
             xy = tsne_embed(f, seed, max_iter)
-            k = int(y.max()) + 1  # the same colour for a class in every panel
-            ax.scatter(xy[:, 0], xy[:, 1], c=y, cmap="tab10" if k <= 10 else "nipy_spectral", vmin=0,
-                       vmax=9 if k <= 10 else k - 1, s=4)
+            points = ax.scatter(xy[:, 0], xy[:, 1], c=y, cmap="tab10" if k <= 10 else "nipy_spectral", vmin=0,
+                                vmax=9 if k <= 10 else k - 1, s=4)
             titles.append(f"{model}: {layer}")
             ax.set_title(titles[-1])
-    fig.tight_layout()
+    if k <= 20:  # which colour is which class (beyond 20 a legend is noise)
+        handles, names = points.legend_elements(num=list(range(k)))
+        fig.legend(handles, [class_names[i] if class_names else str(i) for i in range(len(handles))],
+                   title="class", loc="center right", fontsize=7)
+        fig.tight_layout(rect=(0, 0, 0.93, 1))
+    else:
+        fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)
     return titles

@@ -39,6 +39,7 @@ from ray_al.analysis.paper import (
     paper_result,
 )
 from ray_al.config import Config, apply_overrides, config_from_dict, read_yaml
+from ray_al.core import record
 from ray_al.core.target_path import format_separability
 from ray_al.errors import ConfigError, RayALError
 from ray_al.inference.early_exit import DEFAULT_THRESHOLDS, format_tradeoff, measure_tradeoff
@@ -189,11 +190,11 @@ def exits_section(runs: list[Run]) -> list[str]:
              "prediction.", ""]
     if not al:
         return lines + ["No AL run with an evaluated epoch.", ""]
-    width = max(sum(k.startswith("exit_") for k in r.final) for r in al)
+    width = max(len(record.exits(r.final)) for r in al)
     lines += ["| run | data | model | epochs | " + " | ".join(f"exit {k}" for k in range(1, width + 1)) + " |",
               "|---|---|---|---|" + "---|" * width]
     for r in al:
-        exits = [_pct(r.final.get(f"exit_{k}")) for k in range(1, width + 1)]
+        exits = [_pct(record.exits(r.final).get(k)) for k in range(1, width + 1)]
         lines.append(f"| {r.label} | {r.dataset} | {r.cfg.model.name} | {_epochs(r)} | " + " | ".join(exits) + " |")
     return lines + [""]
 
@@ -230,12 +231,26 @@ def tradeoff_figure(runs: list[Run], path: Path) -> None:
             for row in rows:
                 ax.annotate(f"{row['threshold']:g}", (row[key], row["accuracy"]), fontsize=6)
         ax.set(xlabel=xlabel, ylabel="test accuracy")
+        _readable_range(ax, min_span=0.05)
     axes[0].set_title("accuracy vs blocks (dotted: last exit only)")
     axes[1].set_title("accuracy vs compute")
     axes[0].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)
+
+
+def _readable_range(ax, min_span: float) -> None:
+    """An accuracy axis spans at least `min_span` (matplotlib would stretch 0.8734-0.8736 over the whole
+    height, with six-decimal ticks, so a 0.0002 change looks like a cliff), within [0, 1]."""
+    from matplotlib.ticker import FormatStrFormatter
+
+    low, high = ax.get_ylim()
+    if high - low < min_span:
+        middle = (low + high) / 2
+        low, high = max(0.0, middle - min_span / 2), min(1.0, middle + min_span / 2)
+        ax.set_ylim(low, high)
+    ax.yaxis.set_major_formatter(FormatStrFormatter("%.3f"))
 
 
 def _pairs(runs: list[Run]) -> list[tuple[Run | None, Run | None]]:
@@ -310,25 +325,27 @@ def curves_figure(run: Run, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     epochs = [h["epoch"] for h in run.history]
-    depths = sorted({int(k[8:]) for h in run.history for k in h if k.startswith("sep_acc_")})
+    depths = record.indexed_keys(run.history, "sep_acc_")
     fig, axes = plt.subplots(1, 3 if depths else 2, figsize=(15 if depths else 10, 4))
     ax_loss, ax_acc = axes[0], axes[1]
-    for key in sorted({k for h in run.history for k in h if k.endswith("loss")}):
+    for key in sorted({k for h in run.history for k in record.losses(h)}):
         ax_loss.plot(epochs, [h.get(key, float("nan")) for h in run.history], marker="o", label=key)
     ax_loss.set(xlabel="epoch", ylabel="mean training loss", yscale="log", title=f"{run.label}: losses per block")
     ax_loss.legend(fontsize=7)
     ax_acc.plot(epochs, [h.get("test_acc", float("nan")) for h in run.history], marker="o", label="test acc", color="k")
-    for key in sorted({k for h in run.history for k in h if k.startswith("exit_")}, key=lambda k: int(k[5:])):
-        ax_acc.plot(epochs, [h.get(key, float("nan")) for h in run.history], linestyle="--", label=key)
+    for k in record.indexed_keys(run.history, "exit_"):  # markers: a one-epoch run has one point per line
+        ax_acc.plot(epochs, [record.exits(h).get(k, float("nan")) for h in run.history], linestyle="--", marker=".",
+                    label=f"exit {k}")
     ax_acc.set(xlabel="epoch", ylabel="test accuracy", title="test accuracy per epoch")
+    _readable_range(ax_acc, min_span=0.05)
     ax_acc.legend(fontsize=7)
     if depths:  # when the prediction path comes alive: class targets decodable at each depth
         ax_sep, ax_dist = axes[2], axes[2].twinx()
         for k in depths:
-            line, = ax_sep.plot(epochs, [h.get(f"sep_acc_{k}", float("nan")) for h in run.history], marker="o",
-                                label=f"depth {k}: decoded")
-            ax_dist.plot(epochs, [h.get(f"sep_dist_{k}", float("nan")) for h in run.history], linestyle=":",
-                         color=line.get_color())
+            line, = ax_sep.plot(epochs, [h.get(record.sep_acc_key(k), float("nan")) for h in run.history],
+                                marker="o", label=f"depth {k}: decoded")
+            ax_dist.plot(epochs, [h.get(record.sep_dist_key(k), float("nan")) for h in run.history], linestyle=":",
+                         marker=".", color=line.get_color())
         ax_sep.set(xlabel="epoch", ylabel="class targets decoded to their class (solid)", ylim=(0, 1.05),
                    title="target separability per depth")
         ax_dist.set_ylabel("mean pairwise distance of class targets (dotted)")
@@ -370,6 +387,8 @@ def analyse(run: Run, overrides: list[str], samples: int, datasets: dict, log: L
         return
     idx = sample_indices(len(data.test_x), samples)
     x, y = data.test_x[idx], data.test_y[idx]
+    log(f"report: {run.label}: class distances of every layer on {len(idx):,} test samples"
+        + (" (--samples 10000: the paper's whole test set)" if len(idx) < len(data.test_x) else ""))
     n = block_count_of(model)
     names = layer_names(n) + (["out_sigmoid"] if isinstance(model, list) else [])
     tsne_layers = paper_layers(run.cfg.model.name, n)
@@ -415,7 +434,7 @@ def parse_data_paths(items: list[str]) -> dict[str, str]:
     return paths
 
 
-def write_report(run_dirs: list[str | Path], out: str | Path, overrides: list[str] = (), samples: int = 10000,
+def write_report(run_dirs: list[str | Path], out: str | Path, overrides: list[str] = (), samples: int = 2000,
                  tsne_samples: int = 500, log: Log = print, loader: Callable = load_model,
                  data_paths: dict[str, str] | None = None) -> Path:
     """`overrides` apply to every run's config; `data_paths` set data.path for the runs of one dataset."""
