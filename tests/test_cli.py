@@ -134,6 +134,7 @@ def test_a_failed_start_leaves_no_run_folder(tmp_path, capsys, monkeypatch, argv
     if "log.wandb=true" in argv and importlib.util.find_spec("wandb"):
         argv = ["log.wandb=true", "model.name=nonesuch"]  # wandb present: fail on the model instead
         expected = "unknown model 'nonesuch'"
+        monkeypatch.setenv("WANDB_MODE", "offline")  # (online without a key is refused first: test_preflight)
     assert main(["train", "train.trainer=al_local", f"run_dir={tmp_path}", *FAST, *argv]) == 2
     err = capsys.readouterr().err.strip()
     assert expected is None or expected in err, err

@@ -163,8 +163,9 @@ def peek(cfg: DataConfig) -> tuple[tuple, int] | None:
     None where only a full load can tell (torchvision, a factory, an image folder)."""
     if cfg.source == "digits":
         return (1, 8, 8), 10
-    if cfg.source == "synthetic":
-        return tuple(cfg.synthetic_shape), cfg.num_classes or cfg.synthetic_classes
+    if cfg.source == "synthetic":  # a shape that is not (C, H, W) is the full load's to refuse, in its words
+        return (tuple(cfg.synthetic_shape), cfg.num_classes or cfg.synthetic_classes) \
+            if len(cfg.synthetic_shape) == 3 else None
     if cfg.source != "parquet":
         return None
     import pyarrow.parquet as pq
@@ -178,12 +179,17 @@ def peek(cfg: DataConfig) -> tuple[tuple, int] | None:
             raise DataError(f"no {split}-*.parquet files in {folder}")
     top, f = 0, None
     try:
-        for f in files["train"] + files["test"]:
-            label = _label_column(pq.read_schema(f).names, f)
-            column = pq.read_table(f, columns=[label]).column(label)
-            top = max(top, int(column_labels(column, str(f)).max(initial=-1)) + 1)
-        f = files["train"][0]
-        image = decode_png(pq.ParquetFile(f).read_row_group(0, columns=["image"]).column("image")[0].as_py())
+        for split, found in files.items():
+            rows = 0
+            for f in found:
+                label = _label_column(pq.read_schema(f).names, f)
+                column = pq.read_table(f, columns=[label]).column(label)
+                top, rows = max(top, int(column_labels(column, str(f)).max(initial=-1)) + 1), rows + len(column)
+            if not rows:
+                raise DataError(f"the {split} split in {folder} has no rows")
+        f = next(f for f in files["train"] if pq.ParquetFile(f).metadata.num_rows)
+        first = next(pq.ParquetFile(f).iter_batches(batch_size=1, columns=["image"]))
+        image = decode_png(first.column("image")[0].as_py())
     except DataError:
         raise
     except Exception as e:  # pyarrow raises several types for a damaged file, as the full load says
