@@ -57,8 +57,11 @@ def _tune(args) -> int:
 
 
 def _config(args) -> int:
-    from ray_al.config import format_keys, load_config
+    from ray_al.config import format_keys, keys_markdown, load_config
 
+    if args.markdown:
+        print(keys_markdown(), end="")
+        return 0
     for line in format_keys(load_config(args.config, args.overrides)):
         print(line)
     return 0
@@ -192,10 +195,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-change", action="store_true", help="with --resume: accept overrides that change what "
                    "the run learns (data, optimizer, ...); recorded in config.yaml and run.json")
     p.set_defaults(fn=_train)
-    p = sub.add_parser("config", help="every config key with its type, default and value (* where changed)",
+    p = sub.add_parser("config", help="every config key: type, default, value (* where changed), what it does",
                        epilog="example: ray-al config configs/mnist_mlp.yaml optim.lr=1e-3")
     p.add_argument("config", nargs="?", default=DEFAULT_CONFIG, help="YAML config (default: built-in defaults)")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.epochs=3")
+    p.add_argument("--markdown", action="store_true", help="every key as a Markdown table (docs/config-keys.md)")
     p.set_defaults(fn=_config)
     p = sub.add_parser("tune", help="a Ray Tune sweep (docs/tuning.md has the sweep file)",
                        epilog="example: ray-al tune sweeps/mnist_mlp data.path=/data/mnist")

@@ -20,122 +20,139 @@ import yaml
 from ray_al.errors import ConfigError
 
 
-def one_of(default_value, /, **choices: str):
+def setting(default=None, help: str = "", *, factory=None):
+    """A config key with what it does: the one place its description is written (`ray-al config` and
+    docs/config-keys.md show it). `factory` makes a fresh list or dict per config."""
+    if factory is not None:
+        return field(default_factory=factory, metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
+def one_of(default_value, help: str, /, **choices: str):
     """A setting with a closed set of values, each with what it means ('' where its name says it); a None
     default is allowed as well. The one place a setting's allowed values are written (CHOICES reads them)."""
-    return field(default=default_value, metadata={"choices": choices})
+    return field(default=default_value, metadata={"help": help, "choices": choices})
 
 
 @dataclass
 class DataConfig:
-    source: str = one_of("digits", digits="the 8x8 digits scikit-learn ships", parquet="a folder of Parquet shards",
+    source: str = one_of("digits", "where the data comes from",
+                         digits="the 8x8 digits scikit-learn ships", parquet="a folder of Parquet shards",
                          torchvision="a torchvision dataset by data.name", synthetic="class means plus noise",
-                         python="the user's factory (data.factory)", imagefolder="a folder of class folders")
-    loader: str = one_of("memory", memory="whole split as tensors", ray_data="parquet streamed by Ray Data")
-    path: str | None = None           # parquet folder, or torchvision root folder
-    name: str | None = None           # torchvision: mnist | cifar10 | cifar100
-    download: bool = False            # torchvision only; off so that offline runs fail clearly
-    batch_size: int = 32
-    augment: str = one_of("none", none="no augmentation", jitter="the paper's 2-pixel shifts",
+                         python="the user's factory: data.factory", imagefolder="a folder of class folders")
+    loader: str = one_of("memory", "how training batches reach the blocks", memory="the whole split as tensors",
+                         ray_data="Parquet streamed by Ray Data")
+    path: str | None = setting(None, "Parquet folder, image folder, or torchvision root folder")
+    name: str | None = setting(None, "torchvision: mnist, cifar10 or cifar100")
+    download: bool = setting(False, "torchvision only; off, so that offline runs fail clearly")
+    batch_size: int = setting(32, "samples per mini-batch (per optimizer step)")
+    augment: str = one_of("none", "training-time augmentation", none="", jitter="the paper's 2-pixel shifts",
                           crop_flip="the reference code's pad-crop-flip")
-    normalize: bool = True            # per-channel mean/std of the training split
-    limit_train: int | None = None    # keep n training samples, drawn with a fixed seed (quick runs)
-    limit_test: int | None = None
-    num_classes: int | None = None    # None: from the class names in the data, else max label + 1 with no gaps
-    cache_dir: str | None = None      # where decoded Parquet arrays are cached (default: beside the data or ~/.cache)
-    synthetic_shape: list[int] = field(default_factory=lambda: [1, 8, 8])
-    synthetic_classes: int = 10
-    synthetic_size: int = 512
-    synthetic_noise: float = 40.0     # std of the pixel noise around each class's mean image (0..255 scale)
-    factory: str | None = None        # python: "module:function" returning (train, test) splits (data/user_data.py)
-    factory_args: dict[str, Any] = field(default_factory=dict)  # keyword arguments of the factory
-    image_size: list[int] | None = None  # imagefolder: resize every image to [H, W] (None: all must agree)
-    test_fraction: float = 0.2        # imagefolder without train/ and test/ subfolders: seeded test share
-    val_fraction: float = 0.0         # seeded share of the training split held out for val_acc each epoch
+    normalize: bool = setting(True, "per-channel mean/std of the training split")
+    limit_train: int | None = setting(None, "keep n training samples, drawn with a fixed seed (quick runs)")
+    limit_test: int | None = setting(None, "keep n test samples, drawn with a fixed seed")
+    num_classes: int | None = setting(None, "None: from the class names in the data, else max label + 1 with no gaps")
+    cache_dir: str | None = setting(None, "where decoded Parquet arrays are cached (None: beside the data or ~/.cache)")
+    synthetic_shape: list[int] = setting(help="synthetic: image shape [C, H, W]", factory=lambda: [1, 8, 8])
+    synthetic_classes: int = setting(10, "synthetic: number of classes")
+    synthetic_size: int = setting(512, "synthetic: training samples")
+    synthetic_noise: float = setting(40.0, "synthetic: std of the pixel noise around each class's mean image (0..255)")
+    factory: str | None = setting(None, 'python: "module:function" returning (train, test) splits')
+    factory_args: dict[str, Any] = setting(help="python: keyword arguments of the factory", factory=dict)
+    image_size: list[int] | None = setting(None, "imagefolder: resize every image to [H, W] (None: all must agree)")
+    test_fraction: float = setting(0.2, "imagefolder without train/ and test/ subfolders: seeded test share")
+    val_fraction: float = setting(0.0, "seeded share of the training split held out for val_acc each epoch")
 
 
 @dataclass
 class ModelConfig:
-    name: str = "mlp"
-    d: int | None = None              # target width; None: the paper's value for model and dataset
-    depth: int | None = None          # number of blocks, for models that take it
-    act: str | None = one_of(None, elu="", relu="", sigmoid="", tanh="")  # f's; None: elu for AL, relu for BP
-    bridge_grad_to_g: bool = False
-    first_decoder_ce: bool = False
-    # target-path warm-up (ray_al/core/target_path.py): g and h alone on the C class points, through
-    # the chain, before the first data step; 0 = the paper's algorithm, untouched
-    target_warmup_steps: int = 0
-    target_warmup_lr: float | None = None    # its own Adam, dropped after; None: 3e-3 x min(1, 256 / d)
-    # the BP baseline (train.trainer=bp); authors': VGG with BN after every conv and dense layer and no
-    # Dense(1024)s, ResNet with global average pooling to 64 features and BN in the head; mlp, cnn: the twin
-    bp_baseline: str = one_of("twin", twin="the AL prediction path, as the paper words it",
-                              authors="the BP network of the authors' code")
-    module: str | None = None         # the user's module whose @register builders `name` may refer to;
-                                      # imported in the driver and in every block actor before the lookup
+    name: str = setting("mlp", "a registered model: mlp, cnn, vgg, resnet20, resnet32, or the user's (model.module)")
+    d: int | None = setting(None, "target width; None: the paper's value for model and dataset")
+    depth: int | None = setting(None, "number of blocks, for models that take it")
+    act: str | None = one_of(None, "f's activation; None: elu for AL, relu for the BP twin",
+                             elu="", relu="", sigmoid="", tanh="")
+    bridge_grad_to_g: bool = setting(False, "let the bridge loss reach g_i (no stopgrad on t_i); off in the paper")
+    first_decoder_ce: bool = setting(False, "block 1 decodes with cross-entropy on the labels instead of MSE")
+    target_warmup_steps: int = setting(0, "target-path warm-up (core/target_path.py): g and h alone on the C class "
+                                          "points, through the chain, before the first data step; 0: the paper's "
+                                          "algorithm, untouched")
+    target_warmup_lr: float | None = setting(None, "the warm-up's own Adam, dropped after; None: 3e-3 x min(1, 256/d)")
+    bp_baseline: str = one_of("twin", "the BP baseline (train.trainer=bp)",
+                              twin="the AL prediction path, as the paper words it",
+                              authors="the authors' code: VGG with BN after every conv and dense layer and no "
+                                      "Dense(1024)s, ResNet with global average pooling to 64 features and BN in "
+                                      "the head; mlp and cnn: the twin")
+    module: str | None = setting(None, "the user's module whose @register builders `name` may refer to; imported "
+                                       "in the driver and in every block actor before the lookup")
 
 
 @dataclass
 class OptimConfig:
-    lr: float = 1e-4
-    target_lr_scale: float = 2.0      # g and h train at lr * this (the reference code's 2x)
-    weight_decay: float = 0.0         # L2, as Adam's weight_decay
-    l2_scope: str = one_of("f_kernels", f_kernels="the weights of f's Linear/Conv layers, as the authors' code "
-                           "(BP: every Linear/Conv weight)", all="every parameter")  # what L2 reaches
-    schedule: str = one_of("constant", constant="lr throughout", paper="x0.1 at 40/60/80% of steps, x0.5 at 90%")
+    lr: float = setting(1e-4, "Adam's learning rate of f and b (BP: of every layer)")
+    target_lr_scale: float = setting(2.0, "g and h train at lr x this (the reference code's 2x)")
+    weight_decay: float = setting(0.0, "L2, as Adam's weight_decay")
+    l2_scope: str = one_of("f_kernels", "what L2 reaches",
+                           f_kernels="the weights of f's Linear/Conv layers, as the authors' code "
+                                     "(BP: every Linear/Conv weight)", all="every parameter")
+    schedule: str = one_of("constant", "the learning-rate schedule", constant="lr throughout",
+                           paper="x0.1 at 40/60/80% of steps, x0.5 at 90%")
 
 
 @dataclass
 class TrainConfig:
-    trainer: str = one_of("al", al="the Ray pipeline", al_local="the AL blocks in one process",
-                          bp="the backprop twin")
-    epochs: int = 1
-    chunk_size: int = 16              # K mini-batches per actor call
-    max_inflight_chunks: int = 4      # bound on chunks between submission and completion
-    seed: int = 0
-    threads: int | None = None        # torch threads per block (None: from the CPUs Ray gives it)
-    device: str = one_of("auto", auto="cuda when there is one", cpu="", cuda="")  # al_local / bp
-    eval_batch_size: int = 1000
-    log_every_s: float = 10.0         # progress line interval on long epochs
-    # step options (ray_al/core/step_options.py), each off by default; AL blocks and the BP twin alike
-    compile: str = one_of("off", off="", on="torch.compile of forward + losses", cuda_graphs="CUDA only")
-    precision: str = one_of("fp32", fp32="", bf16="autocast of forward + losses; optimizer state stays fp32")
-    adam: str = one_of("default", default="", foreach="", fused="")  # torch's Adam implementations
-    pin_memory: bool = False          # CUDA only: host input chunks pinned, copied with non_blocking=True
-    channels_last: bool = False       # NHWC weights and 4-D inputs (convolutional models)
+    trainer: str = one_of("al", "how the model trains", al="the Ray pipeline: one actor per block",
+                          al_local="the AL blocks in one process", bp="the backprop twin")
+    epochs: int = setting(1, "passes over the training split")
+    chunk_size: int = setting(16, "K mini-batches per actor call")
+    max_inflight_chunks: int = setting(4, "bound on chunks between submission and completion")
+    seed: int = setting(0, "initialisation, batch order and augmentation all follow from it")
+    threads: int | None = setting(None, "torch threads per block (None: from the CPUs Ray gives it)")
+    device: str = one_of("auto", "al_local and bp: where to train", auto="cuda when there is one", cpu="", cuda="")
+    eval_batch_size: int = setting(1000, "inputs per forward pass when evaluating")
+    log_every_s: float = setting(10.0, "progress line interval on long epochs (a bar on a terminal); 0: none")
+    compile: str = one_of("off", "step option, AL blocks and BP twin alike (core/step_options.py)", off="",
+                          on="torch.compile of forward + losses", cuda_graphs="CUDA only")
+    precision: str = one_of("fp32", "step option", fp32="",
+                            bf16="autocast of forward + losses; optimizer state stays fp32")
+    adam: str = one_of("default", "step option: torch's Adam implementation", default="", foreach="", fused="")
+    pin_memory: bool = setting(False, "step option, CUDA only: host input chunks pinned, copied non-blocking")
+    channels_last: bool = setting(False, "step option: NHWC weights and 4-D inputs (convolutional models)")
 
 
 @dataclass
 class RayConfig:
-    address: str | None = None        # None: RAY_ADDRESS or a new local cluster
-    num_cpus: int | None = None       # CPUs of a new local cluster (None: all)
-    num_cpus_per_block: float | None = None  # None: min(1, cluster CPUs / blocks)
-    num_gpus_per_block: float = 0.0   # fractional shares one GPU between blocks
-    placement_strategy: str = one_of("PACK", PACK="", SPREAD="", STRICT_PACK="", STRICT_SPREAD="")  # Ray's
-    placement_timeout_s: float = 60.0
-    # how chunks hop between blocks (pipeline/transport.py); the last three are Ray Direct Transport
-    tensor_transport: str = one_of("auto", auto="by hardware", object_store="", cuda_ipc="", nccl="", gloo="")
-    block_resources: dict[str, float] = field(default_factory=dict)  # custom resources per block, e.g. {worker: 0.01}
-    runtime_env: dict[str, Any] = field(default_factory=dict)  # of the job this driver starts or joins,
-                                      # e.g. {py_modules: [my_pkg]}: ships code to every worker
+    address: str | None = setting(None, "the Ray cluster to join; None: RAY_ADDRESS or a new local cluster")
+    num_cpus: int | None = setting(None, "CPUs of a new local cluster (None: all)")
+    num_cpus_per_block: float | None = setting(None, "CPUs of each block actor; None: min(1, cluster CPUs / blocks)")
+    num_gpus_per_block: float = setting(0.0, "GPUs of each block actor; a fraction shares one GPU between blocks")
+    placement_strategy: str = one_of("PACK", "Ray's placement group strategy for the blocks",
+                                     PACK="", SPREAD="", STRICT_PACK="", STRICT_SPREAD="")
+    placement_timeout_s: float = setting(60.0, "how long to wait for the blocks' resources before a one-line error")
+    tensor_transport: str = one_of("auto", "how chunks hop between blocks (pipeline/transport.py)",
+                                   auto="by hardware", object_store="", cuda_ipc="Ray Direct Transport",
+                                   nccl="Ray Direct Transport", gloo="Ray Direct Transport")
+    block_resources: dict[str, float] = setting(help="custom resources per block, e.g. {worker: 0.01}", factory=dict)
+    runtime_env: dict[str, Any] = setting(help="of the job this driver starts or joins, e.g. {py_modules: [my_pkg]}: "
+                                               "ships code to every worker", factory=dict)
 
 
 @dataclass
 class CheckpointConfig:
-    enabled: bool = True
-    every_steps: int = 0              # also every this many steps (rounded up to a chunk); 0: epoch ends only
-    keep: int = 2                     # complete checkpoints kept
-    uri: str | None = None            # pyarrow.fs URI base (s3://bucket/runs); None: inside the run folder
-    max_restarts: int = 3             # block losses survived per run before giving up
+    enabled: bool = setting(True, "save checkpoints (at epoch ends, and every_steps)")
+    every_steps: int = setting(0, "also every this many steps (rounded up to a chunk); 0: epoch ends only")
+    keep: int = setting(2, "complete checkpoints kept (two: a damaged newest falls back to the one before)")
+    uri: str | None = setting(None, "pyarrow.fs URI base (s3://bucket/runs); None: inside the run folder")
+    max_restarts: int = setting(3, "block losses survived per run before giving up")
 
 
 @dataclass
 class LogConfig:
-    tensorboard: bool = True          # event files in the run folder: tensorboard --logdir runs
-    mlflow: bool = False              # needs ray_al[mlflow]; MLFLOW_TRACKING_URI or log.mlflow_uri
-    wandb: bool = False               # needs ray_al[wandb]; WANDB_MODE=offline works without network
-    every_steps: int = 50             # per-block losses and samples/s every this many steps; 0: epochs only
-    project: str = "ray_al"           # MLflow experiment, W&B project
-    mlflow_uri: str | None = None     # None: MLflow's own default (MLFLOW_TRACKING_URI)
+    tensorboard: bool = setting(True, "event files in the run folder: tensorboard --logdir runs")
+    mlflow: bool = setting(False, "needs ray_al[mlflow]; MLFLOW_TRACKING_URI or log.mlflow_uri")
+    wandb: bool = setting(False, "needs ray_al[wandb] and a key; WANDB_MODE=offline works without network")
+    every_steps: int = setting(50, "per-block losses and samples/s every this many steps; 0: epochs only")
+    project: str = setting("ray_al", "MLflow experiment, W&B project")
+    mlflow_uri: str | None = setting(None, "None: MLflow's own default (MLFLOW_TRACKING_URI)")
 
 
 @dataclass
@@ -147,8 +164,8 @@ class Config:
     ray: RayConfig = field(default_factory=RayConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     log: LogConfig = field(default_factory=LogConfig)
-    run_dir: str = "runs"             # each run writes to run_dir/<name>
-    name: str | None = None           # None: <model>-<trainer>-<time>
+    run_dir: str = setting("runs", "each run writes to run_dir/<name>")
+    name: str | None = setting(None, "the run folder's name; None: <model>-<trainer>-<time>")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -439,8 +456,9 @@ def _type_name(tp) -> str:
     return tp.__name__ if isinstance(tp, type) and not typing.get_args(tp) else str(tp)
 
 
-def describe_keys(cfg: Config) -> list[tuple[str, str, Any, Any]]:
-    """(dotted key, type, default, value) of every key, in the order `ray-al config` prints them."""
+def describe_keys(cfg: Config) -> list[tuple[str, str, Any, Any, str]]:
+    """(dotted key, type, default, value, description) of every key, in the order `ray-al config` prints them;
+    a closed setting's description ends with its values and what each means."""
     rows = []
 
     def walk(obj, default, prefix: str) -> None:
@@ -450,18 +468,38 @@ def describe_keys(cfg: Config) -> list[tuple[str, str, Any, Any]]:
             if dataclasses.is_dataclass(value):
                 walk(value, base, f"{prefix}{f.name}.")
             else:
-                rows.append((f"{prefix}{f.name}", _type_name(hints[f.name]), base, value))
+                rows.append((f"{prefix}{f.name}", _type_name(hints[f.name]), base, value, _description(f)))
 
     walk(cfg, Config(), "")
     return rows
 
 
+def _description(f: dataclasses.Field) -> str:
+    choices = f.metadata.get("choices")
+    if not choices:
+        return f.metadata.get("help", "")
+    values = ", ".join(f"{name} ({meaning})" if meaning else name for name, meaning in choices.items())
+    return f"{f.metadata['help']}; one of: {values}"
+
+
+def _yaml(value) -> str:
+    return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("\n...")
+
+
 def format_keys(cfg: Config) -> list[str]:
-    """One line per key: key, type, default, value; a `*` marks values that differ from the default."""
-    rows = [(k, t, yaml.safe_dump(d, default_flow_style=True).strip().removesuffix("\n..."),
-             yaml.safe_dump(v, default_flow_style=True).strip().removesuffix("\n..."), "*" if d != v else "")
-            for k, t, d, v in describe_keys(cfg)]
-    head = ("key", "type", "default", "value", "")
-    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(4)]
-    return ["  ".join(c.ljust(w) for c, w in zip(r[:3], widths)) + "  " + r[3] + (" " + r[4] if r[4] else "")
-            for r in [head, *rows]]
+    """One line per key: key, type, default, value, a `*` where the value is not the default, and after
+    `  # ` what the key does."""
+    rows = [(k, t, _yaml(d), _yaml(v), "*" if d != v else "", text) for k, t, d, v, text in describe_keys(cfg)]
+    head = ("key", "type", "default", "value", "", "what it does")
+    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(5)]
+    return ["  ".join(c.ljust(w) for c, w in zip(r[:5], widths)) + "  # " + r[5] for r in [head, *rows]]
+
+
+def keys_markdown() -> str:
+    """Every key as a Markdown table (docs/config-keys.md is this, written by `ray-al config --markdown`)."""
+    lines = ["# Config keys", "", "Written by `ray-al config --markdown` from ray_al/config.py, where each key's "
+             "description lives; `ray-al config FILE` shows them beside a config's values.", "",
+             "| key | type | default | what it does |", "|---|---|---|---|"]
+    for key, tp, default, _, text in describe_keys(Config()):
+        lines.append(f"| `{key}` | {tp.replace('|', '&#124;')} | `{_yaml(default)}` | {text.replace('|', '&#124;')} |")
+    return "\n".join(lines) + "\n"

@@ -154,12 +154,15 @@ def test_version_names_the_package_commit_torch_and_ray(capsys):
     assert f"ray {ray.__version__}" in line and ("git " in line) == (REPO / ".git").exists()
 
 
-def test_config_prints_every_key_with_type_default_and_value(capsys):
+def test_config_prints_every_key_with_type_default_value_and_description(capsys):
     from ray_al.config import describe_keys, load_config
     assert main(["config", "paper/mnist_mlp_bp", "train.epochs=3"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].split() == ["key", "type", "default", "value"]
-    rows = {line.split()[0]: line for line in lines[1:]}
+    assert lines[0].split("  # ")[0].split() == ["key", "type", "default", "value"]
+    described = {line.split()[0]: line.split("  # ", 1)[1] for line in lines[1:]}
+    assert all(described.values())  # every key says what it does
+    assert described["train.trainer"].startswith("how the model trains; one of: al (the Ray pipeline")
+    rows = {line.split()[0]: line.split("  # ")[0] for line in lines[1:]}
     assert set(rows) == {key for key, *_ in describe_keys(load_config())}
     assert rows["train.epochs"].split() == ["train.epochs", "int", "1", "3", "*"]
     assert rows["train.trainer"].split() == ["train.trainer", "str", "al", "bp", "*"]
@@ -188,3 +191,9 @@ def test_every_subcommand_has_an_example_and_every_argument_a_help_text():
     for name, parser in sub.choices.items():
         assert parser.epilog and parser.epilog.startswith(f"example: ray-al {name}"), name
         assert not [a.dest for a in parser._actions if not a.help], name
+
+
+def test_the_config_keys_page_is_what_the_code_describes(capsys):
+    assert main(["config", "--markdown"]) == 0
+    assert (REPO / "docs" / "config-keys.md").read_text() == capsys.readouterr().out, \
+        "docs/config-keys.md is stale: ray-al config --markdown > docs/config-keys.md"
