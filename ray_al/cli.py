@@ -45,6 +45,7 @@ def _tune(args) -> int:
         raise ConfigError("give a sweep file (e.g. configs/sweeps/mnist_mlp.yaml) or --resume SWEEP_DIR")
     else:
         sweep = Sweep(args.sweep, args.overrides)
+        sweep.check_output_free()  # before Ray starts: a refusal costs nothing
     with ray_session(sweep.base_cfg.ray), sigterm_raises_interrupt():
         resume_sweep(sweep) if args.resume else run_sweep(sweep)
     return 0
@@ -125,7 +126,7 @@ def _report(args) -> int:
     from ray_al.analysis.report import parse_data_paths, write_report
 
     write_report(args.runs, args.out, args.set, samples=args.samples, tsne_samples=args.tsne_samples,
-                 data_paths=parse_data_paths(args.data))
+                 data_paths=parse_data_paths(args.data), overwrite=args.overwrite)
     return 0
 
 
@@ -225,6 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples", type=int, default=10000,
                    help="test samples for class distances, a seeded draw (default 10000: a whole CIFAR/MNIST test set)")
     p.add_argument("--tsne-samples", type=int, default=500, help="test samples per t-SNE panel (default 500)")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier report (or a file) at --out")
     p.set_defaults(fn=_report)
     return parser
 
@@ -255,5 +257,15 @@ def main(argv: list[str] | None = None) -> int:
     return code
 
 
+def run() -> None:
+    """The `ray-al` command (and `python -m ray_al`): main(), then the process ends at once. By then Ray is
+    shut down, every file closed and no non-daemon thread left; what remains is the interpreter tearing
+    down Ray, Ray Data, torch and pandas, seconds of CPU (more on a loaded machine) after the last line."""
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()
