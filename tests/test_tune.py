@@ -280,3 +280,17 @@ def test_the_shipped_sweep_is_valid_and_found_by_name(tmp_path, monkeypatch):
     sweep = Sweep("sweeps/mnist_mlp", ["data.path=/somewhere/mnist"])
     assert sweep.base_cfg.data.path == "/somewhere/mnist" and sweep.opts["scheduler"] == "asha"
     assert set(sweep.param_space) == {"optim.lr", "model.d", "train.chunk_size", "train.seed"}
+
+
+def test_a_sweep_whose_trials_all_fail_keeps_their_tracebacks_in_its_folder(ray_cluster, tmp_path, capfd):
+    path = write_sweep(tmp_path, config={"train": {"epochs": 1, **LOCAL},
+                                         "checkpoint": {"uri": "file:///proc/ray_al_nowhere"}},  # every trial fails
+                       tune={"driver_cpus": 0.5, "verbose": 1, "max_failures": 0})
+    assert main(["tune", str(path)]) == 2
+    out, err = capfd.readouterr()
+    assert "Traceback" not in out + err, (out + err)[-3000:]
+    log = tmp_path / "sweep" / "trial-errors.log"
+    assert err.strip().splitlines()[-1] == (
+        f"ray-al: error: 2 of 2 trial(s) failed; first: ray_al.errors.CheckpointError: cannot write checkpoint files "
+        f"under /proc/ray_al_nowhere/{{}}: No such file or directory (tracebacks: {log})")
+    assert log.read_text().count("Traceback") >= 2
