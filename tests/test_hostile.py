@@ -380,7 +380,7 @@ def eval_of_a_block_file_that_is_a_symlink_to_dev_zero(c):
     run = c.copy()
     (newest(run) / "block-1.pt").unlink()
     (newest(run) / "block-1.pt").symlink_to("/dev/zero")  # read without bound, it filled the memory
-    return ["eval", str(run)], "checkpoint step 88: cannot read block-1.pt: block-1.pt is not a regular file", 2
+    return ["eval", str(run)], "checkpoint step 88: block-1.pt is not a regular file", 2
 
 
 def eval_of_a_block_file_longer_than_its_manifest_says(c):
@@ -388,7 +388,8 @@ def eval_of_a_block_file_longer_than_its_manifest_says(c):
     recorded = (newest(run) / "block-2.pt").stat().st_size
     with open(newest(run) / "block-2.pt", "ab") as f:
         f.write(b"\0" * 10)
-    return ["eval", str(run)], f"block-2.pt is {recorded + 10} bytes, the manifest records {recorded}", 2
+    return ["eval", str(run)], \
+        f"block-2.pt is damaged or truncated ({recorded + 10} bytes, the manifest records {recorded})", 2
 
 
 def sweep_into_the_folder_of_an_earlier_sweep(c):

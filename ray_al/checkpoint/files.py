@@ -88,23 +88,27 @@ def _write_atomic(fs: pafs.FileSystem, path: str, data: bytes) -> None:
         raise CheckpointError(f"cannot write checkpoint file {path}: {getattr(e, 'strerror', None) or e}") from None
 
 
+class UnfitFile(OSError):
+    """A file of a run that is not what its manifest says (not a regular file, another size): never read."""
+
+
 def _read(fs: pafs.FileSystem, path: str, size: int | None = None, limit: int | None = None) -> bytes:
     """A regular file's bytes, checked before reading: anything else (a symlink to /dev/zero, a FIFO) would
     read without end. `size`: what the manifest records, exactly; `limit`: a bound where none is recorded."""
-    info = fs.get_file_info(path)
+    name, info = posixpath.basename(path), fs.get_file_info(path)
     if info.type == pafs.FileType.NotFound:
-        raise FileNotFoundError(f"no such file: {posixpath.basename(path)}")
+        raise FileNotFoundError(f"no such file: {name}")
     if info.type != pafs.FileType.File:
-        raise OSError(f"{posixpath.basename(path)} is not a regular file")
+        raise UnfitFile(f"{name} is not a regular file")
     if size is not None and info.size != size:
-        raise OSError(f"{posixpath.basename(path)} is {info.size} bytes, the manifest records {size}")
+        raise UnfitFile(f"{name} is damaged or truncated ({info.size} bytes, the manifest records {size})")
     bound = size if size is not None else limit
     if bound is not None and info.size is not None and info.size > bound:
-        raise OSError(f"{posixpath.basename(path)} is {info.size} bytes, more than {bound}")
+        raise UnfitFile(f"{name} is {info.size} bytes, more than {bound}")
     with fs.open_input_stream(path) as f:
         data = f.read() if bound is None else f.read(bound + 1)  # +1: a file that grew since is caught
     if bound is not None and len(data) > bound:
-        raise OSError(f"{posixpath.basename(path)} holds more than {bound} bytes")
+        raise UnfitFile(f"{name} holds more than {bound} bytes")
     return data
 
 
@@ -238,6 +242,8 @@ def read_block(run_uri: str | Location, manifest: dict, index: int) -> dict:
                               f"the model has more")
     try:
         data = _read(fs, f"{path}/{name}", size=manifest["blocks"][index].get("size"))
+    except UnfitFile as e:
+        raise CheckpointError(f"checkpoint step {step}: {e}") from None
     except OSError as e:
         raise CheckpointError(f"checkpoint step {step}: cannot read {name}: {e}") from None
     if hashlib.sha256(data).hexdigest() != manifest["blocks"][index]["sha256"]:
