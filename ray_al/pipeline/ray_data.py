@@ -112,12 +112,10 @@ def quiet_ray_data() -> None:
     driver's terminal through Ray's log forwarding. Ray Data's own log file (ray-data.log) keeps all of it."""
     import logging
 
-    from ray._private.log import PlainRayHandler
-
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = ctx.enable_operator_progress_bars = ctx.print_on_execution_start = False
     for handler in logging.getLogger("ray.data").handlers:
-        if isinstance(handler, PlainRayHandler):  # the console one; the file handler stays as it is
+        if isinstance(handler, logging.StreamHandler):  # the console one; its file handler is not a stream
             handler.setLevel(logging.ERROR)
 
 
