@@ -1,5 +1,3 @@
-import sys
+from ray_al.cli import run
 
-from ray_al.cli import main
-
-sys.exit(main())
+run()

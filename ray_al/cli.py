@@ -50,6 +50,7 @@ def _tune(args) -> int:
         raise ConfigError("give a sweep file (e.g. configs/sweeps/mnist_mlp.yaml) or --resume SWEEP_DIR")
     else:
         sweep = Sweep(args.sweep, args.overrides)
+        sweep.check_output_free()  # before Ray starts: a refusal costs nothing
     check_before_ray(sweep.base_cfg)
     with ray_session(sweep.base_cfg.ray), sigterm_raises_interrupt():
         resume_sweep(sweep) if args.resume else run_sweep(sweep)
@@ -155,7 +156,7 @@ def _report(args) -> int:
     from ray_al.analysis.report import parse_data_paths, write_report
 
     write_report(args.runs, args.out, args.set, samples=args.samples, tsne_samples=args.tsne_samples,
-                 data_paths=parse_data_paths(args.data))
+                 data_paths=parse_data_paths(args.data), overwrite=args.overwrite)
     return 0
 
 
@@ -272,6 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="test samples for class distances, a seeded draw (default 2000: a minute a run on 2 cores; "
                         "10000: a whole CIFAR/MNIST test set, as the paper)")
     p.add_argument("--tsne-samples", type=int, default=500, help="test samples per t-SNE panel (default 500)")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier report (or a file) at --out")
     p.set_defaults(fn=_report)
     return parser
 
@@ -302,5 +304,15 @@ def main(argv: list[str] | None = None) -> int:
     return code
 
 
+def run() -> None:
+    """The `ray-al` command (and `python -m ray_al`): main(), then the process ends at once. By then Ray is
+    shut down, every file closed and no non-daemon thread left; what remains is the interpreter tearing
+    down Ray, Ray Data, torch and pandas, seconds of CPU (more on a loaded machine) after the last line."""
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from ray_al.bounded_yaml import load_bounded
 from ray_al.errors import ConfigError
 
 
@@ -328,7 +329,7 @@ def parse_override(text: str) -> tuple[str, Any]:
         raise ConfigError(f"override '{text}' is not of the form key.sub=value")
     key, raw = text.split("=", 1)
     try:
-        value = yaml.safe_load(raw) if raw != "" else None
+        value = load_bounded(raw, f"override '{key}'") if raw != "" else None
     except yaml.YAMLError:
         value = raw
     return key.strip(), value
@@ -399,7 +400,7 @@ def read_yaml(path: str | Path) -> dict:
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        values = yaml.safe_load(path.read_text())
+        values = load_bounded(path.read_text(), str(path))
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""

@@ -328,6 +328,133 @@ def ray_data_blocks_asking_for_every_cpu(c):
             f"run_dir={c.tmp}/runs"], "cannot place 2 blocks of {'CPU': 1.0} (PACK) within 3s", 2
 
 
+# -- 9. nothing trusted that should not be, nothing overwritten, one line for the user's own code ------------
+def user_module(c, name: str, source: str) -> str:
+    """A module of the user's, importable in this process for the case (and forgotten after it)."""
+    folder = c.tmp / "mods"
+    folder.mkdir(exist_ok=True)
+    (folder / f"{name}.py").write_text(source)
+    sys.path.insert(0, str(folder))
+    c.undo = [*getattr(c, "undo", []), lambda: sys.path.remove(str(folder)), lambda: sys.modules.pop(name, None)]
+    return name
+
+
+FLOAT_DATA = """
+import numpy as np
+def make(nan_at=None, labels="int"):
+    x = np.random.default_rng(0).random((24, 1, 6, 6)).astype(np.float32)
+    y = np.arange(24) % 3 if labels == "int" else np.array(["cat", "dog", "emu"] * 8)
+    if nan_at is not None:
+        x[nan_at, 0, 2, 3] = np.nan
+    return (x, y), (x[:6], y[:6])
+"""
+
+
+def on_factory(c, module: str, **args) -> list[str]:
+    return ["train", *LOCAL, "data.source=python", f"data.factory={module}:make", f"run_dir={c.tmp}/runs",
+            "data.factory_args=" + json.dumps(args)]
+
+
+def checkpoints_copied_from_another_run(c):
+    run = c.copy()  # this run's own checkpoints/ is now another run's: run.json names another id
+    identity = json.loads((run / "run.json").read_text())
+    (run / "run.json").write_text(json.dumps({**identity, "run_id": "0123456789abcdef"}))
+    return ["train", "--resume", str(run), "train.epochs=3"], \
+        f"checkpoint step 88 was written by run {identity['run_id']}, not by this run (0123456789abcdef", 2
+
+
+def manifest_with_only_its_run_id_edited(c):
+    run = c.copy()
+    edit_manifest(newest(run), lambda m: m.update(run_id="ffffffffffffffff"))
+    return ["train", "--resume", str(run), "train.epochs=3"], \
+        "checkpoint step 88 was written by run ffffffffffffffff", 2
+
+
+def eval_of_a_checkpoint_of_another_run(c):
+    run = c.copy()
+    edit_manifest(newest(run), lambda m: m.update(run_id="ffffffffffffffff"))
+    return ["eval", str(run)], "a checkpoint of another run is never loaded", 2
+
+
+def eval_of_a_block_file_that_is_a_symlink_to_dev_zero(c):
+    run = c.copy()
+    (newest(run) / "block-1.pt").unlink()
+    (newest(run) / "block-1.pt").symlink_to("/dev/zero")  # read without bound, it filled the memory
+    return ["eval", str(run)], "checkpoint step 88: block-1.pt is not a regular file", 2
+
+
+def eval_of_a_block_file_longer_than_its_manifest_says(c):
+    run = c.copy()
+    recorded = (newest(run) / "block-2.pt").stat().st_size
+    with open(newest(run) / "block-2.pt", "ab") as f:
+        f.write(b"\0" * 10)
+    return ["eval", str(run)], \
+        f"block-2.pt is damaged or truncated ({recorded + 10} bytes, the manifest records {recorded})", 2
+
+
+def sweep_into_the_folder_of_an_earlier_sweep(c):
+    earlier = c.tmp / "sweeps" / "earlier"
+    earlier.mkdir(parents=True)
+    for name in ("results.csv", "results.json", "sweep.yaml"):
+        (earlier / name).write_text("an earlier sweep's\n")
+    c.unchanged = [earlier]
+    sweep = c.tmp / "again.yaml"
+    sweep.write_text(f"param_space: {{optim.lr: {{choice: [0.001]}}}}\ntune: {{metric: test_acc}}\noutput: {earlier}\n")
+    return ["tune", str(sweep)], f"output: {earlier} already holds results.csv, results.json, sweep.yaml: choose " \
+        f"another output, or continue that sweep with ray-al tune --resume {earlier}", 2
+
+
+def sweep_output_that_is_a_run_folder(c):
+    sweep = c.tmp / "into_run.yaml"
+    sweep.write_text(f"param_space: {{optim.lr: {{choice: [0.001]}}}}\ntune: {{metric: test_acc}}\noutput: {c.run}\n")
+    return ["tune", str(sweep)], f"output: {c.run} is a run folder (config.yaml)", 2
+
+
+def report_out_an_existing_file(c):
+    out = c.tmp / "notes.md"
+    out.write_text("mine\n")
+    c.unchanged = [c.tmp]
+    return ["report", str(c.run), "--out", str(out)], f"--out {out} is an existing file", 2
+
+
+def model_too_large_for_memory(c):
+    c.no_run_folder = c.tmp / "runs"
+    return ["train", *LOCAL, "model.d=100000000", f"run_dir={c.tmp}/runs"], "more than this machine's", 2
+
+
+def data_factory_with_string_labels(c):
+    c.no_run_folder = c.tmp / "runs"
+    return on_factory(c, user_module(c, "string_labels", FLOAT_DATA), labels="str"), \
+        "data.factory 'string_labels:make': train labels: labels must be integers, the label column holds string", 2
+
+
+def one_nan_pixel_in_training_data(c):
+    c.no_run_folder = c.tmp / "runs"
+    return on_factory(c, user_module(c, "nan_pixel", FLOAT_DATA), nan_at=5), \
+        "data nan_pixel: train sample 5 holds a non-finite value (nan); 1 train sample(s) in all", 2
+
+
+def model_module_that_exits_at_import(c):
+    c.no_run_folder = c.tmp / "runs"
+    module = user_module(c, "exits_at_import", "import sys\nsys.exit(7)\n")
+    return ["train", *LOCAL, f"model.module={module}", f"run_dir={c.tmp}/runs"], \
+        "model.module 'exits_at_import' cannot be imported: the module called sys.exit(7) while being imported", 2
+
+
+def yaml_alias_bomb_under_factory_args(c):
+    levels = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    levels += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 9)]  # 10^9 values
+    config = c.tmp / "bomb.yaml"
+    config.write_text("data:\n  factory_args:\n" + "".join(f"    {line}\n" for line in levels))
+    return ["train", str(config)], f"{config}: expands to more than 200,000 values", 2
+
+
+def yaml_alias_bomb_in_an_override(c):
+    lists = ["&l0 [x, x, x, x, x, x, x, x, x, x]"] + [f"&l{i} [{', '.join([f'*l{i - 1}'] * 10)}]" for i in range(1, 9)]
+    return ["train", f"data.factory_args={{k: [{', '.join(lists)}]}}"], \
+        "override 'data.factory_args': expands to more than 200,000 values", 2
+
+
 REFUSED = [
     lr_nan, lr_inf, weight_decay_nan, cpus_per_block_nan, log_interval_inf, placement_timeout_negative,
     seed_of_twenty_digits, seed_negative, fractional_gpus_above_one, custom_resource_of_zero,
@@ -343,6 +470,11 @@ REFUSED = [
     resume_with_another_learning_rate, resume_on_another_dataset,
     failed_start_unknown_model, failed_start_bad_device, failed_start_no_gpu_in_the_cluster,
     ray_data_blocks_asking_for_every_cpu,
+    checkpoints_copied_from_another_run, manifest_with_only_its_run_id_edited, eval_of_a_checkpoint_of_another_run,
+    eval_of_a_block_file_that_is_a_symlink_to_dev_zero, eval_of_a_block_file_longer_than_its_manifest_says,
+    sweep_into_the_folder_of_an_earlier_sweep, sweep_output_that_is_a_run_folder, report_out_an_existing_file,
+    model_too_large_for_memory, data_factory_with_string_labels, one_nan_pixel_in_training_data,
+    model_module_that_exits_at_import, yaml_alias_bomb_under_factory_args, yaml_alias_bomb_in_an_override,
 ]
 
 
@@ -453,18 +585,20 @@ def _context(tmp_path, finished_run, data_folders):
 def test_refused_in_one_line_and_nothing_earlier_changes(case, tmp_path, finished_run, data_folders, capsys):
     c = _context(tmp_path, finished_run, data_folders)
     argv, expected, code = case(c)
-    before = digest(finished_run, data_folders)
+    before = digest(finished_run, data_folders, *getattr(c, "unchanged", []))
     capsys.readouterr()
     try:
         assert main(argv) == code
     finally:
         if getattr(c, "held", None) is not None:
             os.close(c.held)
+        for undo in getattr(c, "undo", []):
+            undo()
     out, err = capsys.readouterr()
     err = err.strip().splitlines()[-1] if err.strip() else ""
     assert err.startswith("ray-al: error: ") and "\x1b" not in err, err
     assert expected in err, err
-    assert digest(finished_run, data_folders) == before
+    assert digest(finished_run, data_folders, *getattr(c, "unchanged", [])) == before
     if getattr(c, "no_run_folder", None) is not None:  # a failed start leaves no run folder behind
         assert not any(c.no_run_folder.glob("*")), list(c.no_run_folder.glob("*"))
     if getattr(c, "log_holds", None):
@@ -596,3 +730,105 @@ def test_a_gcs_killed_after_a_finished_run_does_not_turn_it_into_a_failure(tmp_p
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "the Ray cluster stopped answering at the end; the run's files are written" in proc.stderr
     assert json.loads((tmp_path / "runs" / "r" / "summary.json").read_text())["final"]["epoch"] == 1
+
+
+# -- 9. issue 22: what is not a one-line refusal of a command ------------------------------------------------
+def test_sixteen_bit_grey_png_is_scaled_by_its_depth_not_clipped():
+    import io
+
+    from PIL import Image
+
+    from ray_al.data.datasets import decode_png
+    from ray_al.data.images import decode_image
+
+    wide = (np.arange(784).reshape(28, 28) * 83 % 65536).astype(np.uint16)
+    buf = io.BytesIO()
+    Image.fromarray(wide).save(buf, format="PNG")
+    expected = np.round(wide / 257).astype(np.uint8)  # 65535 -> 255; convert("L") clipped everything above 255
+    assert np.array_equal(decode_image(buf.getvalue(), 1)[0], expected)
+    assert np.array_equal(decode_image(buf.getvalue(), 3)[2], expected)  # grey to RGB alike
+    assert np.array_equal(decode_png(buf.getvalue())[:, :, 0], expected)  # and a Parquet cell
+
+
+def test_module_in_the_working_directory_gets_a_hint_under_the_console_script(tmp_path, monkeypatch):
+    from ray_al.errors import ConfigError
+    from ray_al.user_import import import_user_module
+
+    (tmp_path / "my_models_here.py").write_text("")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])  # as `ray-al` runs
+    with pytest.raises(ConfigError, match="my_models_here is in the working directory, which the ray-al command "
+                                          "does not search: run PYTHONPATH=. ray-al"):
+        import_user_module("my_models_here", "model.module 'my_models_here'")
+
+
+def test_ray_num_cpus_ignored_by_a_process_that_already_joined_ray_is_said_once(ray_cluster, capsys):
+    from ray_al.config import RayConfig
+    from ray_al.pipeline.session import connect
+
+    capsys.readouterr()
+    connect(RayConfig(num_cpus=7))
+    connect(RayConfig(num_cpus=7))
+    connect(RayConfig(num_cpus=2))  # what the cluster has: nothing to say
+    assert capsys.readouterr().err.splitlines() == [
+        "ray-al: ray.num_cpus=7 ignored: this process already joined a Ray cluster with 2 CPUs (ray.init ran before)"]
+
+
+def test_manifest_from_before_sizes_were_recorded_still_loads(finished_run, tmp_path, capsys):
+    run = tmp_path / "old"
+    shutil.copytree(finished_run, run)
+    (run / ".lock").unlink(missing_ok=True)
+    for step in (run / "checkpoints").iterdir():
+        edit_manifest(step, lambda m: [b.pop("size") for b in m["blocks"]])
+    assert main(["eval", str(run)]) == 0
+    assert json.loads(capsys.readouterr().out)["step"] == 88
+
+
+def test_every_block_of_a_manifest_records_its_size(finished_run):
+    for step in (finished_run / "checkpoints").iterdir():
+        blocks = json.loads((step / "manifest.json").read_text())["blocks"]
+        assert [b["size"] for b in blocks] == [(step / b["file"]).stat().st_size for b in blocks]
+
+
+def test_tune_hands_a_trial_another_trials_checkpoint_on_record(finished_run, tmp_path):
+    """PBT's exploit: the one way a run loads another run's checkpoint, recorded in its run.json."""
+    from ray.tune import Checkpoint
+
+    from ray_al.run.storage import run_config
+    from ray_al.run.tune import restore_trial_folder
+
+    trial, source = tmp_path / "trial", json.loads((finished_run / "run.json").read_text())["run_id"]
+    cfg = run_config(finished_run, ["train.epochs=3"])
+    assert restore_trial_folder(Checkpoint.from_directory(str(newest(finished_run))), cfg, trial) == trial
+    identity = json.loads((trial / "run.json").read_text())
+    assert identity["run_id"] != source and [a["run_id"] for a in identity["adopted"]] == [source]
+    assert main(["train", "--resume", str(trial)]) == 0
+    assert [json.loads(x)["epoch"] for x in (trial / "metrics.jsonl").read_text().splitlines()][-1] == 3
+
+
+def test_a_ray_data_run_ends_within_seconds_of_its_last_line_without_progress_bars(tmp_path):
+    import threading
+    import time
+
+    folder = tmp_path / "stream"
+    write_parquet(folder, "train", np.zeros((64, 6, 6), np.uint8), np.arange(64) % 4)
+    write_parquet(folder, "test", np.zeros((8, 6, 6), np.uint8), np.arange(8) % 4)
+    proc = subprocess.Popen([sys.executable, "-m", "ray_al", "train", "ray.num_cpus=2", *FAST, "data.source=parquet",
+                             "data.loader=ray_data", f"data.path={folder}", "model.d=16", "data.batch_size=8",
+                             f"data.cache_dir={tmp_path}/cache", f"run_dir={tmp_path}/runs"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO)
+    lines = []  # (when, line); read beside the process: Ray's own processes may hold the pipe open longer
+
+    def read():
+        for line in proc.stdout:
+            lines.append((time.monotonic(), line))
+
+    threading.Thread(target=read, daemon=True).start()
+    proc.wait(timeout=300)
+    ended = time.monotonic()
+    time.sleep(0.5)
+    output = "".join(line for _, line in lines)
+    assert proc.returncode == 0, output[-3000:]
+    last = max(when for when, line in lines if line.startswith("run folder: "))
+    assert ended - last < 15, f"ended {ended - last:.0f}s after its last line"
+    assert "row/s" not in output and "Running Dataset" not in output and "execution finished" not in output, output

@@ -205,6 +205,8 @@ def test_population_based_training_copies_a_better_trial(ray_cluster, tmp_path):
     target, _, _, _, _, new = exploits[-1]
     (folder,) = (tmp_path / "sweep" / "trials").glob(f"*_{int(target.split('_')[0]):05d}")  # tag "<index>_..."
     assert yaml.safe_load((folder / "config.yaml").read_text())["optim"]["lr"] == pytest.approx(new["optim.lr"])
+    # the other trial's checkpoint was taken on record, the one way a run loads another run's checkpoint
+    assert json.loads((folder / "run.json").read_text())["adopted"]
 
 
 @pytest.mark.parametrize("algorithm", ["optuna", "hyperopt"])
@@ -284,3 +286,18 @@ def test_the_shipped_sweep_is_valid_and_found_by_name(tmp_path, monkeypatch):
     sweep = Sweep("sweeps/mnist_mlp", ["data.path=/somewhere/mnist"])
     assert sweep.base_cfg.data.path == "/somewhere/mnist" and sweep.opts["scheduler"] == "asha"
     assert set(sweep.param_space) == {"optim.lr", "model.d", "train.chunk_size", "train.seed"}
+
+
+def test_a_sweep_whose_trials_all_fail_keeps_their_tracebacks_in_its_folder(ray_cluster, tmp_path, capfd):
+    path = write_sweep(tmp_path, config={"train": {"epochs": 1, **LOCAL},
+                                         "checkpoint": {"uri": "file:///proc/ray_al_nowhere"}},  # every trial fails
+                       tune={"driver_cpus": 0.5, "verbose": 1, "max_failures": 0})
+    assert main(["tune", str(path)]) == 2
+    out, err = capfd.readouterr()
+    assert "Traceback" not in out + err, (out + err)[-3000:]
+    log = tmp_path / "sweep" / "trial-errors.log"
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("ray-al: error: 2 of 2 trial(s) failed; first: ray_al.errors.CheckpointError: cannot "
+                           "write checkpoint files under /proc/ray_al_nowhere/"), last
+    assert last.endswith(f"(tracebacks: {log})"), last
+    assert log.read_text().count("Traceback") >= 2

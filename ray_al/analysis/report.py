@@ -437,15 +437,33 @@ def parse_data_paths(items: list[str]) -> dict[str, str]:
     return paths
 
 
+def check_out(out: Path, overwrite: bool) -> None:
+    """Refuse, before any work, to write over a file or an earlier report unless asked, and ever into a
+    run folder (its files are the run's)."""
+    if (out / "config.yaml").is_file() or (out / "checkpoints").is_dir():
+        raise ConfigError(f"--out {out} is a run folder: give the report a folder of its own")
+    if overwrite:
+        return
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is an existing file (a report is a folder: report.md and its figures): "
+                          f"choose another --out, or add --overwrite to replace it")
+    if (out / "report.md").exists():
+        raise ConfigError(f"--out {out} already holds a report: choose another --out, or add --overwrite")
+
+
 def write_report(run_dirs: list[str | Path], out: str | Path, overrides: list[str] = (), samples: int = 2000,
                  tsne_samples: int = 500, log: Log = print, loader: Callable = load_model,
-                 data_paths: dict[str, str] | None = None) -> Path:
-    """`overrides` apply to every run's config; `data_paths` set data.path for the runs of one dataset."""
+                 data_paths: dict[str, str] | None = None, overwrite: bool = False) -> Path:
+    """`overrides` apply to every run's config; `data_paths` set data.path for the runs of one dataset;
+    `overwrite`: replace an earlier report (or a file) at `out`."""
     out = Path(out)
     if not run_dirs:
         raise ConfigError("report needs at least one run folder")
+    check_out(out, overwrite)
     runs = [read_run(Path(p)) for p in run_dirs]
     _labels(runs)
+    if overwrite and out.is_file():
+        out.unlink()
     out.mkdir(parents=True, exist_ok=True)
     datasets: dict = {}
     for r in runs:

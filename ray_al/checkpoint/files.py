@@ -29,6 +29,7 @@ from ray_al.config import ModelConfig
 from ray_al.errors import CheckpointError
 
 MANIFEST = "manifest.json"
+MANIFEST_LIMIT = 16 * 2**20  # bytes: a manifest is a config and a record, a few kB
 _STEP_DIR = re.compile(r"^step-(\d{9})$")
 
 
@@ -87,9 +88,28 @@ def _write_atomic(fs: pafs.FileSystem, path: str, data: bytes) -> None:
         raise CheckpointError(f"cannot write checkpoint file {path}: {getattr(e, 'strerror', None) or e}") from None
 
 
-def _read(fs: pafs.FileSystem, path: str) -> bytes:
+class UnfitFile(OSError):
+    """A file of a run that is not what its manifest says (not a regular file, another size): never read."""
+
+
+def _read(fs: pafs.FileSystem, path: str, size: int | None = None, limit: int | None = None) -> bytes:
+    """A regular file's bytes, checked before reading: anything else (a symlink to /dev/zero, a FIFO) would
+    read without end. `size`: what the manifest records, exactly; `limit`: a bound where none is recorded."""
+    name, info = posixpath.basename(path), fs.get_file_info(path)
+    if info.type == pafs.FileType.NotFound:
+        raise FileNotFoundError(f"no such file: {name}")
+    if info.type != pafs.FileType.File:
+        raise UnfitFile(f"{name} is not a regular file")
+    if size is not None and info.size != size:
+        raise UnfitFile(f"{name} is damaged or truncated ({info.size} bytes, the manifest records {size})")
+    bound = size if size is not None else limit
+    if bound is not None and info.size is not None and info.size > bound:
+        raise UnfitFile(f"{name} is {info.size} bytes, more than {bound}")
     with fs.open_input_stream(path) as f:
-        return f.read()
+        data = f.read() if bound is None else f.read(bound + 1)  # +1: a file that grew since is caught
+    if bound is not None and len(data) > bound:
+        raise UnfitFile(f"{name} holds more than {bound} bytes")
+    return data
 
 
 def step_dir(run: "str | Location", step: int) -> Location:
@@ -109,6 +129,10 @@ def write_block(ckpt_uri: "str | Location", index: int, state: dict) -> str:
 def write_manifest(ckpt_uri: str | Location, manifest: dict, keep: int) -> None:
     """Write the manifest last (the checkpoint is complete from then on), then prune the run's older ones."""
     ckpt = location(ckpt_uri)
+    for block in manifest["blocks"]:  # the size each file is checked against before it is read
+        info = ckpt.fs.get_file_info(f"{ckpt.path}/{block['file']}")
+        if "size" not in block and info.type == pafs.FileType.File:
+            block["size"] = info.size
     _write_atomic(ckpt.fs, f"{ckpt.path}/{MANIFEST}", json.dumps(manifest, indent=1).encode())
     _prune(ckpt.parent.parent, keep, manifest)  # .../RUN/checkpoints/step-N -> .../RUN
 
@@ -158,7 +182,7 @@ def _manifest_at(run_uri: str | Location, step: int) -> dict:
     """The manifest of checkpoint `step`, its schema checked: every key, its type, the block list."""
     fs, path = filesystem(step_dir(run_uri, step))
     try:
-        manifest = json.loads(_read(fs, f"{path}/{MANIFEST}"))
+        manifest = json.loads(_read(fs, f"{path}/{MANIFEST}", limit=MANIFEST_LIMIT))
     except (OSError, ValueError) as e:
         raise CheckpointError(f"checkpoint step {step}: unreadable manifest ({str(e).splitlines()[0]})") from None
     if not isinstance(manifest, dict):
@@ -174,9 +198,14 @@ def _manifest_at(run_uri: str | Location, step: int) -> dict:
         raise CheckpointError(f"checkpoint step {step}: negative position (epoch {manifest['epoch']}, "
                               f"batch {manifest['batch']})")
     blocks = manifest["blocks"]
-    if not blocks or not all(isinstance(b, dict) and isinstance(b.get("sha256"), str) for b in blocks):
+    if not blocks or not all(isinstance(b, dict) and isinstance(b.get("sha256"), str) and _size_ok(b.get("size", 0))
+                             for b in blocks):  # no size: a manifest from before sizes were recorded
         raise CheckpointError(f"checkpoint step {step}: the manifest's block list is malformed")
     return manifest
+
+
+def _size_ok(size) -> bool:
+    return isinstance(size, int) and not isinstance(size, bool) and size >= 0
 
 
 def read_manifest(run_uri: str | Location, step: int | None = None) -> dict:
@@ -212,7 +241,9 @@ def read_block(run_uri: str | Location, manifest: dict, index: int) -> dict:
         raise CheckpointError(f"checkpoint step {step}: the manifest lists {len(manifest['blocks'])} block(s), "
                               f"the model has more")
     try:
-        data = _read(fs, f"{path}/{name}")
+        data = _read(fs, f"{path}/{name}", size=manifest["blocks"][index].get("size"))
+    except UnfitFile as e:
+        raise CheckpointError(f"checkpoint step {step}: {e}") from None
     except OSError as e:
         raise CheckpointError(f"checkpoint step {step}: cannot read {name}: {e}") from None
     if hashlib.sha256(data).hexdigest() != manifest["blocks"][index]["sha256"]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from typing import Collection
 
 from ray_al.checkpoint import files
 from ray_al.checkpoint.provenance import provenance
@@ -28,6 +29,20 @@ def fingerprint(cfg: Config, input_shape: tuple, num_classes: int) -> dict:
             "l2_scope": cfg.optim.l2_scope if cfg.optim.weight_decay else "all"}
 
 
+class ForeignCheckpoint(CheckpointError):
+    """A checkpoint that another run wrote: refused, never fallen back from (it is not damage)."""
+
+
+def check_owner(manifest: dict, owners: Collection[str | None]) -> None:
+    """Refuse a checkpoint written by another run (its folder copied in, or its run_id edited). A run loads
+    its own and those it adopted on record (run.json "adopted": Tune's PBT continues a trial from another
+    trial's checkpoint); a run from before run ids (no run.json) loads manifests without one."""
+    if manifest.get("run_id") not in owners:
+        mine = ", ".join(sorted(str(o) for o in owners))
+        raise ForeignCheckpoint(f"checkpoint step {manifest['step']} was written by run {manifest.get('run_id')}, "
+                                f"not by this run ({mine}, run.json): a checkpoint of another run is never loaded")
+
+
 @dataclasses.dataclass
 class Position:
     """Where in the data a checkpoint stands: `batch` batches into epoch `epoch` (0-based), `step` steps in."""
@@ -41,8 +56,10 @@ class Checkpointer:
     newest checkpoint falls back to the one before it, saying so."""
 
     def __init__(self, cfg: Config, uri, fp: dict, enabled: bool = True, run_id: str | None = None,
-                 n_batches: int | None = None, log=print):
+                 n_batches: int | None = None, log=print, adopted: Collection[str] = ()):
+        """adopted: run ids besides `run_id` whose checkpoints this run loads (RunStorage.owners)."""
         self.cfg, self.uri, self.fp, self.run_id, self.n_batches, self.log = cfg, uri, fp, run_id, n_batches, log
+        self.owners = {run_id, *adopted}
         self.enabled = enabled and cfg.checkpoint.enabled
         self.every = cfg.checkpoint.every_steps if self.enabled else 0
 
@@ -53,7 +70,9 @@ class Checkpointer:
     def check(self, step: int | None = None) -> None:
         """Refuse now (before any actor starts) a checkpoint of another model, data shape or trainer, and a
         requested step that is not there."""
-        files.check_compatible(files.read_manifest(self.uri, step), self.fp)
+        manifest = files.read_manifest(self.uri, step)
+        check_owner(manifest, self.owners)
+        files.check_compatible(manifest, self.fp)
 
     def save(self, trainer, position: Position, record: dict | None = None) -> None:
         """`record`: the epoch's record, kept in the epoch-end manifest so metrics.jsonl can be repaired."""
@@ -79,11 +98,12 @@ class Checkpointer:
         for s in candidates:
             try:
                 manifest = files.read_manifest(self.uri, s)
+                check_owner(manifest, self.owners)
                 files.check_compatible(manifest, self.fp)
                 position = self._position(manifest)
                 trainer.load_blocks(self.uri, manifest)
             except CheckpointError as e:
-                if step is not None or str(e).startswith("checkpoint was made for"):
+                if step is not None or isinstance(e, ForeignCheckpoint) or str(e).startswith("checkpoint was made for"):
                     raise
                 errors.append(f"step {s}")
                 self.log(f"{e}; trying the one before it")
@@ -109,9 +129,11 @@ class Checkpointer:
         found = {}
         for step in files.complete_checkpoints(self.uri) if self.enabled else []:
             try:
-                record = files.read_manifest(self.uri, step).get("record")
+                manifest = files.read_manifest(self.uri, step)
+                check_owner(manifest, self.owners)  # another run's record never repairs this run's metrics
             except CheckpointError:
                 continue
+            record = manifest.get("record")
             if isinstance(record, dict) and isinstance(record.get("epoch"), int):
                 found[record["epoch"]] = record
         return found

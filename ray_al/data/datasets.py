@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from ray_al.config import DataConfig
-from ray_al.data.images import cell_bytes
+from ray_al.data.images import cell_bytes, wide_grey_to_8_bits
 from ray_al.data.labels import Origin, column_labels, count_classes
 from ray_al.data.user_data import load_imagefolder, load_python
 from ray_al.errors import DataError
@@ -61,7 +61,7 @@ def decode_png(cell) -> np.ndarray:
     """One Parquet image cell ({bytes, path} or raw bytes) -> uint8 [H, W, C]."""
     from PIL import Image
 
-    img = np.asarray(Image.open(io.BytesIO(cell_bytes(cell))))
+    img = np.asarray(wide_grey_to_8_bits(Image.open(io.BytesIO(cell_bytes(cell)))))
     return img if img.ndim == 3 else img[:, :, None]
 
 
@@ -282,6 +282,18 @@ def hold_out(x: np.ndarray, y: np.ndarray, fraction: float, seed: int = 0):
     return x[~is_val], y[~is_val], x[is_val], y[is_val]
 
 
+def check_finite(x: np.ndarray, origin: Origin, name: str) -> None:
+    """Float inputs (a factory's) with NaN or Inf would surface only as "non-finite loss" in a block: name
+    the first such sample instead. Pixels decoded from images are integers and always finite."""
+    if x.dtype.kind != "f":
+        return
+    bad = np.flatnonzero(~np.isfinite(x.reshape(len(x), -1)).all(axis=1))
+    if len(bad):
+        first = x[bad[0]][~np.isfinite(x[bad[0]])][0]
+        raise DataError(f"data {name}: {origin.where(int(bad[0]))} holds a non-finite value ({first}); "
+                        f"{len(bad)} {origin.split} sample(s) in all")
+
+
 def load_dataset(cfg: DataConfig) -> Dataset:
     origins = (Origin("train"), Origin("test"))
     if cfg.source == "parquet":
@@ -305,6 +317,7 @@ def load_dataset(cfg: DataConfig) -> Dataset:
     for split, x, origin in (("train", tr_x, origins[0]), ("test", te_x, origins[1])):
         if len(x) == 0:
             raise DataError(f"the {split} split of {name} is empty")
+        check_finite(x, origin, name)
     num_classes = count_classes(cfg.num_classes, names, [(tr_y, origins[0]), (te_y, origins[1])])
     if cfg.limit_train:
         tr_x, tr_y = _subset(tr_x, tr_y, cfg.limit_train)

@@ -26,6 +26,7 @@ def decode_image(raw: bytes, channels: int, size: tuple[int, int] | None = None,
         raise DataError(f"{name}: empty")
     try:
         img = Image.open(io.BytesIO(raw))
+        img = wide_grey_to_8_bits(img)
         img = img.convert("L" if channels == 1 else "RGB")
     except UnidentifiedImageError:
         raise DataError(f"{name}: not an image (no PNG, JPEG or other format Pillow reads)") from None
@@ -38,3 +39,16 @@ def decode_image(raw: bytes, channels: int, size: tuple[int, int] | None = None,
         img = img.resize((size[1], size[0]), Image.BILINEAR)
     arr = np.asarray(img)
     return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+
+
+def wide_grey_to_8_bits(img):
+    """A grey image of more than 8 bits (I;16*, or I, as Pillow opens 16-bit PNGs and 32-bit TIFFs) scaled
+    to 8 bits by its depth: convert("L") clips every value above 255 instead of scaling."""
+    from PIL import Image
+
+    if not (img.mode == "I" or img.mode.startswith("I;16")):
+        return img
+    arr = np.asarray(img).astype(np.float64)
+    bits = 16 if img.mode.startswith("I;16") or arr.max(initial=0) <= 65535 else 32
+    scaled = np.clip(np.round(arr * (255 / (2 ** bits - 1))), 0, 255).astype(np.uint8)
+    return Image.fromarray(scaled, "L")

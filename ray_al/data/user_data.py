@@ -12,7 +12,6 @@ split into test and train with `data.test_fraction` (seeded).
 """
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 
 import numpy as np
@@ -21,15 +20,17 @@ import torch
 from ray_al.config import DataConfig
 from ray_al.data.images import GRAY_MODES, IMAGE_SUFFIXES, decode_image
 from ray_al.errors import DataError
+from ray_al.user_import import import_user_module
 
 
 # -- python factory -------------------------------------------------------------------------------
 def call_factory(cfg: DataConfig):
     module, _, fn = cfg.factory.partition(":")
+    imported = import_user_module(module, f"data.factory '{cfg.factory}'", DataError)
     try:
-        factory = getattr(importlib.import_module(module), fn)
-    except Exception as e:  # the user's module: any failure on import is a data problem
-        raise DataError(f"data.factory '{cfg.factory}' cannot be loaded: {type(e).__name__}: {e}") from None
+        factory = getattr(imported, fn)
+    except AttributeError as e:
+        raise DataError(f"data.factory '{cfg.factory}' cannot be loaded: AttributeError: {e}") from None
     try:
         return factory(**cfg.factory_args)
     except Exception as e:
@@ -58,7 +59,7 @@ def _split_arrays(part, split: str, source: str) -> tuple[np.ndarray, np.ndarray
             raise DataError(f"{source}: the {split} dataset is empty")
         items = [part[i] for i in range(len(part))]
         x = np.stack([_as_array(item[0], f"{split} item 0") for item in items])
-        y = np.asarray([int(item[1]) for item in items])
+        y = np.asarray([item[1].item() if hasattr(item[1], "item") else item[1] for item in items])
     elif isinstance(part, (tuple, list)) and len(part) == 2:
         x, y = _as_array(part[0], f"{split} x"), _as_array(part[1], f"{split} y")
     else:
@@ -71,7 +72,25 @@ def _split_arrays(part, split: str, source: str) -> tuple[np.ndarray, np.ndarray
         raise DataError(f"{source}: {split} has {len(x)} inputs but {len(y)} labels")
     if x.dtype != np.uint8:
         x = x.astype(np.float32)
-    return x, y.astype(np.int64)
+    return x, _labels(y, f"{source}: {split} labels")
+
+
+def _labels(y, where: str) -> np.ndarray:
+    """Integer class indices, checked as a Parquet label column is (strings, NaN, fractions refused in one line)."""
+    import pyarrow as pa
+
+    from ray_al.data.labels import column_labels
+
+    y = np.asarray(y)
+    if y.dtype == bool:  # two classes as False/True
+        y = y.astype(np.int64)
+    if y.ndim != 1:
+        raise DataError(f"{where}: expected one label per input, got shape {y.shape}")
+    try:
+        column = pa.array(y)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, ValueError):
+        raise DataError(f"{where}: labels must be integers, got {y.dtype} values") from None
+    return column_labels(column, where)
 
 
 def load_python(cfg: DataConfig):

@@ -1,7 +1,6 @@
 """Model registry: a builder turns (input shape, classes, activation, knobs) into f-stages."""
 from __future__ import annotations
 
-import importlib
 import inspect
 from dataclasses import dataclass
 from typing import Callable
@@ -9,6 +8,7 @@ from typing import Callable
 import torch.nn as nn
 
 from ray_al.errors import ConfigError
+from ray_al.user_import import import_user_module
 
 
 @dataclass
@@ -31,12 +31,8 @@ def register(name: str):
 def import_model_module(name: str | None) -> None:
     """`model.module`: import the user's module so its @register builders exist in this process.
     The registry is per process, so the driver and every block actor import it before the lookup."""
-    if not name:
-        return
-    try:
-        importlib.import_module(name)
-    except Exception as e:  # the user's code: any failure on import is a config problem
-        raise ConfigError(f"model.module '{name}' cannot be imported: {type(e).__name__}: {e}") from None
+    if name:
+        import_user_module(name, f"model.module '{name}'")
 
 
 def builder_module(name: str) -> str | None:

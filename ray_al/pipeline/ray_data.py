@@ -22,6 +22,7 @@ waits for CPUs says so every few seconds and stops after `ray.placement_timeout_
 """
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Iterator
 
@@ -105,6 +106,19 @@ def train_labels(files: list[str]) -> tuple[np.ndarray, Origin]:
     return np.concatenate(ys) if ys else np.zeros(0, np.int64), Origin("train", counts)
 
 
+def quiet_ray_data() -> None:
+    """No progress bars and no per-dataset lines on the console, in whichever process runs a dataset: the
+    reader actor starts from Ray Data's defaults, not the driver's DataContext, and its bars reached the
+    driver's terminal through Ray's log forwarding. Ray Data's own log file (ray-data.log) keeps all of it."""
+    import logging
+
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = ctx.enable_operator_progress_bars = ctx.print_on_execution_start = False
+    for handler in logging.getLogger("ray.data").handlers:
+        if isinstance(handler, logging.StreamHandler):  # the console one; its file handler is not a stream
+            handler.setLevel(logging.ERROR)
+
+
 class TrainStream:
     """The training split as shards that Ray Data tasks read and decode (nothing is read until an epoch
     runs, except one pass for the normalisation statistics). No `read_parquet`: its listing task
@@ -137,8 +151,11 @@ class TrainStream:
             self.std = np.sqrt(np.maximum(ss / n - (s / n) ** 2, 1e-12)).astype(np.float32)
 
     def _map(self, units: list[dict], fn):
-        return ray.data.from_items(units, override_num_blocks=len(units)).map_batches(
-            fn, batch_size=1, batch_format="pyarrow", **self.args)
+        quiet_ray_data()
+        with warnings.catch_warnings():  # scheduling_strategy has no named parameter yet (Ray 2.60)
+            warnings.filterwarnings("ignore", message=".*ray_remote_args.* is deprecated")
+            return ray.data.from_items(units, override_num_blocks=len(units)).map_batches(
+                fn, batch_size=1, batch_format="pyarrow", **self.args)
 
     def epoch(self, seed: int):
         """The decoded split with its shards in an order drawn from `seed`."""
@@ -208,8 +225,6 @@ class RayDataSource:
                 # resolved here and recorded in the run's config.yaml: the blocks' share beside the reader
                 n = block_count(cfg.model, self.input_shape, self.num_classes)
                 self.resolved["ray.num_cpus_per_block"] = cpus_per_block(cfg.ray, n, reserved=DATA_CPUS)
-            ctx = ray.data.DataContext.get_current()  # datasets carry this context to the reader
-            ctx.enable_progress_bars, ctx.print_on_execution_start = False, False
             strategy = {"scheduling_strategy": PlacementGroupSchedulingStrategy(self.data_pg)} if self.data_pg else {}
             self.stream = TrainStream(cfg, strategy)
             self.test_x, self.test_y = to_float(te_x), torch.from_numpy(te_y)

@@ -9,6 +9,7 @@ import contextlib
 import os
 import signal
 import socket
+import sys
 import threading
 
 import ray
@@ -21,6 +22,7 @@ def connect(ray_cfg: RayConfig) -> None:
     """Join ray.address (or RAY_ADDRESS, which Ray jobs set), else start a new local cluster
     (no dashboard: it costs seconds). `ray.address: auto` joins a `ray start` cluster here."""
     if ray.is_initialized():
+        _say_what_is_ignored(ray_cfg)
         return
     address = ray_cfg.address or os.environ.get("RAY_ADDRESS")
     if address:
@@ -51,6 +53,26 @@ def _quiet_token_auth_notice() -> None:
 class _DropTokenAuthEnabled:
     def filter(self, record) -> bool:
         return not record.getMessage().startswith("Token authentication is enabled")
+
+
+_said: set[str] = set()
+
+
+def _say_what_is_ignored(ray_cfg: RayConfig) -> None:
+    """Settings that only ray.init takes, given to a process that already joined Ray: said once, not dropped
+    in silence. Only a driver says it (a Tune trial or an actor runs where its driver put it)."""
+    from ray._private.worker import SCRIPT_MODE, global_worker
+
+    if global_worker.mode != SCRIPT_MODE:
+        return
+    if ray_cfg.num_cpus is None:
+        return
+    have = ray.cluster_resources().get("CPU", 0)
+    line = (f"ray-al: ray.num_cpus={ray_cfg.num_cpus} ignored: this process already joined a Ray cluster with "
+            f"{have:g} CPUs (ray.init ran before)")
+    if ray_cfg.num_cpus != have and line not in _said:
+        _said.add(line)
+        print(line, file=sys.stderr)
 
 
 def check_reachable(address: str, timeout: float = 5.0) -> None:

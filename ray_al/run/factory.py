@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ray_al.checkpoint.files import read_manifest
+from ray_al.checkpoint.files import check_compatible, read_manifest
+from ray_al.checkpoint.policy import check_owner, fingerprint
 from ray_al.config import Config, changed
 from ray_al.run.storage import open_run
 from ray_al.trainers.base import InProcessTrainer, Trainer
@@ -34,7 +35,9 @@ def load_trainer(run_dir: str | Path, overrides: list[str] | None = None,
     if cfg.train.trainer == "al":  # the same blocks and arithmetic in this process
         cfg = changed(cfg, {"train.trainer": "al_local"})
     manifest = read_manifest(storage.checkpoint_uri)
+    check_owner(manifest, storage.owners())  # as a resume checks: this run's checkpoint, made for its config
     fp = manifest["fingerprint"]
+    check_compatible(manifest, fingerprint(cfg, tuple(fp["input_shape"]), fp["num_classes"]))
     trainer = make_trainer(cfg, tuple(fp["input_shape"]), fp["num_classes"], total_steps=1)
     trainer.load_blocks(storage.checkpoint_uri, manifest)
     return cfg, trainer, manifest

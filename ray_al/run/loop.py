@@ -31,6 +31,7 @@ from ray_al.models import parameter_counts
 from ray_al.run.callbacks import Callback
 from ray_al.run.factory import Trainer, make_trainer
 from ray_al.run.loggers import check_loggers, console, make_loggers
+from ray_al.run.memory import check_model_fits
 from ray_al.run.progress import Log, Progress, format_record
 from ray_al.run.sources import ChunkSource, open_source
 from ray_al.run.storage import RunStorage
@@ -136,7 +137,8 @@ def open_run(cfg: Config, source: ChunkSource, log: Log, hooks: Hooks, resume: R
     try:
         checkpoints = Checkpointer(cfg, storage.checkpoint_uri,
                                    fingerprint(cfg, source.input_shape, source.num_classes),
-                                   enabled=source.checkpoints, run_id=storage.run_id, n_batches=n_batches, log=log)
+                                   enabled=source.checkpoints, run_id=storage.run_id, n_batches=n_batches, log=log,
+                                   adopted=storage.owners())
         if resume.run_dir and checkpoints.exists():
             checkpoints.check(resume.step)  # a checkpoint of another model or trainer costs nothing
             if resume.config_changes:
@@ -156,6 +158,7 @@ def open_run(cfg: Config, source: ChunkSource, log: Log, hooks: Hooks, resume: R
             + (f"; BP baseline: {cfg.model.bp_baseline}" if cfg.train.trainer == "bp" else ""))
         if cfg.checkpoint.enabled and not source.checkpoints:
             log("checkpoints: off with data.loader=ray_data (use the in-memory loader to checkpoint and resume)")
+        check_model_fits(cfg, source.input_shape, source.num_classes)  # one line, not torch's "can't allocate"
         trainer = make_trainer(cfg, source.input_shape, source.num_classes, cfg.train.epochs * n_batches)
         if not resume.run_dir:
             source.preprocess.save(storage.run_dir)  # what `ray-al predict` repeats on new inputs

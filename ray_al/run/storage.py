@@ -146,6 +146,25 @@ class RunStorage:
         except ValueError:
             return {}
 
+    def owners(self) -> set[str | None]:
+        """The run ids whose checkpoints this run loads: its own (None for a run from before run ids) and
+        those it adopted on record."""
+        identity = self.identity()
+        adopted = [a.get("run_id") for a in identity.get("adopted", []) if isinstance(a, dict)]
+        return {self.run_id or identity.get("run_id"), *(a for a in adopted if isinstance(a, str))}
+
+    def adopt(self, run_id: str, step: int, why: str) -> None:
+        """Load checkpoints of run `run_id` from now on (Tune's PBT hands a trial another trial's), kept in
+        run.json: the one explicit way another run's checkpoint is accepted. Gives a run without an
+        identity one first."""
+        identity = self.identity()
+        if not identity.get("run_id"):
+            identity = {"run_id": secrets.token_hex(8), "created": time.time(), "changes": [], **identity}
+        self.run_id = identity["run_id"]
+        identity.setdefault("adopted", []).append({"run_id": run_id, "step": step, "time": time.time(), "why": why})
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / IDENTITY).write_text(json.dumps(identity, indent=1))
+
     def record_change(self, changes: dict) -> None:
         """A resume that changed the config (--allow-change): kept in run.json beside the new config.yaml."""
         identity = self.identity()

@@ -35,6 +35,7 @@ varies keys that change the data itself.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import shutil
@@ -58,6 +59,7 @@ from ray_al.errors import ConfigError, TrainingError
 from ray_al.run.loggers import console
 from ray_al.run.storage import RunStorage, read_records
 
+TRIAL_ERRORS_LOG = "trial-errors.log"  # in the sweep's output folder
 SEARCH_FORMS = {"grid_search", "choice", "uniform", "loguniform", "randint", "quniform", "qloguniform"}
 SWEEP_KEYS = {"base", "config", "param_space", "tune", "output", "name"}
 SCHEDULERS = ("none", "asha", "hyperband", "pbt")
@@ -146,6 +148,21 @@ class Sweep:
         sweep = cls(path, overrides)
         sweep.output = path.parent.resolve()  # where it is now, should it have moved
         return sweep
+
+    def check_output_free(self) -> None:
+        """A new sweep writes results.csv/json, sweep.yaml and tune/ into its output folder: refuse one that
+        holds anything (an earlier sweep's results, a run folder); --resume is the way back into it."""
+        out = self.output
+        if out.exists() and not out.is_dir():
+            raise ConfigError(f"output: {out} is a file, not a folder")
+        held = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+        if not held:
+            return
+        if (out / "config.yaml").is_file() and not (out / "sweep.yaml").is_file():
+            raise ConfigError(f"output: {out} is a run folder (config.yaml); a sweep needs a folder of its own")
+        resume = f", or continue that sweep with ray-al tune --resume {out}" if (out / "sweep.yaml").is_file() else ""
+        raise ConfigError(f"output: {out} already holds {', '.join(held[:4])}{', ...' if len(held) > 4 else ''}: "
+                          f"choose another output{resume}")
 
     def save(self) -> None:
         """sweep.yaml in the output folder: a sweep file complete in itself, for --resume."""
@@ -247,7 +264,8 @@ def restore_trial_folder(checkpoint, cfg: Config, folder: Path) -> Path | None:
         return None
     storage = RunStorage(folder, cfg.checkpoint.uri)
     with checkpoint.as_directory() as local:
-        step = json.loads((Path(local) / files.MANIFEST).read_text())["step"]
+        manifest = json.loads((Path(local) / files.MANIFEST).read_text())
+        step = manifest["step"]
         root = files.location(storage.checkpoint_uri).join("checkpoints")
         root.fs.delete_dir_contents(root.path, missing_dir_ok=True)
         target = files.step_dir(storage.checkpoint_uri, step)
@@ -255,6 +273,8 @@ def restore_trial_folder(checkpoint, cfg: Config, folder: Path) -> Path | None:
         pafs.copy_files(local, target.path, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=target.fs)
     folder.mkdir(parents=True, exist_ok=True)
     storage.save_config(cfg)  # PBT may have changed the config
+    if manifest.get("run_id") not in storage.owners():  # PBT's exploit: another trial's checkpoint, on record
+        storage.adopt(manifest.get("run_id"), step, "Ray Tune handed this trial another trial's checkpoint (PBT)")
     return folder
 
 
@@ -356,11 +376,31 @@ def _prepare(sweep: Sweep, log: Log):
     return tune.with_resources(trainable, resources)
 
 
+@contextlib.contextmanager
+def trial_errors_to(path: Path):
+    """Tune logs every failed trial's whole traceback on the terminal (its controller's logger): into the
+    sweep folder's log instead, where they stay; the terminal gets Tune's one line per failed trial and ours."""
+    import logging
+
+    logger = logging.getLogger("ray.tune.execution.tune_controller")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logger.addHandler(handler)
+    propagate, logger.propagate = logger.propagate, False
+    try:
+        yield
+    finally:
+        logger.propagate = propagate
+        logger.removeHandler(handler)
+        handler.close()
+
+
 def _fit(tuner, sweep: Sweep, log: Log):
     """tuner.fit() with SIGTERM (`ray job stop`) taken as Ctrl-C, which Tune ends cleanly, saving its state."""
     from ray_al.pipeline.session import sigterm_sends_sigint
 
-    with sigterm_sends_sigint():
+    with sigterm_sends_sigint(), trial_errors_to(sweep.output / TRIAL_ERRORS_LOG):
         results = tuner.fit()
     from ray.tune import ExperimentAnalysis
 
@@ -377,7 +417,8 @@ def _fit(tuner, sweep: Sweep, log: Log):
         raise KeyboardInterrupt(f"resume with: ray-al tune --resume {sweep.output}")
     if results.num_errors:
         first = str(results.errors[0]).strip().splitlines()[-1]
-        raise TrainingError(f"{results.num_errors} of {len(results)} trial(s) failed; first: {first}")
+        raise TrainingError(f"{results.num_errors} of {len(results)} trial(s) failed; first: {first} (tracebacks: "
+                            f"{sweep.output / TRIAL_ERRORS_LOG})")
     metric = sweep.opts["metric"]
     try:
         best = results.get_best_result()
@@ -406,6 +447,7 @@ def run_sweep(sweep: Sweep, log: Log = console):
     from ray import tune
 
     o = sweep.opts
+    sweep.check_output_free()
     trainable = _prepare(sweep, log)
     sweep.save()
     tuner = tune.Tuner(
