@@ -61,7 +61,10 @@ def test_two_trials_on_two_cpus_report_their_checkpoints(ray_cluster, tmp_path, 
     assert all(r["status"] == "TERMINATED" and 0 <= r["val_acc"] <= 1 for r in rows)
     assert rows[0]["epoch"] == 2 and rows[1]["epoch"] in (1, 2) and rows[0]["train.seed"] in (0, 1)
     assert rows[0]["best_val_acc"] >= rows[1]["best_val_acc"]
-    assert (tmp_path / "sweep" / "results.csv").read_text().startswith("trial_id,optim.lr,train.seed,epoch,val_acc")
+    assert (tmp_path / "sweep" / "results.csv").read_text().startswith(
+        "trial_id,trial,optim.lr,train.seed,epoch,val_acc,test_acc")
+    assert sorted(r["trial"] for r in rows) == ["trial-00000", "trial-00001"]
+    assert all(0 <= r["test_acc"] <= 1 for r in rows)  # beside the metric, as the sweep file promises
     assert "best_val_acc" in capsys.readouterr().out
     # the best trial's checkpoint is the run's own checkpoint folder of its last epoch: blocks load from it
     best = results.get_best_result()
@@ -301,3 +304,11 @@ def test_a_sweep_whose_trials_all_fail_keeps_their_tracebacks_in_its_folder(ray_
                            "write checkpoint files under /proc/ray_al_nowhere/"), last
     assert last.endswith(f"(tracebacks: {log})"), last
     assert log.read_text().count("Traceback") >= 2
+
+
+def test_every_key_of_the_sweep_file_is_overridable_on_the_command_line(tmp_path):
+    from ray_al.run.tune import Sweep
+    sweep = Sweep(write_sweep(tmp_path), ["tune.num_samples=3", "param_space.optim.lr={grid_search: [0.01, 0.02]}",
+                                          f"output={tmp_path / 'o'}", "name=small", "train.epochs=1"])
+    assert sweep.opts["num_samples"] == 3 and sweep.raw_space["optim.lr"] == {"grid_search": [0.01, 0.02]}
+    assert sweep.output == (tmp_path / "o").resolve() and sweep.name == "small" and sweep.base_cfg.train.epochs == 1

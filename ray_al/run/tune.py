@@ -51,6 +51,7 @@ from ray_al.config import (
     config_from_dict,
     find_config,
     merge_values,
+    parse_override,
     read_config_file,
     read_yaml,
     set_dotted,
@@ -102,10 +103,31 @@ def _search_form(key: str, spec: Any):
     return getattr(tune, form)(*nums), probe
 
 
+def _apply_sweep_overrides(raw: dict, overrides: list[str]) -> list[str]:
+    """Every key of the sweep file is overridable on the command line like the base config's: `tune.num_samples=1`,
+    `param_space.optim.lr=[1e-3]` (the whole key after param_space. is one config key), `output=DIR`, `name=N`.
+    Sets those in `raw` and returns the rest (the base config's overrides)."""
+    rest = []
+    for text in overrides:
+        key, value = parse_override(text)
+        if key.startswith("param_space."):
+            space = raw.setdefault("param_space", {}) or {}
+            space[key.removeprefix("param_space.")] = value
+            raw["param_space"] = space
+        elif key.startswith("tune."):
+            set_dotted(raw, key, value, what=f"override '{text}'")
+        elif key in ("output", "name"):
+            raw[key] = value
+        else:
+            rest.append(text)
+    return rest
+
+
 class Sweep:
     def __init__(self, path: str | Path, overrides: list[str] | None = None):
         path = find_config(path)
         raw = read_yaml(path)
+        overrides = _apply_sweep_overrides(raw, overrides or [])
         unknown = set(raw) - SWEEP_KEYS
         if unknown:
             raise ConfigError(f"{path}: unknown sweep key(s) {', '.join(sorted(unknown))} "
@@ -396,11 +418,27 @@ def trial_errors_to(path: Path):
         handler.close()
 
 
+@contextlib.contextmanager
+def _no_restore_hint():
+    """On Ctrl-C Tune logs how to resume with Tuner.restore(...); ray-al says `ray-al tune --resume DIR`."""
+    import logging
+
+    def drop(record) -> bool:
+        return "Resume experiment with" not in record.getMessage()
+
+    logger = logging.getLogger("ray.tune.tune")
+    logger.addFilter(drop)
+    try:
+        yield
+    finally:
+        logger.removeFilter(drop)
+
+
 def _fit(tuner, sweep: Sweep, log: Log):
     """tuner.fit() with SIGTERM (`ray job stop`) taken as Ctrl-C, which Tune ends cleanly, saving its state."""
     from ray_al.pipeline.session import sigterm_sends_sigint
 
-    with sigterm_sends_sigint(), trial_errors_to(sweep.output / TRIAL_ERRORS_LOG):
+    with sigterm_sends_sigint(), trial_errors_to(sweep.output / TRIAL_ERRORS_LOG), _no_restore_hint():
         results = tuner.fit()
     from ray.tune import ExperimentAnalysis
 
@@ -454,9 +492,15 @@ def run_sweep(sweep: Sweep, log: Log = console):
         trainable, param_space=sweep.param_space,
         tune_config=tune.TuneConfig(metric=o["metric"], mode=o["mode"], num_samples=int(o["num_samples"]),
                                     scheduler=_scheduler(sweep), search_alg=_searcher(sweep),
-                                    max_concurrent_trials=o["max_concurrent_trials"]),
+                                    max_concurrent_trials=o["max_concurrent_trials"],
+                                    trial_name_creator=_trial_name, trial_dirname_creator=_trial_name),
         run_config=_run_config(sweep))
     return _fit(tuner, sweep, log)
+
+
+def _trial_name(trial) -> str:
+    """`trial-00003` (its place in the sweep) instead of Tune's `_trainable_9a2f1_00003`."""
+    return f"trial-{trial.trial_id.rsplit('_', 1)[-1]}"
 
 
 def resume_sweep(sweep: Sweep, log: Log = console):
@@ -486,7 +530,8 @@ def results_table(results, keys: list[str], metric: str, mode: str, status: dict
     if last.empty:
         return pd.DataFrame(columns=["trial_id", *keys, "epoch", metric, f"best_{metric}", "status"])
     best = results.get_dataframe(filter_metric=metric, filter_mode=mode).set_index("trial_id")[metric]
-    columns = ["trial_id", *[f"config/{k}" for k in keys], "epoch", metric, "samples_per_s"]
+    columns = ["trial_id", *[f"config/{k}" for k in keys], "epoch", metric,
+               *[m for m in ("val_acc", "test_acc") if m != metric], "samples_per_s"]
     table = last[[c for c in columns if c in last.columns]].rename(columns=lambda c: c.removeprefix("config/"))
     table[f"best_{metric}"] = table["trial_id"].map(best)
     folders = folders or {}
@@ -494,14 +539,19 @@ def results_table(results, keys: list[str], metric: str, mode: str, status: dict
         own = read_records(folders[trial_id] / "metrics.jsonl")[0] if trial_id in folders else []
         record = own[-1] if own else {}
         if record.get("epoch", 0) > table.at[row, "epoch"]:
-            for column in ("epoch", metric, "samples_per_s"):
+            for column in ("epoch", metric, "val_acc", "test_acc", "samples_per_s"):
                 if column in table.columns and column in record:
                     table.at[row, column] = record[column]
             if metric in record:
                 seen = table.at[row, f"best_{metric}"]
                 table.at[row, f"best_{metric}"] = record[metric] if pd.isna(seen) else (
                     max if mode == "max" else min)(seen, record[metric])
+    missing = [t for t in status if t not in set(table["trial_id"])]  # never reported: still pending when stopped
+    if missing:
+        table = pd.concat([table, pd.DataFrame({"trial_id": missing})], ignore_index=True)
     table["status"] = table["trial_id"].map(status)
+    if folders:
+        table.insert(1, "trial", table["trial_id"].map(lambda t: folders[t].name if t in folders else None))
     return table.sort_values(f"best_{metric}", ascending=(mode == "min"), na_position="last").reset_index(drop=True)
 
 
