@@ -15,6 +15,7 @@ from ray_al.core.step_options import StepOptions
 from ray_al.errors import RayALError
 from ray_al.models import build_al_block
 from ray_al.pipeline.replica_group import GradientAverage, broadcast_from_first, free_port, join
+from ray_al.pipeline.slow_block import chunk_delay
 
 
 @ray.remote(enable_tensor_transport=True)  # train_relay's outputs may travel by RDT (ray_al/pipeline/transport.py)
@@ -41,9 +42,9 @@ class BlockActor:
         block = build_al_block(model, input_shape, num_classes, index, seed, self.device)
         self.trainer = BlockTrainer(block, optim, total_steps, index, model, options)
         self.is_last = index == n_blocks - 1
-        # fault-injection hook for tests and demos: RAY_AL_SLOW_BLOCK="2:0.05" sleeps 50 ms per chunk in block 2
-        block_no, _, seconds = os.environ.get("RAY_AL_SLOW_BLOCK", "").partition(":")
-        self.delay = float(seconds) if block_no == str(index + 1) else 0.0
+        # fault-injection hook for tests, demos and the simulated benchmark (slow_block.py):
+        # RAY_AL_SLOW_BLOCK="2:0.05" sleeps 50 ms per chunk in block 2
+        self.delay = chunk_delay(index, self.replica)
 
     def where(self) -> dict:
         if self.startup_error:
