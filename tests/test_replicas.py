@@ -15,6 +15,7 @@ import torch
 
 from ray_al.config import load_config
 from ray_al.errors import ConfigError
+from ray_al.run.factory import load_trainer
 from ray_al.run.loop import train
 from tests.helpers import FaultInjector, assert_states_equal, pid_of, tiny_config
 
@@ -99,6 +100,8 @@ def test_replica_checkpoint_resumes_with_one_replica_and_twice_the_batch(ray_clu
     manifests = sorted(first.run_dir.rglob("manifest.json"))
     assert manifests and all(json.loads(m.read_text())["replicas_per_block"] == 2 for m in manifests)
     assert {p.name for p in manifests[-1].parent.iterdir()} >= {"block-1.pt", "block-2.pt"}
+    _, loaded, _ = load_trainer(first.run_dir)  # eval, predict and export read an R = 2 run in one process
+    assert loaded.state_dicts()[0]["step_count"] == 88
     one = tiny_config(tmp_path, data={"batch_size": 2 * B}, train={"epochs": EPOCHS, "chunk_size": 4},
                       checkpoint={"enabled": True}, name="run")
     resumed = train(one, log=lambda line: None, keep_trainer=True, resume_dir=first.run_dir)

@@ -35,7 +35,7 @@ def load_trainer(run_dir: str | Path, overrides: list[str] | None = None,
     dataset is needed."""
     cfg, storage = open_run(run_dir, [f"train.device={device}", *(overrides or [])])
     if cfg.train.trainer == "al":  # the same blocks and arithmetic in this process
-        cfg = changed(cfg, {"train.trainer": "al_local"})
+        cfg = changed(cfg, {"train.trainer": "al_local", "ray.replicas_per_block": 1})  # replicas hold one state
     manifest = read_manifest(storage.checkpoint_uri)
     fp = manifest["fingerprint"]
     trainer = make_trainer(cfg, tuple(fp["input_shape"]), fp["num_classes"], total_steps=1)
