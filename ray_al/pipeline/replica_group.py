@@ -3,9 +3,9 @@ the gradient average every step makes in it.
 
 Every actor process belongs to one block, so the process's default group is that block's group: rank r
 is replica r, rendezvous over TCP at a free port of replica 0's node (the driver passes its address on).
-gloo on CPU, NCCL on GPU. The group's timeout (from ray.placement_timeout_s) bounds every collective, so
-a replica that hangs or dies makes its peers fail with one line (a BlockLost: the run restarts from
-its last checkpoint) instead of waiting for ever.
+gloo on CPU, NCCL on GPUs (one per replica; replicas.group_backend). The group's timeout (from
+ray.placement_timeout_s) bounds every collective, so a replica that hangs or dies makes its peers fail
+with one line (a BlockLost: the run restarts from its last checkpoint) instead of waiting for ever.
 """
 from __future__ import annotations
 
@@ -26,11 +26,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def join(address: str, port: int, rank: int, world: int, device: torch.device, timeout_s: float,
-         where: str) -> None:
-    """Join this block's group as replica `rank` of `world`; then every replica holds replica 0's
-    parameters (built from the same seed they are equal already; the broadcast makes it a fact)."""
-    backend = "nccl" if device.type == "cuda" else "gloo"
+def join(address: str, port: int, rank: int, world: int, backend: str, timeout_s: float, where: str) -> None:
+    """Join this block's group as replica `rank` of `world` over `backend` (replicas.group_backend)."""
     try:
         dist.init_process_group(backend, init_method=f"tcp://{address}:{port}", rank=rank, world_size=world,
                                 timeout=datetime.timedelta(seconds=timeout_s))
@@ -40,6 +37,8 @@ def join(address: str, port: int, rank: int, world: int, device: torch.device, t
 
 
 def broadcast_from_first(module: torch.nn.Module, where: str) -> None:
+    """Every replica takes replica 0's parameters and buffers: built from one seed they are equal
+    already, the broadcast makes it a fact (whatever the device's initialisation does)."""
     try:
         for tensor in module.state_dict().values():  # parameters and buffers, sharing their storage
             dist.broadcast(tensor, src=0)

@@ -63,15 +63,25 @@ def chain_transport(asked: str, chains: list[list[dict]]) -> tuple[str, str]:
     """The hop transport for R chains placed as `chains` (each a chain's BlockActor.where()): the one
     every chain resolves to; a collective RDT transport would share the process with the replicas' group."""
     picked = {resolve(asked, chain) for chain in chains}
-    transport, why = picked.pop() if len(picked) == 1 else ("object_store", "auto: the replica chains differ")
-    if picked and asked != "auto":
-        raise ConfigError(f"ray.tensor_transport={asked} fits some replica chains only: use object_store")
+    if len(picked) > 1:  # e.g. cuda_ipc where a chain's blocks share a GPU, but not in every chain
+        if asked != "auto":
+            raise ConfigError(f"ray.tensor_transport={asked} fits some replica chains only: use object_store")
+        picked = {("object_store", "auto: the replica chains differ")}
+    (transport, why), = picked
     if transport in COLLECTIVE_TRANSPORTS:
         if asked != "auto":
             raise ConfigError(f"ray.tensor_transport={asked} with ray.replicas_per_block > 1 is not supported (the "
                               f"replicas' all-reduce owns each actor's process group): use object_store or cuda_ipc")
         return "object_store", f"auto: {transport} is not used with block replicas"
     return transport, why
+
+
+def group_backend(replicas: list[dict]) -> str:
+    """NCCL for a block whose replicas each hold a GPU of their own (NCCL takes one rank per GPU), else gloo
+    (CPU tensors, or CUDA tensors of replicas sharing a GPU)."""
+    gpus = [(p["node"], g) for p in replicas for g in p["gpu_ids"][:1]]
+    cuda = all(p["device_type"] == "cuda" for p in replicas)
+    return "nccl" if cuda and len(set(gpus)) == len(replicas) else "gloo"
 
 
 class ReplicatedPipeline(ALPipeline):
@@ -109,8 +119,9 @@ class ReplicatedPipeline(ALPipeline):
     def _join_groups(self) -> None:
         """One torch.distributed group per block, all blocks at once (each rendezvous needs all R)."""
         addresses = ray.get([actor.replica_address.remote() for actor in self.chains[0]])
-        timeout = self.cfg.ray.placement_timeout_s
-        self._get([chain[i].join_replicas.remote(ip, port, self.replicas, timeout)
+        n, timeout = self.n, self.cfg.ray.placement_timeout_s
+        backends = [group_backend(self.placement[i::n]) for i in range(n)]
+        self._get([chain[i].join_replicas.remote(ip, port, self.replicas, backends[i], timeout)
                    for chain in self.chains for i, (ip, port) in enumerate(addresses)])
 
     # -- training: one stream of calls per chain ----------------------------------------------------
