@@ -75,6 +75,20 @@ def test_replica_settings_that_cannot_work_are_refused_in_one_line(tmp_path, ove
         tiny_config(tmp_path, **override)
 
 
+def test_replica_micro_batches_split_every_batch_in_order_and_own_their_storage():
+    from ray_al.core.batches import Chunk
+    from ray_al.pipeline.replicas import merge_stats, micro_batches
+
+    x, y = torch.randn(3, 8, 1, 2, 2), torch.arange(24).reshape(3, 8)
+    parts = micro_batches(Chunk(0, x, y), 2)
+    assert [torch.equal(px, x[:, r * 4:(r + 1) * 4]) and torch.equal(py, y[:, r * 4:(r + 1) * 4])
+            for r, (px, py) in enumerate(parts)] == [True, True]
+    assert all(px.untyped_storage().nbytes() == px.numel() * px.element_size() for px, _ in parts)
+    stats = [[{"block": 1, "steps": 3, "bridge_loss": 1.0, "ae_loss": 2.0, "compute_s": 0.5}],
+             [{"block": 1, "steps": 3, "bridge_loss": 3.0, "ae_loss": 4.0, "compute_s": 0.7}]]
+    assert merge_stats(stats) == [{"block": 1, "steps": 3, "bridge_loss": 2.0, "ae_loss": 3.0, "compute_s": 0.7}]
+
+
 def test_two_replicas_equal_al_local_with_twice_the_batch(ray_cluster, tmp_path, reference):
     lines = []
     result = train(_replicated(tmp_path), log=lines.append, keep_trainer=True)
