@@ -89,7 +89,7 @@ class Placement:
 
 def reserve(ray_cfg: RayConfig, n_blocks: int, pg: PlacementGroup | None = None, replicas: int = 1) -> Placement:
     """Use `pg` (or the placement group this code runs in, e.g. a Tune trial's), else make one; one bundle
-    per actor: `replicas` actors per block (ray.replicas_per_block), replica r of block i at bundle r * N + i."""
+    per actor: `replicas` actors per block (ray.replicas_per_block), replica r of block i at bundle i * R + r."""
     actors, what = n_blocks * replicas, f"{n_blocks} blocks" + (f" x {replicas} replicas" if replicas > 1 else "")
     pg = pg or get_current_placement_group()
     if pg is not None:

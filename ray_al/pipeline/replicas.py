@@ -10,7 +10,8 @@ R x B: with equal micro-batches the mean of their mean gradients is the mean gra
 
 Replica 0's chain (`self.actors`) does what needs one copy: evaluation, prediction, state and
 checkpoint files; warm-up and state loads go to every replica so that all stay equal. Actor (r, i)
-sits in bundle r * N + i of one placement group. A lost replica is a lost block: the run restarts.
+sits in bundle i * R + r of one placement group: a block's replicas side by side, so SPREAD
+spreads them over nodes and PACK keeps them together. A lost replica is a lost block: the run restarts.
 """
 from __future__ import annotations
 
@@ -90,7 +91,7 @@ class ReplicatedPipeline(ALPipeline):
     def _start(self) -> None:
         cfg, n = self.cfg, self.n
         self.replicas = r_count = cfg.ray.replicas_per_block
-        self.slots = reserve(cfg.ray, n, self._given_pg, replicas=r_count)  # (r, i) -> bundle offset + r*N + i
+        self.slots = reserve(cfg.ray, n, self._given_pg, replicas=r_count)  # (r, i) -> bundle offset + i*R + r
         self.pg = self.slots.pg
         try:
             check_bundles(cfg.ray.tensor_transport, self.slots.bundles)
@@ -99,7 +100,7 @@ class ReplicatedPipeline(ALPipeline):
         except ConfigError:
             self.slots.release()
             raise
-        self.chains = [[BlockActor.options(**self.slots.options(r * n + i))
+        self.chains = [[BlockActor.options(**self.slots.options(i * r_count + r))
                         .remote(cfg.model, cfg.optim, cfg.train.seed, cfg.train.threads, self.input_shape,
                                 self.num_classes, i, n, self.total_steps, StepOptions.from_config(cfg.train), r)
                         for i in range(n)] for r in range(r_count)]
