@@ -129,6 +129,9 @@ class RayConfig:
     placement_strategy: str = one_of("PACK", "Ray's placement group strategy for the blocks",
                                      PACK="", SPREAD="", STRICT_PACK="", STRICT_SPREAD="")
     placement_timeout_s: float = setting(60.0, "how long to wait for the blocks' resources before a one-line error")
+    replicas_per_block: int = setting(1, "R actors per block, each on its own micro-batch of data.batch_size: one "
+                                         "step = R x batch_size samples, the replicas' gradients averaged "
+                                         "(pipeline/replicas.py); 1: one actor per block")
     tensor_transport: str = one_of("auto", "how chunks hop between blocks (pipeline/transport.py)",
                                    auto="by hardware", object_store="", cuda_ipc="Ray Direct Transport",
                                    nccl="Ray Direct Transport", gloo="Ray Direct Transport")
@@ -189,7 +192,7 @@ POSITIVE = {"data.batch_size", "train.chunk_size", "train.max_inflight_chunks", 
             "optim.lr", "optim.target_lr_scale", "checkpoint.keep", "data.synthetic_classes",
             "data.synthetic_size", "data.num_classes", "model.d", "model.depth", "train.threads", "ray.num_cpus",
             "ray.num_cpus_per_block", "data.limit_train", "data.limit_test", "ray.placement_timeout_s",
-            "model.target_warmup_lr"}
+            "model.target_warmup_lr", "ray.replicas_per_block"}
 MAX_SEED = 10 ** 8 - 1  # (seed * 100_003 + epoch) * 1_000_003 + batch must fit a 64-bit generator seed
 RUN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,199}")  # one folder, never `..` or a path
 NON_NEGATIVE = {"train.epochs", "optim.weight_decay", "checkpoint.every_steps", "ray.num_gpus_per_block",
@@ -296,6 +299,9 @@ def validate(cfg: Config) -> Config:
     if cfg.data.loader == "ray_data" and (cfg.data.source != "parquet" or cfg.train.trainer != "al"):
         raise ConfigError("data.loader=ray_data streams Parquet shards into the Ray pipeline: "
                           "it needs data.source=parquet and train.trainer=al")
+    if cfg.ray.replicas_per_block > 1 and (cfg.train.trainer != "al" or cfg.data.loader != "memory"):
+        raise ConfigError("ray.replicas_per_block > 1 replicates the Ray pipeline's block actors: "
+                          "it needs train.trainer=al and data.loader=memory")
     if cfg.data.source in ("parquet",) and not cfg.data.path:
         raise ConfigError("data.path is required when data.source is parquet")
     _validate_user_data(cfg)

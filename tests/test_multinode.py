@@ -122,3 +122,27 @@ def test_blocks_take_the_given_groups_last_bundles(cluster, tmp_path):
             ALPipeline(cfg_for(tmp_path), (1, 8, 8), 10, total_steps=1, pg=small)
         finally:
             remove_placement_group(small)
+
+
+def test_block_replicas_spread_over_two_nodes_train_as_twice_the_batch(cluster, tmp_path):
+    """ray.replicas_per_block=2 with SPREAD: a block's replicas (adjacent bundles) on the two workers, their
+    all-reduce between nodes; equal to al_local with batch 2B within tests/test_replicas.py's tolerance."""
+    from tests.test_replicas import assert_states_close
+
+    wait_until_free()
+    cfg = cfg_for(tmp_path, strategy="SPREAD", **{"ray.replicas_per_block": 2, "ray.num_cpus_per_block": 0.25,
+                                                  "ray.block_resources": "{worker: 0.25}"})
+    result = train(cfg, log=lambda s: None, keep_trainer=True)
+    pipe = result.trainer
+    try:
+        by_block = {}
+        for p in pipe.placement:
+            by_block.setdefault(p["block"], set()).add(p["node"])
+        assert any(len(nodes) == 2 for nodes in by_block.values()), pipe.describe()
+        ray_states = pipe.state_dicts()
+    finally:
+        pipe.close()
+    local = train(cfg_for(tmp_path, trainer="al_local", **{"data.batch_size": 32}), log=lambda s: None,
+                  keep_trainer=True)
+    for i, (a, b) in enumerate(zip(ray_states, local.trainer.state_dicts())):
+        assert_states_close(a, b, f"block {i + 1}")

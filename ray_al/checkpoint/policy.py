@@ -12,6 +12,7 @@ from typing import Collection
 from ray_al.checkpoint import files
 from ray_al.checkpoint.provenance import provenance
 from ray_al.config import CheckpointConfig, Config
+from ray_al.core.batches import step_batch_size
 from ray_al.errors import BlockLost, CheckpointError, TrainingError
 
 # the settings a checkpoint is bound to (fingerprint() records what of them decides its state): a
@@ -23,7 +24,7 @@ def fingerprint(cfg: Config, input_shape: tuple, num_classes: int) -> dict:
     """What a checkpoint must match to be loaded into this run."""
     return {"kind": "bp" if cfg.train.trainer == "bp" else "al", "model": dataclasses.asdict(cfg.model),
             "input_shape": list(input_shape), "num_classes": num_classes,
-            "batch_size": cfg.data.batch_size, "seed": cfg.train.seed,
+            "batch_size": step_batch_size(cfg), "seed": cfg.train.seed,  # per step: any R with R x B resumes
             # the optimizer's parameter groups follow it (ray_al/core/weight_decay.py): without L2 both scopes give
             # the one group of `all`; f_kernels with L2 gives two, which a one-group checkpoint cannot load
             "l2_scope": cfg.optim.l2_scope if cfg.optim.weight_decay else "all"}
@@ -82,7 +83,7 @@ class Checkpointer:
         digests = trainer.save_blocks(ckpt)
         manifest = {"run_id": self.run_id, "step": position.step, "epoch": position.epoch, "batch": position.batch,
                     "time": time.time(), "fingerprint": self.fp, "config": self.cfg.to_dict(),
-                    "provenance": provenance(),
+                    "provenance": provenance(), "replicas_per_block": self.cfg.ray.replicas_per_block,  # any R resumes
                     "blocks": [{"file": f"block-{i + 1}.pt", "sha256": d} for i, d in enumerate(digests)],
                     **({"record": record} if record else {})}
         files.write_manifest(ckpt, manifest, self.cfg.checkpoint.keep)

@@ -20,6 +20,12 @@ class Chunk:
     ref: object = None              # instead of x and y: an ObjectRef of (x, y) (the Ray Data loader)
 
 
+def step_batch_size(cfg) -> int:
+    """Samples per optimizer step: data.batch_size on each of ray.replicas_per_block replicas (one batch
+    of R x B split into R micro-batches in order), so the data order is that of al_local with batch R x B."""
+    return cfg.data.batch_size * cfg.ray.replicas_per_block
+
+
 def batches_per_epoch(n: int, batch_size: int) -> int:
     return n // batch_size  # the last partial batch is dropped: every step has batch_size samples
 

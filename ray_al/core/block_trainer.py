@@ -6,6 +6,7 @@ does exactly the arithmetic of the sequential algorithm.
 from __future__ import annotations
 
 import time
+from typing import Callable
 
 import torch
 
@@ -34,6 +35,9 @@ class BlockTrainer:
         self.opt_target = adam(block.target_params(), optim.lr * optim.target_lr_scale, wd, scope, f_kernels, impl)
         self.local_losses = self.options.compiled(block.local_losses)
         self.step_count = 0
+        # called between backward and the optimizer steps: block replicas average their gradients there
+        # (ray_al/pipeline/replicas.py); None (al_local, one replica per block): the plain step
+        self.after_backward: Callable[[], None] | None = None
 
     def _set_lr(self) -> None:
         m = lr_multiplier(self.optim.schedule, self.step_count, self.total_steps)
@@ -51,6 +55,8 @@ class BlockTrainer:
         self.opt_forward.zero_grad(set_to_none=True)
         self.opt_target.zero_grad(set_to_none=True)
         (bridge_loss + ae_loss).backward()  # the two losses touch disjoint parameters
+        if self.after_backward is not None:
+            self.after_backward()
         self.opt_forward.step()
         self.opt_target.step()
         self.step_count += 1

@@ -14,16 +14,19 @@ from ray_al.core.block_trainer import BlockTrainer
 from ray_al.core.step_options import StepOptions
 from ray_al.errors import RayALError
 from ray_al.models import build_al_block
+from ray_al.pipeline.replica_group import GradientAverage, broadcast_from_first, free_port, join
+from ray_al.pipeline.slow_block import chunk_delay
 
 
 @ray.remote(enable_tensor_transport=True)  # train_relay's outputs may travel by RDT (ray_al/pipeline/transport.py)
 class BlockActor:
     def __init__(self, model: ModelConfig, optim: OptimConfig, seed: int, threads: int | None,
                  input_shape: tuple, num_classes: int, index: int, n_blocks: int, total_steps: int,
-                 options: StepOptions | None = None):
+                 options: StepOptions | None = None, replica: int | None = None):
         # A failure here is kept and reported by where() as one line: raised, Ray would print its
         # traceback once per actor and the driver would see only "died in its creation task".
         self.startup_error, self.index = None, index
+        self.replica = replica  # which of ray.replicas_per_block > 1 (pipeline/replicas.py); None: the only one
         try:
             self._setup(model, optim, seed, threads, input_shape, num_classes, index, n_blocks, total_steps, options)
         except Exception as e:
@@ -39,13 +42,13 @@ class BlockActor:
         block = build_al_block(model, input_shape, num_classes, index, seed, self.device)
         self.trainer = BlockTrainer(block, optim, total_steps, index, model, options)
         self.is_last = index == n_blocks - 1
-        # fault-injection hook for tests and demos: RAY_AL_SLOW_BLOCK="2:0.05" sleeps 50 ms per chunk in block 2
-        block_no, _, seconds = os.environ.get("RAY_AL_SLOW_BLOCK", "").partition(":")
-        self.delay = float(seconds) if block_no == str(index + 1) else 0.0
+        # fault-injection hook for tests, demos and the simulated benchmark (slow_block.py):
+        # RAY_AL_SLOW_BLOCK="2:0.05" sleeps 50 ms per chunk in block 2
+        self.delay = chunk_delay(index, self.replica)
 
     def where(self) -> dict:
         if self.startup_error:
-            return {"block": self.index + 1, "error": self.startup_error}
+            return {"block": self.index + 1, **self._replica(), "error": self.startup_error}
         ctx = ray.get_runtime_context()
         device = str(self.device)
         if self.device.type == "cuda":
@@ -53,7 +56,21 @@ class BlockActor:
         return {"block": self.trainer.index + 1, "node": ctx.get_node_id()[:12], "host": socket.gethostname(),
                 "ip": ray.util.get_node_ip_address(), "pid": os.getpid(), "device": device,
                 "device_type": self.device.type, "gpu_ids": [int(g) for g in ray.get_gpu_ids()],
-                "threads": torch.get_num_threads(), "options": self.trainer.options.describe()}
+                "threads": torch.get_num_threads(), "options": self.trainer.options.describe(), **self._replica()}
+
+    def _replica(self) -> dict:
+        return {} if self.replica is None else {"replica": self.replica}
+
+    def replica_address(self) -> tuple[str, int]:
+        """Where this block's replica group meets (called on replica 0): this node's IP, a free port."""
+        return ray.util.get_node_ip_address(), free_port()
+
+    def join_replicas(self, address: str, port: int, world: int, backend: str, timeout_s: float) -> None:
+        """Join this block's group of `world` replicas; from now on every step averages their gradients."""
+        where = f"block {self.index + 1} replica {self.replica}"
+        join(address, port, self.replica, world, backend, timeout_s, where)
+        broadcast_from_first(self.trainer.block, where)
+        self.trainer.after_backward = GradientAverage(self.trainer.block, world, where)
 
     @ray.method(num_returns=2)
     def train_chunk(self, inputs: tuple):

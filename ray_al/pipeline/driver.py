@@ -52,6 +52,11 @@ def _startup_error(e: Exception) -> RayALError:
 
 
 
+def _actor_name(where: dict) -> str:
+    """'block 2', or with ray.replicas_per_block > 1 'block 2 replica 1' (BlockActor.where())."""
+    return f"block {where['block']}" + (f" replica {where['replica']}" if "replica" in where else "")
+
+
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 
@@ -107,7 +112,7 @@ class ALPipeline:
             self.placement = ray.get([a.where.remote() for a in self.actors])
             failed = next((p for p in self.placement if "error" in p), None)
             if failed:
-                raise ConfigError(f"block {failed['block']} could not start: {failed['error']}")
+                raise ConfigError(f"{_actor_name(failed)} could not start: {failed['error']}")
             # after placement: which transport fits depends on where the blocks and their GPUs landed
             self.transport, self.transport_why = resolve(cfg.ray.tensor_transport, self.placement)
             self.group = open_group(self.actors, self.transport)  # new actors (a restart): a new group
@@ -241,7 +246,7 @@ class ALPipeline:
         return self._get([a.peak_memory.remote() for a in self.actors])
 
     def describe(self) -> list[str]:
-        lines = [f"block {p['block']}: node {p['node']} ({p['host']}, {p['ip']}) pid {p['pid']} {p['device']}, "
+        lines = [f"{_actor_name(p)}: node {p['node']} ({p['host']}, {p['ip']}) pid {p['pid']} {p['device']}, "
                  f"{p['threads']} thread(s)" + (f", {p['options']}" if p["options"] else "") for p in self.placement]
         return lines + [f"tensor transport: {self.transport} ({self.transport_why})"]
 

@@ -87,17 +87,19 @@ class Placement:
             remove_placement_group(self.pg)
 
 
-def reserve(ray_cfg: RayConfig, n_blocks: int, pg: PlacementGroup | None = None) -> Placement:
-    """Use `pg` (or the placement group this code runs in, e.g. a Tune trial's), else make one."""
+def reserve(ray_cfg: RayConfig, n_blocks: int, pg: PlacementGroup | None = None, replicas: int = 1) -> Placement:
+    """Use `pg` (or the placement group this code runs in, e.g. a Tune trial's), else make one; one bundle
+    per actor: `replicas` actors per block (ray.replicas_per_block), replica r of block i at bundle i * R + r."""
+    actors, what = n_blocks * replicas, f"{n_blocks} blocks" + (f" x {replicas} replicas" if replicas > 1 else "")
     pg = pg or get_current_placement_group()
     if pg is not None:
         specs = pg.bundle_specs
-        if len(specs) < n_blocks:
+        if len(specs) < actors:
             raise ConfigError(f"the current placement group has {len(specs)} bundle(s) but the model has "
-                              f"{n_blocks} blocks: reserve one bundle per block")
-        offset = len(specs) - n_blocks
+                              f"{what}: reserve one bundle per block" + (" replica" if replicas > 1 else ""))
+        offset = len(specs) - actors
         return Placement(pg, offset, [dict(s) for s in specs[offset:]], owned=False)
-    bundle = block_bundle(ray_cfg, n_blocks)
-    pg = placement_group([dict(bundle) for _ in range(n_blocks)], strategy=ray_cfg.placement_strategy)
-    wait_for_group(pg, f"{n_blocks} blocks of {bundle} ({ray_cfg.placement_strategy})", ray_cfg.placement_timeout_s)
-    return Placement(pg, 0, [dict(bundle) for _ in range(n_blocks)], owned=True)
+    bundle = block_bundle(ray_cfg, actors)
+    pg = placement_group([dict(bundle) for _ in range(actors)], strategy=ray_cfg.placement_strategy)
+    wait_for_group(pg, f"{what} of {bundle} ({ray_cfg.placement_strategy})", ray_cfg.placement_timeout_s)
+    return Placement(pg, 0, [dict(bundle) for _ in range(actors)], owned=True)

@@ -18,6 +18,9 @@ from ray_al.trainers.base import InProcessTrainer, Trainer
 def make_trainer(cfg: Config, input_shape: tuple, num_classes: int, total_steps: int) -> Trainer:
     if cfg.train.trainer == "al":
         from ray_al.pipeline.driver import ALPipeline  # the only trainer that needs Ray
+        if cfg.ray.replicas_per_block > 1:  # R actors per block (pipeline/replicas.py); R = 1: as always
+            from ray_al.pipeline.replicas import ReplicatedPipeline
+            return ReplicatedPipeline(cfg, input_shape, num_classes, total_steps)
         return ALPipeline(cfg, input_shape, num_classes, total_steps)
     if cfg.train.trainer == "al_local":
         from ray_al.trainers.al_local import ALLocal
@@ -33,7 +36,7 @@ def load_trainer(run_dir: str | Path, overrides: list[str] | None = None,
     dataset is needed."""
     cfg, storage = open_run(run_dir, [f"train.device={device}", *(overrides or [])])
     if cfg.train.trainer == "al":  # the same blocks and arithmetic in this process
-        cfg = changed(cfg, {"train.trainer": "al_local"})
+        cfg = changed(cfg, {"train.trainer": "al_local", "ray.replicas_per_block": 1})  # replicas hold one state
     manifest = read_manifest(storage.checkpoint_uri)
     check_owner(manifest, storage.owners())  # as a resume checks: this run's checkpoint, made for its config
     fp = manifest["fingerprint"]

@@ -18,6 +18,7 @@ import sys
 import time
 from pathlib import Path
 
+from ray_al.core.batches import step_batch_size
 from ray_al.core.record import LossSums
 from ray_al.errors import ConfigError
 
@@ -213,4 +214,4 @@ def make_loggers(cfg, run_dir: Path, from_step: int = 0) -> RunLoggers:
         for logger in loggers:
             logger.close()
         raise
-    return RunLoggers(loggers, cfg.log.every_steps, cfg.data.batch_size)
+    return RunLoggers(loggers, cfg.log.every_steps, step_batch_size(cfg))

@@ -23,6 +23,7 @@ from ray_al.checkpoint.files import supersede
 from ray_al.checkpoint.policy import Checkpointer, Position, RestartPolicy, fingerprint
 from ray_al.checkpoint.provenance import provenance
 from ray_al.config import Config, changed
+from ray_al.core.batches import step_batch_size
 from ray_al.core.metrics import split_accuracies
 from ray_al.core.target_path import warm_up
 from ray_al.data.datasets import Dataset
@@ -128,7 +129,7 @@ def open_run(cfg: Config, source: ChunkSource, log: Log, hooks: Hooks, resume: R
     """The run folder, its checkpoints and the trainer, checked before any actor starts."""
     n_batches = source.n_batches
     if n_batches == 0:
-        raise DataError(f"{source.train_size} training samples do not fill one batch of {cfg.data.batch_size}")
+        raise DataError(f"{source.train_size} training samples do not fill one batch of {step_batch_size(cfg)}")
     if resume.run_dir and not source.checkpoints:
         raise ConfigError("--resume needs the in-memory loader (data.loader=memory)")
     if resume.step is not None and not resume.run_dir:
@@ -293,7 +294,7 @@ def _train_epoch(run: Run, epoch: int, start_batch: int, loggers) -> dict:
     """Train one epoch from `start_batch`, saving where checkpoints fall due; returns its record."""
     cfg, source, trainer, hooks = run.cfg, run.source, run.trainer, run.hooks
     n_batches, k = source.n_batches, cfg.train.chunk_size
-    progress = Progress(epoch + 1, cfg.train.epochs, n_batches - start_batch, cfg.data.batch_size, run.log,
+    progress = Progress(epoch + 1, cfg.train.epochs, n_batches - start_batch, step_batch_size(cfg), run.log,
                         cfg.train.log_every_s, loggers, bar=_on_a_terminal(run))
     chunks = source.chunks(epoch, start_batch)
     seconds = 0.0
@@ -310,7 +311,7 @@ def _train_epoch(run: Run, epoch: int, start_batch: int, loggers) -> dict:
         progress.evaluating(f"testing on {len(source.test_y):,} samples")
         record = {"run_id": run.storage.run_id, "epoch": epoch + 1, "epochs": cfg.train.epochs,
                   "step": (epoch + 1) * n_batches, "train_time_s": seconds,
-                  "samples_per_s": done * cfg.data.batch_size / max(seconds, 1e-9),
+                  "samples_per_s": done * step_batch_size(cfg) / max(seconds, 1e-9),
                   **progress.summary(), **trainer.evaluate(source.test_x, source.test_y)}
         if source.val_x is not None:  # data.val_fraction: the held-out part of the training split
             progress.evaluating(f"validating on {len(source.val_y):,} samples")

@@ -12,7 +12,7 @@ from typing import Iterator, Protocol
 import torch
 
 from ray_al.config import Config
-from ray_al.core.batches import Chunk, batches_per_epoch, epoch_chunks
+from ray_al.core.batches import Chunk, batches_per_epoch, epoch_chunks, step_batch_size
 from ray_al.data.datasets import Dataset, load_dataset
 from ray_al.data.preprocess import Preprocess
 
@@ -49,14 +49,14 @@ class MemorySource:
         self.val_x, self.val_y = data.val_x, data.val_y
         self.preprocess = Preprocess.of(data, cfg.data.image_size)
         self.train_size = len(data.train_x)
-        self.n_batches = batches_per_epoch(self.train_size, cfg.data.batch_size)
+        self.n_batches = batches_per_epoch(self.train_size, step_batch_size(cfg))
         val = f" val {tuple(data.val_x.shape)}" if data.val_x is not None else ""
         self.description = (f"data: {data.name} train {tuple(data.train_x.shape)}{val} test {tuple(data.test_x.shape)} "
                             f"{data.num_classes} classes")
 
     def chunks(self, epoch: int, start_batch: int = 0) -> Iterator[Chunk]:
         cfg = self.cfg
-        return epoch_chunks(self.data.train_x, self.data.train_y, cfg.data.batch_size, cfg.train.chunk_size, epoch,
+        return epoch_chunks(self.data.train_x, self.data.train_y, step_batch_size(cfg), cfg.train.chunk_size, epoch,
                             cfg.train.seed, cfg.data.augment, start_batch)
 
     def close(self) -> None:

@@ -309,7 +309,8 @@ def trial_resources(cfg: Config, n_blocks: int, driver_cpus: float):
 
     bundles = [{"CPU": driver_cpus}]
     if cfg.train.trainer == "al":  # in-process trainers start no actors
-        bundles += [block_bundle(cfg.ray, n_blocks, reserved=driver_cpus) for _ in range(n_blocks)]
+        actors = n_blocks * cfg.ray.replicas_per_block  # a bundle per block replica (pipeline/placement.py)
+        bundles += [block_bundle(cfg.ray, actors, reserved=driver_cpus) for _ in range(actors)]
     return tune.PlacementGroupFactory(bundles, strategy=cfg.ray.placement_strategy)
 
 
