@@ -994,3 +994,37 @@ def test_a_ray_data_run_ends_within_seconds_of_its_last_line_without_progress_ba
     last = max(when for when, line in lines if line.startswith("run folder: "))
     assert ended - last < 15, f"ended {ended - last:.0f}s after its last line"
     assert "row/s" not in output and "Running Dataset" not in output and "execution finished" not in output, output
+
+
+# -- 11. an export: checked before it is loaded, never mixed with an earlier one -----------------------------------
+def test_a_bit_flipped_or_swapped_export_is_refused_in_one_line_before_torch_loads_it(finished_run, tmp_path,
+                                                                                       monkeypatch, capsys):
+    import torch
+
+    from ray_al.errors import CheckpointError
+    from ray_al.inference.exit_loop import load
+
+    out = tmp_path / "exported"
+    assert main(["export", str(finished_run), "--out", str(out)]) == 0
+    assert load(out).n == len(json.loads((out / "meta.json").read_text())["sha256"]) - 1  # the stages, al_exits.py
+    (out / "stage-1.pt2").write_bytes(bytes([b ^ (i == 999) for i, b in enumerate((out / "stage-1.pt2").read_bytes())]))
+    monkeypatch.setattr(torch.export, "load", lambda *a, **k: pytest.fail("a tampered .pt2 reached torch"))
+    with pytest.raises(CheckpointError, match=r"stage-1.pt2 does not match the sha256 digest in meta.json: the "
+                                              r"export is damaged or altered; not loaded$"):
+        load(out)
+    (out / "stage-2.pt2").unlink()
+    meta = json.loads((out / "meta.json").read_text())
+    (out / "meta.json").write_text(json.dumps({k: v for k, v in meta.items() if k != "sha256"}))
+    with pytest.raises(CheckpointError, match="meta.json records no sha256 digests"):
+        load(out)
+
+
+def test_export_overwrite_replaces_an_earlier_export_and_keeps_the_users_files(finished_run, tmp_path, capsys):
+    out = tmp_path / "exported"
+    out.mkdir()
+    for name in ("stage-9.pt2", "meta.json", "notes.txt"):
+        (out / name).write_text("earlier\n")
+    assert main(["export", str(finished_run), "--out", str(out), "--overwrite"]) == 0
+    n = json.loads((out / "meta.json").read_text())["n_blocks"]
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        ["al_exits.py", "meta.json", "notes.txt", *[f"stage-{k}.pt2" for k in range(1, n + 1)]])
