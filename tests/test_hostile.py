@@ -1001,12 +1001,15 @@ def test_a_bit_flipped_or_swapped_export_is_refused_in_one_line_before_torch_loa
                                                                                        monkeypatch, capsys):
     import torch
 
-    from ray_al.errors import CheckpointError
+    from ray_al.errors import CheckpointError, ConfigError
     from ray_al.inference.exit_loop import load
 
     out = tmp_path / "exported"
     assert main(["export", str(finished_run), "--out", str(out)]) == 0
-    assert load(out).n == len(json.loads((out / "meta.json").read_text())["sha256"]) - 1  # the stages, al_exits.py
+    exported = load(out)
+    assert exported.n == len(json.loads((out / "meta.json").read_text())["sha256"]) - 1  # the stages, al_exits.py
+    with pytest.raises(ConfigError, match="inputs hold NaN or infinity"):
+        exported.preprocess(np.full((1, 8, 8), np.nan, np.float32))
     (out / "stage-1.pt2").write_bytes(bytes([b ^ (i == 999) for i, b in enumerate((out / "stage-1.pt2").read_bytes())]))
     monkeypatch.setattr(torch.export, "load", lambda *a, **k: pytest.fail("a tampered .pt2 reached torch"))
     with pytest.raises(CheckpointError, match=r"stage-1.pt2 does not match the sha256 digest in meta.json: the "

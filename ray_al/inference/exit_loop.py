@@ -165,6 +165,8 @@ class ExportedAL:
         training split's per-channel mean and std."""
         x = torch.as_tensor(x)
         x = x.float() / 255 if x.dtype == torch.uint8 else x.float()
+        if not bool(torch.isfinite(x).all()):  # a NaN answered class 0 with confidence nan
+            raise PolicyError("inputs hold NaN or infinity: inputs must be finite numbers")
         if x.ndim == 3:
             x = x[:, None]
         if self.meta["mean"] is not None:
