@@ -942,7 +942,7 @@ def test_manifest_from_before_sizes_were_recorded_still_loads(finished_run, tmp_
     (run / ".lock").unlink(missing_ok=True)
     for step in (run / "checkpoints").iterdir():
         edit_manifest(step, lambda m: [b.pop("size") for b in m["blocks"]])
-    assert main(["eval", str(run)]) == 0
+    assert main(["eval", str(run), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["step"] == 88
 
 
