@@ -594,6 +594,11 @@ def serve_with_a_gpu_share_on_a_cluster_without_gpus(c):
         "--gpus-per-block 0.5 but the Ray cluster has no GPU", 2
 
 
+def serve_with_more_cpus_per_replica_than_the_cluster_has(c):
+    return ["serve", str(c.run), "--port", str(free_port()), "--cpus-per-block", "4"], \
+        "--cpus-per-block 4 but the Ray cluster has 2 CPU in all", 2
+
+
 def serve_on_port_70000(c):
     return ["serve", str(c.run), "--port", "70000"], "--port 70000 is not a port (1..65535)", 2
 
@@ -616,7 +621,8 @@ REFUSED += [
     report_out_inside_a_run_folder, predict_of_nan_inputs, predict_of_inf_inputs_through_ray,
     predict_of_an_npy_of_strings, predict_of_an_npy_of_zero_rows, predict_of_a_parquet_of_zero_rows,
     predict_with_a_batch_size_of_zero, predict_with_a_negative_batch_size, predict_of_a_decompression_bomb,
-    serve_with_a_gpu_share_on_a_cluster_without_gpus, serve_on_port_70000, serve_on_a_port_in_use,
+    serve_with_a_gpu_share_on_a_cluster_without_gpus, serve_with_more_cpus_per_replica_than_the_cluster_has,
+    serve_on_port_70000, serve_on_a_port_in_use,
 ]
 
 
