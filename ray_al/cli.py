@@ -73,14 +73,19 @@ def _eval(args) -> int:
 
     if args.thresholds:
         from ray_al.inference.early_exit import format_tradeoff
-        from ray_al.inference.prediction import evaluate_thresholds
-        result = evaluate_thresholds(args.run_dir, args.thresholds, args.confidence, args.overrides)
+        from ray_al.inference.prediction import evaluate_thresholds, save_tradeoff
+        result = evaluate_thresholds(args.run_dir, args.thresholds, args.confidence, args.overrides, save=False)
         if args.json:
             print(json.dumps(result, indent=1))
-            return 0
-        print(f"early exit on {result['test_samples']} test inputs (step {result['step']}, confidence "
-              f"{result['measure']}): answer at the first exit whose confidence reaches the threshold")
-        print(format_tradeoff(result["rows"]))
+        else:
+            print(f"early exit on {result['test_samples']} test inputs (step {result['step']}, confidence "
+                  f"{result['measure']}): answer at the first exit whose confidence reaches the threshold")
+            print(format_tradeoff(result["rows"]))
+        try:  # printed first: a run folder that cannot be written (read-only, full) loses nothing but the file
+            save_tradeoff(args.run_dir, result)
+        except OSError as e:
+            print(f"ray-al: early_exit.json not written in {args.run_dir} ({e.strerror or e}); the table above "
+                  f"is the whole result", file=sys.stderr)
         return 0
 
     from ray_al.core import record
@@ -115,18 +120,24 @@ def _predict(args) -> int:
 
     if args.exit != "auto" and not args.exit.isdigit():
         raise ConfigError(f"--exit must be a block number or auto, got '{args.exit}'")
+    if args.batch_size < 1:
+        raise ConfigError(f"--batch-size must be a positive number of inputs, got {args.batch_size}")
     from ray_al.pipeline.session import ray_session, sigterm_raises_interrupt
+    from ray_al.run.outputs import check_output_file
     from ray_al.run.storage import run_config
 
+    check_output_file(args.out, args.overwrite)  # before any work: never a run's file, never over an output
     with ray_session(run_config(args.run_dir).ray if args.ray else None), sigterm_raises_interrupt():
-        records = p.predict(args.run_dir, args.inputs, args.exit, args.threshold, args.confidence,
-                            use_ray=args.ray, batch_size=args.batch_size)
+        run = p.load(args.run_dir)
+        records = run.predict(args.inputs, args.exit, args.threshold, args.confidence, use_ray=args.ray,
+                              batch_size=args.batch_size)
+    print(f"ray-al: {p.answered_by(run)}", file=sys.stderr)  # stderr: stdout stays the answers alone
     p.write(records, args.out, args.format)
     return 0
 
 
 def _serve(args) -> int:
-    from ray_al.inference.serve import serve_forever
+    from ray_al.inference.serve import check_port, serve_forever
     from ray_al.pipeline.session import ray_session, sigterm_raises_interrupt
     from ray_al.run.storage import run_config
 
@@ -134,9 +145,11 @@ def _serve(args) -> int:
         replicas = [int(r) for r in args.replicas.split(",")] if args.replicas else None
     except ValueError:
         raise ConfigError(f"--replicas must be counts separated by commas, got '{args.replicas}'") from None
+    check_port(args.host, args.port)  # before Ray starts: a refusal costs nothing
     with ray_session(run_config(args.run_dir).ray), sigterm_raises_interrupt():
         serve_forever(args.run_dir, host=args.host, port=args.port, threshold=args.threshold, measure=args.confidence,
-                      replicas=replicas, cpus_per_block=args.cpus_per_block, gpus_per_block=args.gpus_per_block)
+                      replicas=replicas, cpus_per_block=args.cpus_per_block, gpus_per_block=args.gpus_per_block,
+                      ready_timeout_s=args.ready_timeout)
     return 0
 
 
@@ -145,7 +158,7 @@ def _export(args) -> int:
 
     from ray_al.inference.export import export_run
 
-    out = export_run(args.run_dir, args.out)
+    out = export_run(args.run_dir, args.out, overwrite=args.overwrite)
     n = json.loads((out / "meta.json").read_text())["n_blocks"]
     stages = "stage-1.pt2" if n == 1 else f"stage-1.pt2 .. stage-{n}.pt2"
     print(f"exported {args.run_dir} to {out}: {stages} (torch.export), meta.json, al_exits.py (loader)")
@@ -235,6 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="write here (.csv or .json); default: CSV on stdout")
     p.add_argument("--format", choices=["csv", "json"], help="output format (default: from --out's suffix, else csv)")
     p.add_argument("--batch-size", type=int, default=1000, help="inputs per forward pass (default: 1000)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing file at --out")
     p.set_defaults(fn=_predict)
     p = sub.add_parser("serve", help="serve a run over HTTP with Ray Serve (POST an image, get JSON)",
                        epilog="example: ray-al serve runs/RUN --port 8000; curl --data-binary @x.png localhost:8000")
@@ -246,11 +260,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--replicas", help="replicas per block deployment: one count, or one per block (2,1)")
     p.add_argument("--cpus-per-block", type=float, default=0.5, help="CPUs of each block replica (default: 0.5)")
     p.add_argument("--gpus-per-block", type=float, default=0.0, help="GPU share of each block replica")
+    p.add_argument("--ready-timeout", type=float, default=300, metavar="SECONDS",
+                   help="give up when the deployments are not all running after this long (default: 300)")
     p.set_defaults(fn=_serve)
     p = sub.add_parser("export", help="write the prediction path and every exit as torch.export programs",
                        epilog="example: ray-al export runs/RUN --out exported/")
     p.add_argument("run_dir", help="a run folder (config.yaml, metrics.jsonl, checkpoints/)")
     p.add_argument("--out", required=True, help="folder for stage-k.pt2, meta.json and the al_exits.py loader")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier export at --out (never a run folder)")
     p.set_defaults(fn=_export)
     p = sub.add_parser("bench", help="samples/s: sequential AL, Ray pipeline at chunk sizes K, BP twin, ideal",
                        epilog="example: ray-al bench configs/mnist_mlp.yaml data.path=/data/mnist --chunk-sizes 1 16")

@@ -478,6 +478,154 @@ REFUSED = [
 ]
 
 
+# -- issue 22, inference: nothing of a run written over, inputs refused in one line, serve checked first --------
+def digit_png(c) -> Path:
+    """An 8x8 grey PNG, the finished run's input."""
+    from PIL import Image
+
+    path = c.tmp / "x.png"
+    Image.fromarray(np.full((8, 8), 90, np.uint8)).save(path)
+    return path
+
+
+def npy(c, array) -> Path:
+    np.save(c.tmp / "x.npy", array)
+    return c.tmp / "x.npy"
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def predict_out_over_the_runs_config(c):
+    return ["predict", str(c.run), str(digit_png(c)), "--out", str(c.run / "config.yaml")], \
+        f"--out {c.run / 'config.yaml'} lies in a run folder ({c.run})", 2
+
+
+def predict_out_over_the_runs_summary_even_with_overwrite(c):
+    return ["predict", str(c.run), str(digit_png(c)), "--out", str(c.run / "summary.json"), "--overwrite"], \
+        "lies in a run folder", 2
+
+
+def predict_out_into_a_checkpoint(c):
+    return ["predict", str(c.run), str(digit_png(c)), "--out", str(newest(c.run) / "answers.csv")], \
+        f"lies in a checkpoint ({newest(c.run)})", 2
+
+
+def predict_out_over_an_existing_file(c):
+    (c.tmp / "mine").mkdir()
+    (c.tmp / "mine" / "answers.csv").write_text("mine\n")
+    c.unchanged = [c.tmp / "mine"]
+    return ["predict", str(c.run), str(digit_png(c)), "--out", str(c.tmp / "mine" / "answers.csv")], \
+        "answers.csv is an existing file: choose another --out, or add --overwrite", 2
+
+
+def predict_out_into_a_missing_folder(c):
+    return ["predict", str(c.run), str(digit_png(c)), "--out", str(c.tmp / "nowhere" / "a.csv")], \
+        f"the folder {c.tmp / 'nowhere'} does not exist", 2
+
+
+def export_out_into_the_run_folder_even_with_overwrite(c):
+    return ["export", str(c.run), "--out", str(c.run), "--overwrite"], f"--out {c.run} is a run folder", 2
+
+
+def export_out_over_an_earlier_export(c):
+    earlier = c.tmp / "exported"
+    earlier.mkdir()
+    for name in ("stage-1.pt2", "meta.json", "al_exits.py"):
+        (earlier / name).write_text("an earlier export's\n")
+    c.unchanged = [earlier]
+    return ["export", str(c.run), "--out", str(earlier)], \
+        "already holds al_exits.py, meta.json, stage-1.pt2: choose another --out, or add --overwrite", 2
+
+
+def report_out_inside_a_run_folder(c):
+    return ["report", str(c.run), "--out", str(c.run / "report")], "lies in a run folder", 2
+
+
+def predict_of_nan_inputs(c):
+    x = np.zeros((3, 1, 8, 8), np.float32)
+    x[1, 0, 2, 2] = np.nan
+    return ["predict", str(c.run), str(npy(c, x))], "x.npy: input 1 holds a non-finite value (nan)", 2
+
+
+def predict_of_inf_inputs_through_ray(c):
+    x = np.zeros((2, 8, 8), np.float32)
+    x[0, 3, 3] = -np.inf
+    return ["predict", str(c.run), str(npy(c, x)), "--ray"], "input 0 holds a non-finite value (-inf)", 2
+
+
+def predict_of_an_npy_of_strings(c):
+    return ["predict", str(c.run), str(npy(c, np.array(["a", "b", "c"])))], \
+        "inputs must be uint8 pixels or floats, got <U1", 2
+
+
+def predict_of_an_npy_of_zero_rows(c):
+    return ["predict", str(c.run), str(npy(c, np.zeros((0, 8, 8), np.uint8)))], "x.npy: holds no inputs", 2
+
+
+def predict_of_a_parquet_of_zero_rows(c):
+    shard(c.tmp / "pq", "test", pa.array([], pa.int64()))
+    return ["predict", str(c.run), str(c.tmp / "pq" / "test-00000-of-00001.parquet")], "holds no inputs (0 rows)", 2
+
+
+def predict_with_a_batch_size_of_zero(c):
+    return ["predict", str(c.run), str(digit_png(c)), "--batch-size", "0"], \
+        "--batch-size must be a positive number of inputs, got 0", 2
+
+
+def predict_with_a_negative_batch_size(c):
+    return ["predict", str(c.run), str(digit_png(c)), "--batch-size", "-3"], "got -3", 2
+
+
+def predict_of_a_decompression_bomb(c):
+    from tests.helpers import png_header
+
+    (c.tmp / "bomb.png").write_bytes(png_header(20000, 20000))
+    return ["predict", str(c.run), str(c.tmp / "bomb.png")], "bomb.png: Image size (400000000 pixels) exceeds", 2
+
+
+def serve_with_a_gpu_share_on_a_cluster_without_gpus(c):
+    return ["serve", str(c.run), "--port", str(free_port()), "--gpus-per-block", "0.5"], \
+        "--gpus-per-block 0.5 but the Ray cluster has no GPU", 2
+
+
+def serve_with_more_cpus_per_replica_than_the_cluster_has(c):
+    return ["serve", str(c.run), "--port", str(free_port()), "--cpus-per-block", "4"], \
+        "--cpus-per-block 4 but the Ray cluster has 2 CPU in all", 2
+
+
+def serve_on_port_70000(c):
+    return ["serve", str(c.run), "--port", "70000"], "--port 70000 is not a port (1..65535)", 2
+
+
+def serve_on_a_port_in_use(c):
+    import socket
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    c.undo = [taken.close]
+    port = taken.getsockname()[1]
+    return ["serve", str(c.run), "--port", str(port)], f"--port {port} on 127.0.0.1 cannot be used", 2
+
+
+REFUSED += [
+    predict_out_over_the_runs_config, predict_out_over_the_runs_summary_even_with_overwrite,
+    predict_out_into_a_checkpoint, predict_out_over_an_existing_file, predict_out_into_a_missing_folder,
+    export_out_into_the_run_folder_even_with_overwrite, export_out_over_an_earlier_export,
+    report_out_inside_a_run_folder, predict_of_nan_inputs, predict_of_inf_inputs_through_ray,
+    predict_of_an_npy_of_strings, predict_of_an_npy_of_zero_rows, predict_of_a_parquet_of_zero_rows,
+    predict_with_a_batch_size_of_zero, predict_with_a_negative_batch_size, predict_of_a_decompression_bomb,
+    serve_with_a_gpu_share_on_a_cluster_without_gpus, serve_with_more_cpus_per_replica_than_the_cluster_has,
+    serve_on_port_70000, serve_on_a_port_in_use,
+]
+
+
 # -- what a run gets through, saying so ------------------------------------------------------------------
 def damaged_newest_checkpoint_falls_back(c):
     run = c.copy()
@@ -558,6 +706,26 @@ RECOVERED = [
     resume_from_an_earlier_step_sets_later_ones_aside, resume_with_a_change_allowed_records_it,
     corrupt_npz_cache_is_rebuilt_once, ray_data_default_share_leaves_the_reader_cpus,
 ]
+
+
+def eval_thresholds_on_a_run_that_cannot_take_early_exit_json(c):
+    run = c.copy()
+    (run / "early_exit.json").mkdir()  # cannot be written, even by root (a read-only run folder alike)
+    return ["eval", str(run), "--thresholds", "0.5,0.9"], "early_exit.json not written in"
+
+
+def predict_on_a_run_still_at_step_0_says_which_step_answered(c):
+    run = c.copy()
+    for step in (run / "checkpoints").iterdir():
+        if step.name != "step-000000000":
+            shutil.rmtree(step)
+    c.after = lambda: True
+    return ["predict", str(run), str(digit_png(c))], \
+        "ray-al: answered by checkpoint step 0: the model before any training step (the run is still at step 0)"
+
+
+RECOVERED += [eval_thresholds_on_a_run_that_cannot_take_early_exit_json,
+              predict_on_a_run_still_at_step_0_says_which_step_answered]
 
 
 # -- the two tests that run the catalogues -----------------------------------------------------------------
@@ -832,3 +1000,40 @@ def test_a_ray_data_run_ends_within_seconds_of_its_last_line_without_progress_ba
     last = max(when for when, line in lines if line.startswith("run folder: "))
     assert ended - last < 15, f"ended {ended - last:.0f}s after its last line"
     assert "row/s" not in output and "Running Dataset" not in output and "execution finished" not in output, output
+
+
+# -- 11. an export: checked before it is loaded, never mixed with an earlier one -----------------------------------
+def test_a_bit_flipped_or_swapped_export_is_refused_in_one_line_before_torch_loads_it(finished_run, tmp_path,
+                                                                                       monkeypatch, capsys):
+    import torch
+
+    from ray_al.errors import CheckpointError, ConfigError
+    from ray_al.inference.exit_loop import load
+
+    out = tmp_path / "exported"
+    assert main(["export", str(finished_run), "--out", str(out)]) == 0
+    exported = load(out)
+    assert exported.n == len(json.loads((out / "meta.json").read_text())["sha256"]) - 1  # the stages, al_exits.py
+    with pytest.raises(ConfigError, match="inputs hold NaN or infinity"):
+        exported.preprocess(np.full((1, 8, 8), np.nan, np.float32))
+    (out / "stage-1.pt2").write_bytes(bytes([b ^ (i == 999) for i, b in enumerate((out / "stage-1.pt2").read_bytes())]))
+    monkeypatch.setattr(torch.export, "load", lambda *a, **k: pytest.fail("a tampered .pt2 reached torch"))
+    with pytest.raises(CheckpointError, match=r"stage-1.pt2 does not match the sha256 digest in meta.json: the "
+                                              r"export is damaged or altered; not loaded$"):
+        load(out)
+    (out / "stage-2.pt2").unlink()
+    meta = json.loads((out / "meta.json").read_text())
+    (out / "meta.json").write_text(json.dumps({k: v for k, v in meta.items() if k != "sha256"}))
+    with pytest.raises(CheckpointError, match="meta.json records no sha256 digests"):
+        load(out)
+
+
+def test_export_overwrite_replaces_an_earlier_export_and_keeps_the_users_files(finished_run, tmp_path, capsys):
+    out = tmp_path / "exported"
+    out.mkdir()
+    for name in ("stage-9.pt2", "meta.json", "notes.txt"):
+        (out / name).write_text("earlier\n")
+    assert main(["export", str(finished_run), "--out", str(out), "--overwrite"]) == 0
+    n = json.loads((out / "meta.json").read_text())["n_blocks"]
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        ["al_exits.py", "meta.json", "notes.txt", *[f"stage-{k}.pt2" for k in range(1, n + 1)]])

@@ -200,7 +200,7 @@ CASES = {
     "damaged checkpoint": (lambda r, t: ["predict", str(_damaged(r / "r", t)), str(r / "x.npy")],
                            "block-2.pt is damaged or truncated"),
     "checkpoint of another model": (lambda r, t: ["eval", str(r / "r"), "model.d=16", "--thresholds", "0.5"],
-                                    "checkpoint was made for model.d=32, this run has 16"),
+                                    "checkpoint was made for model.d=32, this run has 16"),  # the fingerprint
 }
 
 

@@ -12,7 +12,7 @@ from PIL import Image
 from ray_al.data.datasets import load_dataset
 from ray_al.inference.prediction import load
 from ray_al.run.loop import train
-from tests.helpers import tiny_config
+from tests.helpers import png_header, tiny_config
 
 
 def _free_port() -> int:
@@ -72,7 +72,8 @@ def _png(size):
     (_png((16, 16)), {}, "request body: image is 16x16, expected 8x8"),
     (_png((8, 8)), {"exit": "5"}, "exit 5: the model has exits 1..2"),
     (_png((8, 8)), {"threshold": "high"}, "threshold 'high' is not a number"),
-], ids=["empty", "not an image", "wrong size", "exit beyond the model", "threshold not a number"])
+    (png_header(20000, 20000), {}, "request body: Image size (400000000 pixels) exceeds limit"),
+], ids=["empty", "not an image", "wrong size", "exit beyond the model", "threshold not a number", "bomb"])
 def test_bad_requests_get_a_400_and_the_server_keeps_serving(served, body, params, reason):
     root, url = served
     r = _post(url, body, **params)
@@ -80,3 +81,21 @@ def test_bad_requests_get_a_400_and_the_server_keeps_serving(served, body, param
     assert "\n" not in r.json()["error"]
     ok = _post(url, (root / "png" / "00.png").read_bytes())
     assert ok.status_code == 200 and set(ok.json()) == {"prediction", "class", "confidence", "exit"}
+
+
+def test_deployments_that_cannot_be_placed_end_in_one_line_within_the_ready_timeout(served):
+    """Two CPUs a replica passes the check against the cluster (it has 2) but finds no room beside the app
+    already served: the wait ends at --ready-timeout, the application is removed, the first app serves on."""
+    from ray import serve
+
+    from ray_al.errors import ConfigError
+    from ray_al.inference.serve import start
+
+    root, url = served
+    port = int(url.rsplit(":", 1)[1].strip("/"))
+    with pytest.raises(ConfigError, match=r"Serve deployment of the run failed: not running after 3s "
+                                          r"\(--ready-timeout\): .*stage-1"):
+        start(root / "r", port=port, name="too_big", route_prefix="/big", cpus_per_block=2, ready_timeout_s=3)
+    assert "too_big" not in serve.status().applications or \
+        serve.status().applications["too_big"].status.value == "DELETING"
+    assert _post(url, (root / "png" / "00.png").read_bytes()).status_code == 200

@@ -43,6 +43,7 @@ from ray_al.core import record
 from ray_al.core.target_path import format_separability
 from ray_al.errors import ConfigError, RayALError
 from ray_al.inference.early_exit import DEFAULT_THRESHOLDS, format_tradeoff, measure_tradeoff
+from ray_al.run.outputs import refuse_inside_a_run
 
 Log = Callable[[str], None]
 
@@ -440,8 +441,7 @@ def parse_data_paths(items: list[str]) -> dict[str, str]:
 def check_out(out: Path, overwrite: bool) -> None:
     """Refuse, before any work, to write over a file or an earlier report unless asked, and ever into a
     run folder (its files are the run's)."""
-    if (out / "config.yaml").is_file() or (out / "checkpoints").is_dir():
-        raise ConfigError(f"--out {out} is a run folder: give the report a folder of its own")
+    refuse_inside_a_run(out)  # the check every command that writes shares (run/outputs.py)
     if overwrite:
         return
     if out.exists() and not out.is_dir():

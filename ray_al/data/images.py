@@ -30,6 +30,8 @@ def decode_image(raw: bytes, channels: int, size: tuple[int, int] | None = None,
         img = img.convert("L" if channels == 1 else "RGB")
     except UnidentifiedImageError:
         raise DataError(f"{name}: not an image (no PNG, JPEG or other format Pillow reads)") from None
+    except Image.DecompressionBombError as e:  # not an OSError: it was a traceback (and a 500 over HTTP)
+        raise DataError(f"{name}: {str(e).splitlines()[0]}") from None
     except (OSError, ValueError) as e:
         raise DataError(f"{name}: not a readable image ({str(e).splitlines()[0]})") from None
     if size is not None and (img.height, img.width) != tuple(size):

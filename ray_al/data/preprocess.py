@@ -38,8 +38,13 @@ class Preprocess:
         return x if self.mean is None else normalise(x, torch.tensor(self.mean), torch.tensor(self.std))
 
     def __call__(self, x) -> torch.Tensor:
-        """[n, C, H, W] (or [n, H, W] for one channel) uint8 or float -> the model's input."""
+        """[n, C, H, W] (or [n, H, W] for one channel) uint8 or float -> the model's input; finite, or refused
+        (a NaN input answered class 0 with confidence nan)."""
+        kind = getattr(getattr(x, "dtype", None), "kind", "f")  # numpy's: strings, bytes, dates are no pixels
+        if kind not in "biuf":
+            raise DataError(f"inputs must be uint8 pixels or floats, got {x.dtype}")
         x = to_float(x)
+        refuse_non_finite(x)
         if tuple(x.shape) == tuple(self.input_shape):
             x = x[None]  # one input
         elif x.ndim == 3 and self.input_shape[0] == 1:
@@ -58,3 +63,12 @@ class Preprocess:
     def load(cls, run_dir: str | Path) -> "Preprocess | None":
         path = Path(run_dir, FILE)
         return cls(**json.loads(path.read_text())) if path.is_file() else None
+
+
+def refuse_non_finite(x: torch.Tensor) -> None:
+    bad = ~torch.isfinite(x.reshape(len(x), -1)).all(dim=1) if x.ndim else ~torch.isfinite(x)[None]
+    if bool(bad.any()):
+        rows = bad.nonzero().flatten().tolist()
+        value = x[rows[0]][~torch.isfinite(x[rows[0]])].flatten()[0].item()
+        raise DataError(f"input {rows[0]} holds a non-finite value ({value}); {len(rows)} input(s) in all: "
+                        f"inputs must be finite numbers")

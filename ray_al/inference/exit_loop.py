@@ -16,6 +16,7 @@ exported stages, so it imports neither Ray nor ray_al (ray_al's ConfigError when
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from dataclasses import dataclass
@@ -26,9 +27,10 @@ import torch
 import torch.nn.functional as F
 
 try:
+    from ray_al.errors import CheckpointError as ExportError
     from ray_al.errors import ConfigError as PolicyError
 except ImportError:  # al_exits.py in an export folder: PyTorch alone
-    PolicyError = ValueError
+    PolicyError = ExportError = ValueError
 
 MEASURES = ("maxprob", "entropy")
 
@@ -149,9 +151,13 @@ class ExportedAL:
 
     def __init__(self, folder: str | Path):
         folder = Path(folder)
-        self.meta = json.loads((folder / "meta.json").read_text())
-        self.stages = [torch.export.load(str(folder / f"stage-{k}.pt2")).module()
-                       for k in range(1, self.meta["n_blocks"] + 1)]
+        try:
+            self.meta = json.loads((folder / "meta.json").read_text())
+            names = [f"stage-{k}.pt2" for k in range(1, int(self.meta["n_blocks"]) + 1)]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise ExportError(f"{folder}: not a ray-al export (meta.json: {e})") from None
+        check_digests(folder, self.meta, names)
+        self.stages = [torch.export.load(str(folder / name)).module() for name in names]
         self.n = len(self.stages)
 
     def preprocess(self, x) -> torch.Tensor:
@@ -159,6 +165,8 @@ class ExportedAL:
         training split's per-channel mean and std."""
         x = torch.as_tensor(x)
         x = x.float() / 255 if x.dtype == torch.uint8 else x.float()
+        if not bool(torch.isfinite(x).all()):  # a NaN answered class 0 with confidence nan
+            raise PolicyError("inputs hold NaN or infinity: inputs must be finite numbers")
         if x.ndim == 3:
             x = x[:, None]
         if self.meta["mean"] is not None:
@@ -181,5 +189,30 @@ class ExportedAL:
         return ans.prediction, ans.confidence, ans.exit
 
 
+def sha256_of(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def check_digests(folder: Path, meta: dict, stages: list[str]) -> None:
+    """Every stage program against the digest ray-al export wrote, before torch.export.load reads it:
+    torch retries a .pt2 it cannot load with weights_only=False, running code embedded in it (pytorch
+    issue 153410), and a flipped bit answered all-NaN. This catches damage and a swapped file; it is no
+    signature: load only exports from a trusted source (docs/serving.md)."""
+    recorded = meta.get("sha256")
+    if not isinstance(recorded, dict):
+        raise ExportError(f"{folder}/meta.json records no sha256 digests (an export older than them, or "
+                          f"altered): export the run again")
+    for name in [*stages, "al_exits.py"]:  # names of our own: a path in meta.json is never read
+        path = folder / name
+        if name not in recorded or not path.is_file() or sha256_of(path) != recorded[name]:
+            state = "is missing" if not path.is_file() else "does not match the sha256 digest in meta.json"
+            raise ExportError(f"{path} {state}: the export is damaged or altered; not loaded")
+
+
 def load(folder: str | Path) -> ExportedAL:
+    """The stages of an export folder, each checked against meta.json's digests before it is loaded."""
     return ExportedAL(folder)

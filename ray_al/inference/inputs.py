@@ -19,6 +19,8 @@ def read_inputs(items, pre: Preprocess) -> tuple[list[str], torch.Tensor]:
     """Paths (files, folders, .npy, .parquet) or an array/tensor of raw inputs -> (names, model inputs)."""
     if isinstance(items, (np.ndarray, torch.Tensor)):
         x = pre(items)
+        if not len(x):
+            raise DataError("no inputs given (0 rows)")
         return [str(i) for i in range(len(x))], x
     names, arrays = [], []
     for item in [items] if isinstance(items, (str, Path)) else items:
@@ -54,7 +56,12 @@ def _read_path(path: Path, pre: Preprocess):
             x = np.load(path, allow_pickle=False)
         except (OSError, ValueError) as e:
             raise DataError(f"{path}: not a readable .npy array ({str(e).splitlines()[0]})") from None
-        x = pre(x)
+        if x.ndim == 0 or not len(x):
+            raise DataError(f"{path}: holds no inputs (shape {x.shape})")
+        try:
+            x = pre(x)
+        except DataError as e:
+            raise DataError(f"{path}: {e}") from None
         yield [f"{path}[{i}]" for i in range(len(x))], x
     elif suffix == ".parquet":
         yield _read_parquet(path, pre)
@@ -69,6 +76,8 @@ def _read_parquet(path: Path, pre: Preprocess):
         column = pq.read_table(path, columns=["image"]).column("image").to_pylist()
     except Exception as e:  # pyarrow raises several types for a damaged file or a missing column
         raise DataError(f"{path}: cannot read an 'image' column ({str(e).splitlines()[0]})") from None
+    if not column:
+        raise DataError(f"{path}: holds no inputs (0 rows)")
     images = [decode_image(cell_bytes(cell), *image_args(pre),
                            name=f"{path}[{i}]") for i, cell in enumerate(column)]
     return [f"{path}[{i}]" for i in range(len(images))], pre(np.stack(images))

@@ -18,6 +18,7 @@ import torch
 
 from ray_al.config import changed
 from ray_al.data.preprocess import Preprocess
+from ray_al.errors import ConfigError
 from ray_al.inference.early_exit import Answers, ExitPolicy, LocalRunner, Stages, answer, stages_of
 from ray_al.inference.inputs import read_inputs
 
@@ -39,6 +40,8 @@ class LoadedRun:
         """Answers for `inputs` (paths, or an array of raw inputs): one dict per input with `input`,
         `prediction` (class index), `class` (its name), `confidence` and `exit`. `use_ray`: through
         Ray block actors that load the checkpoint themselves, instead of this process."""
+        if batch_size < 1:  # range(0, n, 0) would raise deep inside
+            raise ConfigError(f"batch size must be a positive number of inputs, got {batch_size}")
         names, x = read_inputs(inputs, self.preprocess)
         policy = ExitPolicy(None if exit == "auto" else int(exit), threshold, measure).check(self.n)
         runner = ActorRunner(self, overrides) if use_ray else LocalRunner(stages_of(self.blocks))
@@ -107,6 +110,17 @@ def predict(run_dir: str | Path, inputs, exit: int | str = "auto", threshold: fl
     return load(run_dir, overrides).predict(inputs, exit, threshold, measure, use_ray, batch_size, overrides)
 
 
+def answered_by(run: LoadedRun) -> str:
+    """Which checkpoint answered, and how far the run was: the newest one may be the untrained step 0 of a
+    run still in target-path warm-up or its first steps, or a step of a run not finished yet."""
+    step = run.manifest["step"]
+    if step == 0:
+        return "answered by checkpoint step 0: the model before any training step (the run is still at step 0)"
+    epoch, batch, epochs = run.manifest.get("epoch", 0), run.manifest.get("batch", 0), run.cfg.train.epochs
+    where = f"after epoch {epoch} of {epochs}" if not batch else f"epoch {epoch + 1} of {epochs}, batch {batch}"
+    return f"answered by checkpoint step {step} ({where})"
+
+
 def rows(names: list[str], ans: Answers, pre: Preprocess) -> list[dict]:
     return [{"input": name, "prediction": int(p), "class": pre.label(int(p)), "confidence": round(float(c), 6),
              "exit": int(e)} for name, p, c, e in zip(names, ans.prediction, ans.confidence, ans.exit)]
@@ -123,16 +137,19 @@ def write(records: list[dict], out: str | None, fmt: str | None = None) -> None:
         w.writeheader()
         w.writerows(records)
     if out:
-        Path(out).write_text(buf.getvalue())
+        try:
+            Path(out).write_text(buf.getvalue())
+        except OSError as e:
+            raise ConfigError(f"--out {out}: cannot write ({e.strerror or e})") from None
     else:
         sys.stdout.write(buf.getvalue())
 
 
 # -- the early-exit trade-off on the test split ---------------------------------------------------------
 def evaluate_thresholds(run_dir: str | Path, thresholds: list[float], measure: str = "maxprob",
-                        overrides: list[str] | None = None, data=None) -> dict:
+                        overrides: list[str] | None = None, data=None, save: bool = True) -> dict:
     """The early-exit trade-off on the run's test split (early_exit.measure_tradeoff), saved as
-    `early_exit.json` in the run folder."""
+    `early_exit.json` in the run folder (`save=False`: the caller saves it with save_tradeoff)."""
     from ray_al.data.datasets import load_dataset
     from ray_al.inference.early_exit import measure_tradeoff
 
@@ -143,5 +160,11 @@ def evaluate_thresholds(run_dir: str | Path, thresholds: list[float], measure: s
     result = {"run_dir": str(run_dir), "step": run.manifest["step"],
               **measure_tradeoff(run.blocks, data.test_x, data.test_y, thresholds, measure,
                                  run.cfg.train.eval_batch_size)}
-    Path(run_dir, "early_exit.json").write_text(json.dumps(result, indent=1))
+    if save:
+        save_tradeoff(run_dir, result)
     return result
+
+
+def save_tradeoff(run_dir: str | Path, result: dict) -> None:
+    """early_exit.json in the run folder: the run's own file, read by `ray-al report`."""
+    Path(run_dir, "early_exit.json").write_text(json.dumps(result, indent=1))

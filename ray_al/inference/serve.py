@@ -136,21 +136,75 @@ def build_app(run_dir: str | Path, threshold: float = 0.9, measure: str = "maxpr
                                                                        measure)
 
 
+def check_port(host: str, port: int) -> None:
+    """A port Serve's proxy can take, checked before Ray starts (it failed after 35 s of start-up)."""
+    import socket
+
+    if not 1 <= port <= 65535:
+        raise ConfigError(f"--port {port} is not a port (1..65535)")
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+            s.bind((host, port))
+    except OSError as e:
+        raise ConfigError(f"--port {port} on {host} cannot be used ({e.strerror or e}): "
+                          f"choose another --port") from None
+
+
+def check_resources(cpus_per_block: float, gpus_per_block: float) -> None:
+    """A replica's share against the cluster joined, before deploying: a replica no node can hold waits
+    forever (the autoscaler only warns)."""
+    import ray
+
+    if cpus_per_block < 0 or gpus_per_block < 0:
+        raise ConfigError("--cpus-per-block and --gpus-per-block must not be negative")
+    have = ray.cluster_resources()
+    for option, want, kind in (("--gpus-per-block", gpus_per_block, "GPU"),
+                               ("--cpus-per-block", cpus_per_block, "CPU")):
+        if want > have.get(kind, 0):
+            held = f"has no {kind}" if not have.get(kind) else f"has {have[kind]:g} {kind} in all"
+            raise ConfigError(f"{option} {want:g} but the Ray cluster {held}")
+
+
 def start(run_dir, host: str = "127.0.0.1", port: int = 8000, name: str = "ray_al", route_prefix: str = "/",
-          **app_options) -> str:
+          ready_timeout_s: float = 300, **app_options) -> str:
     """Start Serve's HTTP proxy on host:port (in the Ray this process is connected to) and deploy
-    the run; returns the URL."""
+    the run; returns the URL once every deployment runs, or removes the application and says why."""
+    check_resources(app_options.get("cpus_per_block", 0.5), app_options.get("gpus_per_block", 0.0))
     app = build_app(run_dir, **app_options)
     serve.start(http_options={"host": host, "port": port})
     # serve.run joins the Serve just started and logs that "new http_options will not be applied": it
     # has none to apply, ours are in place
     serve_logger = logging.getLogger("ray.serve")
     serve_logger.addFilter(_not_applied)
-    try:
-        serve.run(app, name=name, route_prefix=route_prefix)
+    try:  # not Serve's own wait: it has no bound, and a replica that finds no resources waits forever
+        serve.run_many([serve.RunTarget(app, name=name, route_prefix=route_prefix)],
+                       wait_for_ingress_deployment_creation=False, wait_for_applications_running=False)
     finally:
         serve_logger.removeFilter(_not_applied)
+    wait_until_running(name, ready_timeout_s)
     return f"http://{host}:{port}{route_prefix}"
+
+
+def wait_until_running(name: str, timeout_s: float) -> None:
+    import time
+
+    from ray.serve.schema import ApplicationStatus
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        app = serve.status().applications.get(name)
+        status = app.status if app else ApplicationStatus.NOT_STARTED
+        if status == ApplicationStatus.RUNNING:
+            return
+        failed = status == ApplicationStatus.DEPLOY_FAILED
+        if failed or time.monotonic() > deadline:
+            waiting = ", ".join(f"{d} {s.status.value.lower()}" for d, s in (app.deployments if app else {}).items()
+                                if s.status.value != "HEALTHY")
+            why = (str(app.message or "").strip().splitlines() or ["?"])[0] if failed else \
+                f"not running after {timeout_s:g}s (--ready-timeout): {waiting or status.value.lower()}"
+            serve.delete(name, _blocking=False)
+            raise ConfigError(f"Serve deployment of the run failed: {why}")
+        time.sleep(0.5)
 
 
 def _not_applied(record: logging.LogRecord) -> bool:

@@ -58,6 +58,7 @@ from ray_al.config import (
 )
 from ray_al.errors import ConfigError, TrainingError
 from ray_al.run.loggers import console
+from ray_al.run.outputs import is_run_folder, refuse_inside_a_run
 from ray_al.run.storage import RunStorage, read_records
 
 TRIAL_ERRORS_LOG = "trial-errors.log"  # in the sweep's output folder
@@ -179,8 +180,9 @@ class Sweep:
             raise ConfigError(f"output: {out} is a file, not a folder")
         held = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
         if not held:
+            refuse_inside_a_run(out, "output:")  # a new folder under a run folder or a checkpoint
             return
-        if (out / "config.yaml").is_file() and not (out / "sweep.yaml").is_file():
+        if is_run_folder(out) and not (out / "sweep.yaml").is_file():
             raise ConfigError(f"output: {out} is a run folder (config.yaml); a sweep needs a folder of its own")
         resume = f", or continue that sweep with ray-al tune --resume {out}" if (out / "sweep.yaml").is_file() else ""
         raise ConfigError(f"output: {out} already holds {', '.join(held[:4])}{', ...' if len(held) > 4 else ''}: "
