@@ -48,7 +48,7 @@ def test_block_lost_during_warmup_is_rebuilt_from_its_seed_and_warms_up_again(ra
                                                                               monkeypatch):
     """No checkpoint exists before warm-up ends: every block is rebuilt from (seed, index) and the
     warm-up is redone; the run still ends bitwise where one in-process run ends."""
-    from ray_al import target_path
+    from ray_al.core import target_path
 
     torch.set_num_threads(1)
     over = dict(model={"target_warmup_steps": 300}, train={"epochs": 1, "chunk_size": 1})

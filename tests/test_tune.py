@@ -206,7 +206,7 @@ def test_population_based_training_copies_a_better_trial(ray_cluster, tmp_path):
     exploits = [json.loads(line) for line in (tmp_path / "sweep" / "tune" / "pbt_global.txt").read_text().splitlines()]
     assert exploits and all(target != source for target, source, *_ in exploits)
     target, _, _, _, _, new = exploits[-1]
-    (folder,) = (tmp_path / "sweep" / "trials").glob(f"*_{int(target.split('_')[0]):05d}")  # tag "<index>_..."
+    (folder,) = (tmp_path / "sweep" / "trials").glob(f"trial-{int(target.split('_')[0]):05d}")  # tag "<index>_..."
     assert yaml.safe_load((folder / "config.yaml").read_text())["optim"]["lr"] == pytest.approx(new["optim.lr"])
     # the other trial's checkpoint was taken on record, the one way a run loads another run's checkpoint
     assert json.loads((folder / "run.json").read_text())["adopted"]

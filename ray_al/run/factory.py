@@ -11,6 +11,7 @@ from pathlib import Path
 from ray_al.checkpoint.files import check_compatible, read_manifest
 from ray_al.checkpoint.policy import check_owner, fingerprint
 from ray_al.config import Config, changed
+from ray_al.core.batches import step_batch_size
 from ray_al.run.storage import open_run
 from ray_al.trainers.base import InProcessTrainer, Trainer
 
@@ -35,8 +36,9 @@ def load_trainer(run_dir: str | Path, overrides: list[str] | None = None,
     same blocks, same arithmetic, no actors), built from the shapes the checkpoint records, so no
     dataset is needed."""
     cfg, storage = open_run(run_dir, [f"train.device={device}", *(overrides or [])])
-    if cfg.train.trainer == "al":  # the same blocks and arithmetic in this process
-        cfg = changed(cfg, {"train.trainer": "al_local", "ray.replicas_per_block": 1})  # replicas hold one state
+    if cfg.train.trainer == "al":  # the same blocks and arithmetic in this process: R replicas of batch B are
+        cfg = changed(cfg, {"train.trainer": "al_local", "ray.replicas_per_block": 1,  # al_local with batch R x B
+                            "data.batch_size": step_batch_size(cfg)})
     manifest = read_manifest(storage.checkpoint_uri)
     check_owner(manifest, storage.owners())  # as a resume checks: this run's checkpoint, made for its config
     fp = manifest["fingerprint"]
