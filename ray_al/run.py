@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from ray_al.block_times import BlockTimes
 from ray_al.checkpoint.files import supersede
 from ray_al.checkpoint.policy import Checkpointer, Position, RestartPolicy, fingerprint
 from ray_al.config import Config
@@ -103,6 +104,7 @@ def _run(cfg: Config, source: ChunkSource, log: Log, on_epoch, keep_trainer: boo
         raise
     restarts = RestartPolicy(cfg.checkpoint, checkpoints.enabled)
     result = RunResult(storage.run_dir, restarts=restarts.restarts)
+    block_times = BlockTimes(log)  # each block's step time, once per run
     try:
         for line in trainer.describe():
             log(line)
@@ -130,7 +132,7 @@ def _run(cfg: Config, source: ChunkSource, log: Log, on_epoch, keep_trainer: boo
                 for epoch in range(position.epoch, cfg.train.epochs):
                     start_batch = position.batch if epoch == position.epoch else 0
                     record = _train_epoch(cfg, source, trainer, checkpoints, epoch, start_batch, log,
-                                          storage.run_id, loggers)
+                                          storage.run_id, loggers, block_times)
                     storage.append_record(record)
                     loggers.log_epoch(record)
                     log(format_record(record))
@@ -182,19 +184,25 @@ def _start(cfg: Config, source: ChunkSource, trainer: Trainer, checkpoints: Chec
 
 
 def _train_epoch(cfg: Config, source: ChunkSource, trainer: Trainer, checkpoints: Checkpointer, epoch: int,
-                 start_batch: int, log: Log, run_id: str | None, loggers) -> dict:
+                 start_batch: int, log: Log, run_id: str | None, loggers, block_times: BlockTimes) -> dict:
     """Train one epoch from `start_batch`, saving where checkpoints fall due; returns its record."""
     n_batches, k = source.n_batches, cfg.train.chunk_size
     progress = Progress(epoch + 1, cfg.train.epochs, n_batches - start_batch, cfg.data.batch_size, log,
                         cfg.train.log_every_s, loggers)
     chunks = source.chunks(epoch, start_batch)
     seconds = 0.0
+
+    def on_chunk(stats: list[dict]) -> None:
+        progress(stats)
+        block_times(stats)
+
     for first, end in checkpoints.segments(epoch, start_batch, n_batches, k):
         begin = time.perf_counter()
-        trainer.train_epoch(itertools.islice(chunks, -(-(end - first) // k)), progress)
+        trainer.train_epoch(itertools.islice(chunks, -(-(end - first) // k)), on_chunk)
         seconds += time.perf_counter() - begin
         if end < n_batches:
             checkpoints.save(trainer, Position(epoch * n_batches + end, epoch, end))
+    block_times.flush()  # an epoch shorter than the measured chunks
     done = n_batches - start_batch
     record = {"run_id": run_id, "epoch": epoch + 1, "epochs": cfg.train.epochs, "step": (epoch + 1) * n_batches,
               "train_time_s": seconds, "samples_per_s": done * cfg.data.batch_size / max(seconds, 1e-9),
