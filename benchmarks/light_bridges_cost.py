@@ -7,7 +7,8 @@ For every model (configs/paper/cifar10_<model>_al.yaml) and bridge variant: each
 FLOPs of one training step (forward + backward, torch.utils.flop_counter), one-thread step time (optimizer
 included, the median of --repeats timings of --steps steps), the checkpoint size (bytes of the block's state
 dict with both Adam states, as a block file holds), and the same for the BP twin with that head and with the
-paper's dense head, timed in the same process. The hop is measured once: one chunk of the last block's input
+paper's dense head. The blocks and both twins are timed in turn, in one process, so that a load swing on a
+shared machine falls on all of them. The hop is measured once: one chunk of the last block's input
 (K=16 steps of (s_i, t_i)) passed from one Ray actor to another through the object store, per step.
 Writes OUT.json (every figure) and OUT.txt (the table).
 """
@@ -46,16 +47,19 @@ def state_bytes(state: dict) -> int:
     return buffer.tell()
 
 
-def timed(step, steps: int, repeats: int) -> float:
-    """Median seconds of one step, over `repeats` runs of `steps` steps (after one untimed step)."""
-    step()
-    runs = []
+def interleaved_times(steps_fns: list, steps: int, repeats: int) -> list[float]:
+    """Median seconds per step of each function, timed in turn `repeats` times (`steps` steps each, after one
+    untimed step): on a shared machine a load swing then falls on every figure, not on one."""
+    for step in steps_fns:
+        step()
+    runs: list[list[float]] = [[] for _ in steps_fns]
     for _ in range(repeats):
-        begin = time.perf_counter()
-        for _ in range(steps):
-            step()
-        runs.append((time.perf_counter() - begin) / steps)
-    return statistics.median(runs)
+        for i, step in enumerate(steps_fns):
+            begin = time.perf_counter()
+            for _ in range(steps):
+                step()
+            runs[i].append((time.perf_counter() - begin) / steps)
+    return [statistics.median(r) for r in runs]
 
 
 def flops(step) -> int:
@@ -64,26 +68,25 @@ def flops(step) -> int:
     return counter.get_total_flops()
 
 
-def block_costs(name: str, bridge: str, steps: int, repeats: int) -> list[dict]:
-    """Per block: bridge parameters, step FLOPs and seconds, checkpoint bytes; block i gets the features
-    block i-1 really makes (one forward of the blocks before it)."""
+def block_steps(name: str, bridge: str) -> list[tuple[dict, object]]:
+    """Per block: its figures (bridge parameters, step FLOPs, checkpoint bytes) and its step function; block i
+    gets the features block i-1 really makes."""
     model, optim = model_config(name, bridge)
     s, t = torch.randn(BATCH, *SHAPE), torch.randint(0, CLASSES, (BATCH,))
-    rows = []
+    out = []
     for i in range(block_count(model, SHAPE, CLASSES)):
         trainer = BlockTrainer(build_al_block(model, SHAPE, CLASSES, i, seed=0), optim, 1000, i, model)
-        inputs = (s, t)
-        step = lambda: trainer.step(*inputs)  # noqa: E731
-        rows.append({"block": i + 1, "bridge_params": sum(p.numel() for p in trainer.block.b.parameters()),
-                     "f_params": sum(p.numel() for p in trainer.block.f.parameters()),
-                     "flops": flops(step), "step_s": timed(step, steps, repeats),
-                     "checkpoint_bytes": state_bytes(trainer.state_dict())})
+        step = (lambda tr, inputs: lambda: tr.step(*inputs))(trainer, (s, t))
+        row = {"block": i + 1, "bridge_params": sum(p.numel() for p in trainer.block.b.parameters()),
+               "f_params": sum(p.numel() for p in trainer.block.f.parameters()), "flops": flops(step),
+               "checkpoint_bytes": state_bytes(trainer.state_dict())}
         s, t, _, _ = trainer.step(s, t)
-        rows[-1]["hop_elements"] = s.numel() + t.numel()
-    return rows
+        row["hop_elements"] = s.numel() + t.numel()
+        out.append((row, step))
+    return out
 
 
-def bp_costs(name: str, bridge: str, steps: int, repeats: int) -> dict:
+def bp_step(name: str, bridge: str) -> tuple[dict, object]:
     model, optim = model_config(name, bridge)
     net = build_bp_twin(model, SHAPE, CLASSES, seed=0)
     opt = adam(net.parameters(), optim.lr, optim.weight_decay, optim.l2_scope, kernels(net))
@@ -95,9 +98,19 @@ def bp_costs(name: str, bridge: str, steps: int, repeats: int) -> dict:
         loss.backward()
         opt.step()
 
-    return {"flops": flops(step), "step_s": timed(step, steps, repeats),
-            "checkpoint_bytes": state_bytes({"net": net.state_dict(), "opt": opt.state_dict()}),
-            "params": sum(p.numel() for p in net.parameters())}
+    return {"flops": flops(step), "checkpoint_bytes": state_bytes({"net": net.state_dict(), "opt": opt.state_dict()}),
+            "params": sum(p.numel() for p in net.parameters())}, step
+
+
+def measure(name: str, bridge: str, steps: int, repeats: int) -> tuple[list[dict], dict, dict]:
+    """(blocks, BP twin with this head, BP twin with the dense head), every step time from one interleaved timing."""
+    blocks = block_steps(name, bridge)
+    twins = [bp_step(name, "dense")] + ([] if bridge == "dense" else [bp_step(name, bridge)])
+    parts = blocks + twins
+    for (row, _), seconds in zip(parts, interleaved_times([fn for _, fn in parts], steps, repeats)):
+        row["step_s"] = seconds
+    bp_dense = twins[0][0]
+    return [row for row, _ in blocks], twins[-1][0], bp_dense
 
 
 def hop_seconds(sizes: set[int], chunk: int = 16, repeats: int = 10) -> dict[int, float]:
@@ -177,10 +190,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     rows = []
     for name in args.models.split(","):
-        bp_dense = bp_costs(name, "dense", args.steps, args.repeats)
         for bridge in args.bridges.split(","):
-            blocks = block_costs(name, bridge, args.steps, args.repeats)
-            bp = bp_dense if bridge == "dense" else bp_costs(name, bridge, args.steps, args.repeats)
+            blocks, bp, bp_dense = measure(name, bridge, args.steps, args.repeats)
             rows.append(summarise(name, bridge, blocks, bp, bp_dense, 0.0))
             print(table(rows[-1:]).splitlines()[2], flush=True)
     hops = hop_seconds({b["hop_elements"] for r in rows for b in r["blocks"][:-1]})
