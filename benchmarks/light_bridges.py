@@ -28,16 +28,18 @@ def read_curves(folder: Path) -> dict[str, list[dict]]:
 
 
 def step_costs(cost: dict, model: str, variant: str) -> dict | None:
-    """Seconds per step on one thread (`sequential`) and on the simulated pipeline's critical path."""
+    """Seconds per step on one thread (`sequential`), on the simulated pipeline's critical path, and of the BP
+    twin (dense head) timed in turn with them (`bp`): ratios use that one, so a load swing falls on both."""
     bridge = "dense" if variant == BP else variant.removeprefix("bp_")
     row = next((r for r in cost["rows"] if r["model"] == model and r["bridge"] == bridge), None)
     if row is None:
         return None
+    bp = row["bp_dense"]["step_s"]
     if variant.startswith(BP):
         twin = row["bp_dense"] if variant == BP else row["bp"]
-        return {"sequential": twin["step_s"], "critical": twin["step_s"]}
+        return {"sequential": twin["step_s"], "critical": twin["step_s"], "bp": bp}
     slowest = max(b["step_s"] for b in row["blocks"])
-    return {"sequential": sum(b["step_s"] for b in row["blocks"]), "critical": slowest + row["hop_s"]}
+    return {"sequential": sum(b["step_s"] for b in row["blocks"]), "critical": slowest + row["hop_s"], "bp": bp}
 
 
 def first_step_at(curve: list[dict], threshold: float) -> int | None:
@@ -51,7 +53,7 @@ def report(cost: dict, curves: dict[str, list[dict]]) -> str:
         bp = mine.get(BP, [])
         bp_at = {p["step"]: p["test_acc"] for p in bp}
         target = 0.9 * bp[-1]["test_acc"] if bp else None
-        bp_tta = None
+        bp_steps = first_step_at(bp, target) if bp else None
         lines += [f"== CIFAR-10 {case}: last-exit accuracy (val / test) at each evaluated step; gap = test minus the "
                   f"BP twin's (dense head) at the same step, points",
                   f"   90% of the BP twin's final test accuracy ({bp[-1]['test_acc']:.4f} at step {bp[-1]['step']}): "
@@ -66,11 +68,10 @@ def report(cost: dict, curves: dict[str, list[dict]]) -> str:
             steps = first_step_at(curve, target) if target else None
             if steps is not None and costs:
                 seq, crit = steps * costs["sequential"], steps * costs["critical"]
-                if variant == BP:
-                    bp_tta = seq
-                ratio = (lambda v: f" ({v / bp_tta:.2f}x BP)") if bp_tta else (lambda v: "")  # noqa: E731
-                tta = f"  | 90%: step {steps}, one thread {seq:.0f}s{ratio(seq)}, simulated critical path " \
-                      f"{crit:.0f}s{ratio(crit)}"
+                tta = f"  | 90%: step {steps}, one thread {seq:.0f}s, simulated critical path {crit:.0f}s"
+                if bp_steps and variant != BP:  # against BP's steps x BP's step timed beside this variant's
+                    bp_s = bp_steps * costs["bp"]
+                    tta += f" ({seq / bp_s:.2f}x / {crit / bp_s:.2f}x BP's {bp_s:.0f}s)"
             elif target:
                 tta = "  | 90%: not reached by the last evaluation"
             rows.append(f"   {variant:<10} {evals}{tta}")
