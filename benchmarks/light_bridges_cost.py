@@ -162,7 +162,8 @@ def summarise(name: str, bridge: str, blocks: list[dict], bp: dict, bp_dense: di
 
 def table(rows: list[dict]) -> str:
     lines = ["model    bridge   per block: bridge params (M) | GFLOP fwd+bwd | one-thread step (ms)          "
-             "BP twin ms (dense head / this head)  sum/BP slowest/BP critical/BP (block)  checkpoint MB",
+             "BP twin ms (dense head / this head)  sum/BP slowest/BP critical/BP (block)  checkpoint MB  "
+             "GFLOP AL sum / BP twin (dense head)",
              ""]
     for r in rows:
         per = lambda key, scale, fmt: " / ".join(format(b[key] / scale, fmt) for b in r["blocks"])  # noqa: E731
@@ -171,11 +172,17 @@ def table(rows: list[dict]) -> str:
                      f"BP {r['bp_dense']['step_s'] * 1e3:.0f} / {r['bp']['step_s'] * 1e3:.0f}   "
                      f"{r['sum_over_bp']:.2f}  {r['slowest_over_bp']:.2f}  {r['critical_over_bp']:.2f} "
                      f"({r['critical_block']})  {r['checkpoint_bytes'] / 1e6:.0f} "
-                     f"(BP {r['bp']['checkpoint_bytes'] / 1e6:.0f})")
+                     f"(BP {r['bp']['checkpoint_bytes'] / 1e6:.0f})  "
+                     f"{sum(b['flops'] for b in r['blocks']) / 1e9:.1f} / {r['bp_dense']['flops'] / 1e9:.1f}")
     lines += ["", "ratios are to the BP twin with the paper's dense head, timed in the same process; critical = "
               "slowest block + one measured hop (the simulated N-device pipeline's step); checkpoint: every block's "
               "state dict with both Adam states (BP: the twin with this head)"]
     return "\n".join(lines)
+
+
+def hop_line(hops: dict[int, float]) -> str:
+    return "hop per step (chunks of 16 steps, actor to actor): " + ", ".join(
+        f"{n:,} floats {s * 1e3:.2f} ms" for n, s in sorted(hops.items()))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -186,7 +193,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=5, help="timings per figure (the median is kept)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "light_bridges-cost"))
+    p.add_argument("--table-from", help="print the table of an earlier OUT.json and stop")
     args = p.parse_args(argv)
+    if args.table_from:
+        saved = json.loads(Path(args.table_from).read_text())
+        print(table(saved["rows"]) + "\n" + hop_line({int(n): s for n, s in saved["hop_s_by_floats"].items()}))
+        return 0
     torch.set_num_threads(args.threads)
     rows = []
     for name in args.models.split(","):
@@ -201,8 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.with_suffix(".json").write_text(json.dumps({"threads": args.threads, "batch": BATCH, "rows": rows,
                                                     "hop_s_by_floats": hops}, indent=1) + "\n")
-    text = table(rows) + "\nhop per step (chunks of 16 steps, actor to actor): " + ", ".join(
-        f"{n:,} floats {s * 1e3:.2f} ms" for n, s in sorted(hops.items())) + "\n"
+    text = table(rows) + "\n" + hop_line(hops) + "\n"
     out.with_suffix(".txt").write_text(text)
     print(text)
     return 0
