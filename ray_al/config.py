@@ -61,7 +61,7 @@ class ModelConfig:
     # (the authors' code: VGG with BN after every conv and dense layer and no Dense(1024)s, ResNet with
     # global average pooling to 64 features and BN in the head; for mlp and cnn the same as the twin)
     bp_baseline: str = "twin"
-    bridge: str = "dense"             # b_i (models/bridges.py): dense (the paper's) | pooled | conv1x1 | narrow
+    bridge: str = "dense"             # b_i (models/bridges.py): dense (the paper's) | pooled | wide | conv1x1 | narrow
     module: str | None = None         # the user's module whose @register builders `name` may refer to;
                                       # imported in the driver and in every block actor before the lookup
 
@@ -153,7 +153,7 @@ CHOICES = {
     "optim.schedule": {"constant", "paper"},
     "optim.l2_scope": {"f_kernels", "all"},
     "model.bp_baseline": {"twin", "authors"},
-    "model.bridge": {"dense", "pooled", "conv1x1", "narrow"},
+    "model.bridge": {"dense", "pooled", "wide", "conv1x1", "narrow"},
     "train.trainer": {"al", "al_local", "bp"},
     "train.device": {"auto", "cpu", "cuda"},
     "train.compile": {"off", "on", "cuda_graphs"},

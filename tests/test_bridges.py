@@ -8,7 +8,7 @@ from ray_al.block_times import BlockTimes, format_block_times
 from ray_al.config import CHOICES, ModelConfig, load_config
 from ray_al.errors import ConfigError
 from ray_al.models import build_al_block, build_al_blocks, build_bp_twin, model_names, parameter_counts
-from ray_al.models.bridges import BRIDGES, POOLED_FEATURES, build_bridge, pooled_size
+from ray_al.models.bridges import BRIDGES, POOLED_FEATURES, WIDE_FEATURES, build_bridge, pooled_size
 
 CIFAR = (3, 32, 32)
 LIGHT = [b for b in BRIDGES if b != "dense"]
@@ -17,12 +17,12 @@ LIGHT = [b for b in BRIDGES if b != "dense"]
 def test_config_names_every_bridge_and_refuses_others_in_one_line(tmp_path):
     assert CHOICES["model.bridge"] == set(BRIDGES) and ModelConfig().bridge == "dense"
     path = tmp_path / "bad.yaml"
-    path.write_text("model: {bridge: wide}")
-    with pytest.raises(ConfigError, match="model.bridge: 'wide' is not one of conv1x1, dense, narrow, pooled") as e:
+    path.write_text("model: {bridge: huge}")
+    with pytest.raises(ConfigError, match="model.bridge: 'huge' is not one of conv1x1, dense, narrow, pooled") as e:
         load_config(path)
     assert "\n" not in str(e.value)
-    with pytest.raises(ConfigError, match="model.bridge: 'wide' is not one of"):
-        build_bridge("wide", (4,), 8, nn.Sigmoid)
+    with pytest.raises(ConfigError, match="model.bridge: 'huge' is not one of"):
+        build_bridge("huge", (4,), 8, nn.Sigmoid)
 
 
 def test_dense_is_the_papers_bridge():
@@ -37,6 +37,9 @@ def test_light_bridges_see_at_most_the_pooled_features(name, bridge):
     for block in build_al_blocks(ModelConfig(name=name, bridge=bridge), CIFAR, 10, seed=0, device="meta"):
         first = next(m for m in block.b if isinstance(m, nn.Linear))
         assert first.in_features <= POOLED_FEATURES
+    for block in build_al_blocks(ModelConfig(name=name, bridge="wide"), CIFAR, 10, seed=0, device="meta"):
+        first = next(m for m in block.b if isinstance(m, nn.Linear))
+        assert first.in_features <= WIDE_FEATURES
 
 
 def test_pooled_size_divides_the_map_and_keeps_its_aspect():

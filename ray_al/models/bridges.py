@@ -3,10 +3,11 @@
     dense    the paper's: Flatten -> Dense(5d) -> Dense(d) on the whole feature map
     pooled   AdaptiveAvgPool2d first, to the largest p x p dividing the map with C*p*p <= 1024 features,
              then Flatten -> Dense(5d) -> Dense(d)
+    wide     as pooled with 4096 features: a map of at most 4096 values is not pooled at all
     conv1x1  a 1x1 convolution to C/4 channels (at least 8) and the activation first, then as pooled
     narrow   Flatten -> Dense(d) -> Dense(d): the paper's with a hidden layer as wide as the target
 
-A light variant (pooled, conv1x1) on a vector (an MLP block, VGG's dense stage) has no map to pool and
+A light variant (pooled, wide, conv1x1) on a vector (an MLP block, VGG's dense stage) has no map to pool and
 is `narrow`. Every variant reads only its own block's s_i, so no gradient crosses a block.
 """
 from __future__ import annotations
@@ -17,8 +18,9 @@ import torch.nn as nn
 
 from ray_al.errors import ConfigError
 
-BRIDGES = ("dense", "pooled", "conv1x1", "narrow")
+BRIDGES = ("dense", "pooled", "wide", "conv1x1", "narrow")
 POOLED_FEATURES = 1024  # at most this many features enter a light bridge's dense layers (from a map)
+WIDE_FEATURES = 4096
 
 
 def pooled_size(channels: int, h: int, w: int, budget: int = POOLED_FEATURES) -> tuple[int, int]:
@@ -49,6 +51,6 @@ def build_bridge(kind: str, shape: tuple[int, ...], d: int, act: type[nn.Module]
     front: list[nn.Module] = []
     if kind == "conv1x1":
         front, c = [nn.Conv2d(c, reduced_channels(c), 1), act()], reduced_channels(c)
-    ph, pw = pooled_size(c, h, w)
+    ph, pw = pooled_size(c, h, w, WIDE_FEATURES if kind == "wide" else POOLED_FEATURES)
     pool = [] if (ph, pw) == (h, w) else [nn.AdaptiveAvgPool2d((ph, pw))]
     return nn.Sequential(*front, *pool, *_dense_head(c * ph * pw, 5 * d, d, act))
