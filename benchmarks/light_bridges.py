@@ -2,7 +2,7 @@
 
     python -m benchmarks.light_bridges cost [--models ...] [--bridges ...]          # light_bridges_cost.py
     python -m benchmarks.light_bridges accuracy --data DIR --case cnn --variant pooled --steps 400 --out OUT
-    python -m benchmarks.light_bridges report --cost COST.json --curves OUT [--out PREFIX]
+    python -m benchmarks.light_bridges report --cost COST.json [MORE.json ...] --curves OUT [--out PREFIX]
 
 `report` joins the two: for every (case, variant) curve in OUT (light_bridges_accuracy.py's .jsonl files),
 the last exit's validation and test accuracy at each evaluated step, the gap to the BP twin (the paper's dense
@@ -97,12 +97,13 @@ def main(argv: list[str] | None = None) -> int:
         return accuracy_main(rest)
     import argparse
     p = argparse.ArgumentParser(prog="light_bridges report")
-    p.add_argument("--cost", required=True, help="the cost table's .json")
+    p.add_argument("--cost", required=True, nargs="+", help="the cost tables' .json files")
     p.add_argument("--curves", required=True, help="the accuracy runs' output folder")
     p.add_argument("--out", help="write PREFIX.txt and PREFIX.csv")
     args = p.parse_args(rest)
     curves = read_curves(Path(args.curves))
-    text = report(json.loads(Path(args.cost).read_text()), curves)
+    cost = {"rows": [row for path in args.cost for row in json.loads(Path(path).read_text())["rows"]]}
+    text = report(cost, curves)
     print(text)
     if args.out:
         Path(args.out).with_suffix(".txt").write_text(text + "\n")
