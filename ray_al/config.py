@@ -83,6 +83,12 @@ class ModelConfig:
                               authors="the authors' code: VGG with BN after every conv and dense layer and no "
                                       "Dense(1024)s, ResNet with global average pooling to 64 features and BN in "
                                       "the head; mlp and cnn: the twin")
+    bridge: str = one_of("dense", "b_i, the bridge from s_i to the targets (models/bridges.py)",
+                         dense="the paper's: Flatten, Dense(5d), Dense(d)",
+                         pooled="the map average-pooled to at most 1,024 features first",
+                         wide="as pooled, to at most 4,096 features",
+                         conv1x1="a 1x1 convolution to C/4 channels, then as pooled",
+                         narrow="the whole map, a hidden layer d wide instead of 5d")
     module: str | None = setting(None, "the user's module whose @register builders `name` may refer to; imported "
                                        "in the driver and in every block actor before the lookup")
 

@@ -184,3 +184,15 @@ def test_checkpoints_made_before_a_setting_existed_load_as_they_ran():
     cfg.model.bp_baseline = "authors"  # a setting added since, away from its default
     with pytest.raises(CheckpointError, match="checkpoint was made for model.bp_baseline='twin'"):
         ckpt.check_compatible(old, fingerprint(cfg, (1, 8, 8), 10))
+
+
+def test_checkpoints_made_before_model_bridge_load_as_dense():
+    """A manifest from before model.bridge ran the paper's dense bridge: a dense run loads it, a light one refuses."""
+    cfg = tiny_config("unused")
+    fp = fingerprint(cfg, (1, 8, 8), 10)
+    assert fp["model"]["bridge"] == "dense"
+    old = {"fingerprint": {**fp, "model": {k: v for k, v in fp["model"].items() if k != "bridge"}}}
+    ckpt.check_compatible(old, fp)
+    cfg.model.bridge = "pooled"
+    with pytest.raises(CheckpointError, match="checkpoint was made for model.bridge='dense', this run has 'pooled'"):
+        ckpt.check_compatible(old, fingerprint(cfg, (1, 8, 8), 10))

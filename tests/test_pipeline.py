@@ -10,6 +10,9 @@ from tests.helpers import assert_states_equal, tiny_config
 CASES = {
     "mlp-2-blocks": {"model": {"name": "mlp", "d": 32}},
     "cnn-4-blocks": {"model": {"name": "cnn", "d": 16}, "data": {"source": "synthetic", "synthetic_size": 384}},
+    # a light bridge (model.bridge=conv1x1: a 1x1 convolution, pooling, then the dense layers)
+    "cnn-4-blocks-conv1x1": {"model": {"name": "cnn", "d": 16, "bridge": "conv1x1"},
+                             "data": {"source": "synthetic", "synthetic_size": 384}},
     # target-path warm-up streamed down the same chain of actors
     "mlp-2-blocks-warmup": {"model": {"name": "mlp", "d": 32, "target_warmup_steps": 30}},
     # L2 on f's kernels only (optim.l2_scope=f_kernels, the default): two Adam groups in every actor
@@ -68,6 +71,7 @@ def test_pipeline_reports_placement_and_trains(ray_cluster, tmp_path):
     result = train(cfg, log=lines.append)
     assert any(line.startswith("block 2: node") for line in lines)
     assert any(line.startswith("tensor transport: object_store (auto on CPU blocks") for line in lines)  # default
+    assert any(line.startswith("block times per step: 1: ") and "; critical path: block " in line for line in lines)
     assert result.final["test_acc"] > 0.5  # digits, 4 epochs: far above chance (0.1)
     assert {"exit_1", "exit_2", "b1_bridge_loss", "b2_ae_loss"} <= set(result.final)
     assert (result.run_dir / "metrics.jsonl").read_text().count("\n") == 4

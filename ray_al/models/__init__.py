@@ -6,7 +6,6 @@ seed per block, so any process can build block i alone and get the same weights.
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections import OrderedDict
 
 import torch
@@ -16,6 +15,7 @@ from ray_al.config import ModelConfig
 from ray_al.core.blocks import ALBlock, BlockOptions
 from ray_al.errors import ConfigError
 from ray_al.models import authors_bp, cnn, mlp, resnet, vgg  # noqa: F401  (cnn..vgg register the builders)
+from ray_al.models.bridges import build_bridge
 from ray_al.models.registry import Architecture, build_architecture, import_model_module, model_names, register
 
 ACTIVATIONS = {"elu": nn.ELU, "relu": nn.ReLU, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh}
@@ -70,10 +70,6 @@ def _stage_shapes(stages, input_shape) -> list[tuple[int, ...]]:
     return shapes
 
 
-def _bridge(in_features: int, d: int, act: type[nn.Module]) -> nn.Sequential:
-    return nn.Sequential(nn.Flatten(), nn.Linear(in_features, 5 * d), act(), nn.Linear(5 * d, d), act())
-
-
 def block_count(model: ModelConfig, input_shape, num_classes) -> int:
     return len(_architecture(model, input_shape, num_classes, for_bp=False).stages)
 
@@ -89,7 +85,7 @@ def build_al_block(model: ModelConfig, input_shape, num_classes: int, index: int
             f=arch.stages[index],
             g=nn.Linear(t_in, d),
             h=nn.Linear(d, t_in),
-            b=_bridge(math.prod(shapes[index]), d, nn.Sigmoid),
+            b=build_bridge(model.bridge, shapes[index], d, nn.Sigmoid),
             num_classes=num_classes, is_first=index == 0,
             options=BlockOptions(model.bridge_grad_to_g, model.first_decoder_ce),
         )
@@ -133,7 +129,9 @@ def build_bp_twin(model: ModelConfig, input_shape, num_classes: int, seed: int,
     d = arch.d
     with torch.device("meta"):
         decoders = [nn.Sequential(nn.Linear(d, d), act()) for _ in range(len(arch.stages) - 1)]
-        net = BPTwin(arch.stages, _bridge(math.prod(shapes[-1]), d, act), decoders, nn.Linear(d, num_classes))
+        # the twin is the AL prediction path, so its head is b_N's variant (model.bridge=dense: the standard twin)
+        net = BPTwin(arch.stages, build_bridge(model.bridge, shapes[-1], d, act), decoders,
+                     nn.Linear(d, num_classes))
     return _materialise(net, seed, device)
 
 

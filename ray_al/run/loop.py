@@ -29,6 +29,7 @@ from ray_al.core.target_path import warm_up
 from ray_al.data.datasets import Dataset
 from ray_al.errors import BlockLost, CheckpointError, ConfigError, DataError
 from ray_al.models import parameter_counts
+from ray_al.run.block_times import BlockTimes
 from ray_al.run.callbacks import Callback
 from ray_al.run.factory import Trainer, make_trainer
 from ray_al.run.loggers import check_loggers, console, make_loggers
@@ -86,6 +87,7 @@ class Run:
     trainer: Trainer
     restarts: RestartPolicy
     result: RunResult
+    block_times: BlockTimes  # each block's step time, said once per run: where the pipeline waits
 
 
 def train(cfg: Config, log: Log = console, on_epoch: Callable[[dict], None] | None = None,
@@ -170,7 +172,7 @@ def open_run(cfg: Config, source: ChunkSource, log: Log, hooks: Hooks, resume: R
         raise
     restarts = RestartPolicy(cfg.checkpoint, checkpoints.enabled)
     return Run(cfg, source, log, hooks, resume, storage, checkpoints, trainer, restarts,
-               RunResult(storage.run_dir, restarts=restarts.restarts))
+               RunResult(storage.run_dir, restarts=restarts.restarts), BlockTimes(log))
 
 
 def start(run: Run) -> Position | None:
@@ -298,15 +300,21 @@ def _train_epoch(run: Run, epoch: int, start_batch: int, loggers) -> dict:
                         cfg.train.log_every_s, loggers, bar=_on_a_terminal(run))
     chunks = source.chunks(epoch, start_batch)
     seconds = 0.0
+
+    def on_chunk(stats: list[dict]) -> None:
+        progress(stats)
+        run.block_times(stats)
+
     try:
         for first, end, checkpoint_due, hook_due in _segments(run, epoch, start_batch):
             begin = time.perf_counter()
-            trainer.train_epoch(itertools.islice(chunks, -(-(end - first) // k)), progress)
+            trainer.train_epoch(itertools.islice(chunks, -(-(end - first) // k)), on_chunk)
             seconds += time.perf_counter() - begin
             if checkpoint_due:
                 run.checkpoints.save(trainer, Position(epoch * n_batches + end, epoch, end))
             if hook_due:
                 hooks.on_steps(trainer, epoch * n_batches + end)
+        run.block_times.flush()  # an epoch shorter than the measured chunks
         done = n_batches - start_batch
         progress.evaluating(f"testing on {len(source.test_y):,} samples")
         record = {"run_id": run.storage.run_id, "epoch": epoch + 1, "epochs": cfg.train.epochs,
