@@ -46,19 +46,22 @@ def tiny_config(tmp_path, **sections):
     return config_from_dict(values)
 
 
-def assert_states_equal(a, b, where="state"):
-    """Bitwise equality of nested state dicts (parameters, optimizer moments, steps)."""
-    if isinstance(a, torch.Tensor):
+def assert_states_equal(a, b, where="state", tol: dict | None = None):
+    """Equality of nested state dicts (parameters, optimizer moments, steps): bitwise, or with `tol`
+    (torch.testing.assert_close's rtol/atol) float tensors within it and everything else exactly equal."""
+    if isinstance(a, torch.Tensor) and tol is not None and a.is_floating_point():
+        torch.testing.assert_close(a, b, **tol, msg=lambda m: f"{where}: {m}")
+    elif isinstance(a, torch.Tensor):
         assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and a.shape == b.shape, where
         assert torch.equal(a, b), f"{where} differs (max |diff| {(a.double() - b.double()).abs().max():.3g})"
     elif isinstance(a, dict):
         assert set(a) == set(b), f"{where}: keys {set(a) ^ set(b)}"
         for k in a:
-            assert_states_equal(a[k], b[k], f"{where}.{k}")
+            assert_states_equal(a[k], b[k], f"{where}.{k}", tol)
     elif isinstance(a, (list, tuple)):
         assert len(a) == len(b), where
         for i, (x, y) in enumerate(zip(a, b)):
-            assert_states_equal(x, y, f"{where}[{i}]")
+            assert_states_equal(x, y, f"{where}[{i}]", tol)
     else:
         assert a == b, f"{where}: {a!r} != {b!r}"
 

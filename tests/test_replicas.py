@@ -40,18 +40,7 @@ def reference(tmp_path_factory):
 
 def assert_states_close(a, b, where="state"):
     """Float tensors within TOL; everything else (step counts, Adam's param groups) exactly equal."""
-    if isinstance(a, torch.Tensor) and a.is_floating_point():
-        torch.testing.assert_close(a, b, **TOL, msg=lambda m: f"{where}: {m}")
-    elif isinstance(a, dict):
-        assert set(a) == set(b), f"{where}: keys {set(a) ^ set(b)}"
-        for k in a:
-            assert_states_close(a[k], b[k], f"{where}.{k}")
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b)):
-            assert_states_close(x, y, f"{where}[{i}]")
-    else:
-        assert_states_equal(a, b, where)
+    assert_states_equal(a, b, where, tol=TOL)
 
 
 def _assert_equals_reference(trainer, reference):

@@ -91,17 +91,23 @@ class ALPipeline:
         self.group, self.transport, self.transport_why = None, "object_store", ""
         self._start()
 
-    def _start(self) -> None:
+    def _reserve(self, replicas: int = 1) -> None:
+        """The placement group's bundles for every actor (replica r of block i at slots.offset + i * R + r);
+        what they cannot serve (transport, step options) is refused before any actor starts."""
         cfg = self.cfg
-        self.slots = reserve(cfg.ray, self.n, self._given_pg)  # block i -> bundle slots.offset + i
+        self.slots = reserve(cfg.ray, self.n, self._given_pg, replicas=replicas)
         self.pg = self.slots.pg
-        try:  # what the bundles cannot serve is refused before any actor starts
+        try:
             check_bundles(cfg.ray.tensor_transport, self.slots.bundles)
             gpus = all(b.get("GPU", 0) for b in self.slots.bundles)
             StepOptions.from_config(cfg.train).check(torch.device("cuda" if gpus else "cpu"))
         except ConfigError:
             self.slots.release()
             raise
+
+    def _start(self) -> None:
+        cfg = self.cfg
+        self._reserve()  # block i -> bundle slots.offset + i
         self.actors = [
             BlockActor.options(**self.slots.options(i))
             .remote(cfg.model, cfg.optim, cfg.train.seed, cfg.train.threads, self.input_shape, self.num_classes,

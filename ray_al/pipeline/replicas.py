@@ -25,8 +25,7 @@ from ray_al.core.step_options import StepOptions
 from ray_al.errors import ConfigError, RayALError
 from ray_al.pipeline.actors import BlockActor
 from ray_al.pipeline.driver import ALPipeline, _actor_name, _startup_error
-from ray_al.pipeline.placement import reserve
-from ray_al.pipeline.transport import check_bundles, relay, resolve
+from ray_al.pipeline.transport import relay, resolve
 from ray_al.trainers.base import OnChunk
 
 # Ray's collective transports run their own torch.distributed group in each actor, where the replicas' is
@@ -91,15 +90,7 @@ class ReplicatedPipeline(ALPipeline):
     def _start(self) -> None:
         cfg, n = self.cfg, self.n
         self.replicas = r_count = cfg.ray.replicas_per_block
-        self.slots = reserve(cfg.ray, n, self._given_pg, replicas=r_count)  # (r, i) -> bundle offset + i*R + r
-        self.pg = self.slots.pg
-        try:
-            check_bundles(cfg.ray.tensor_transport, self.slots.bundles)
-            gpus = all(b.get("GPU", 0) for b in self.slots.bundles)
-            StepOptions.from_config(cfg.train).check(torch.device("cuda" if gpus else "cpu"))
-        except ConfigError:
-            self.slots.release()
-            raise
+        self._reserve(r_count)  # (r, i) -> bundle offset + i*R + r
         self.chains = [[BlockActor.options(**self.slots.options(i * r_count + r))
                         .remote(cfg.model, cfg.optim, cfg.train.seed, cfg.train.threads, self.input_shape,
                                 self.num_classes, i, n, self.total_steps, StepOptions.from_config(cfg.train), r)
