@@ -89,6 +89,10 @@ class ModelConfig:
                          wide="as pooled, to at most 4,096 features",
                          conv1x1="a 1x1 convolution to C/4 channels, then as pooled",
                          narrow="the whole map, a hidden layer d wide instead of 5d")
+    exit_readout: str = one_of("decoders", "how exit k turns b_k(s_k) into class scores (core/blocks.py)",
+                               decoders="h_k..h_1, the paper's prediction",
+                               targets="least squares onto the C class targets t_k, b_k(s_k) pinv(T_k): "
+                                       "not fooled by blends of targets; wants d >= C")
     module: str | None = setting(None, "the user's module whose @register builders `name` may refer to; imported "
                                        "in the driver and in every block actor before the lookup")
 

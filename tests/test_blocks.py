@@ -3,7 +3,7 @@ import torch
 import torch.nn as nn
 
 from ray_al.config import ModelConfig
-from ray_al.core.blocks import ALBlock, BlockOptions, predict_all_exits
+from ray_al.core.blocks import ALBlock, BlockOptions, class_targets, predict_all_exits
 from ray_al.models import build_al_blocks
 
 
@@ -59,6 +59,20 @@ def test_prediction_is_the_papers_composition_and_exits_agree():
     exits = predict_all_exits(blocks, x)
     assert torch.allclose(exits[1], by_hand)
     assert torch.allclose(exits[0], b1.h(b1.b(b1.f(x))))
+
+
+def test_target_readout_recovers_the_class_weights_of_a_blend_of_targets():
+    blocks = _chain(BlockOptions(exit_readout="targets"))
+    x = torch.randn(7, 1, 3, 4)
+    exits = predict_all_exits(blocks, x)  # sets the read-outs from the class targets t_1, t_2 [3, 4]
+    b1, b2 = blocks
+    assert torch.allclose(exits[1], b2.b(b2.f(b1.f(x))) @ torch.linalg.pinv(class_targets(blocks)[1]), atol=1e-5)
+    # the bridge's MSE optimum under uncertainty is a blend sum_c p_c t_c; the read-out gives p back
+    p = torch.softmax(torch.randn(5, 3), dim=1)
+    for block, targets in zip(blocks, class_targets(blocks)):
+        assert torch.allclose(block.read_out(p @ targets), p, atol=1e-3)  # float32, untrained: close targets
+    decoders = predict_all_exits(_chain(), x)  # the same weights, the paper's decoders: other scores
+    assert not torch.allclose(decoders[1], exits[1])
 
 
 def test_blocks_are_built_alone_with_the_same_weights():

@@ -15,6 +15,8 @@ CASES = {
                              "data": {"source": "synthetic", "synthetic_size": 384}},
     # target-path warm-up streamed down the same chain of actors
     "mlp-2-blocks-warmup": {"model": {"name": "mlp", "d": 32, "target_warmup_steps": 30}},
+    # exits read out by least squares onto the class targets, refreshed through the actors at evaluation
+    "mlp-2-blocks-readout": {"model": {"name": "mlp", "d": 32, "exit_readout": "targets"}},
     # L2 on f's kernels only (optim.l2_scope=f_kernels, the default): two Adam groups in every actor
     "cnn-4-blocks-l2": {"model": {"name": "cnn", "d": 16}, "optim": {"lr": 1e-3, "weight_decay": 1e-2},
                         "data": {"source": "synthetic", "synthetic_size": 384}},

@@ -81,7 +81,7 @@ NOT_COMPARED_PREFIXES = ("ray.", "log.", "checkpoint.", "data.synthetic_")
 # settings one method never reads (the BP twin has no target path; AL has no BP baseline)
 UNUSED_BY = {"al": {"model.bp_baseline"},
              "bp": {"model.target_warmup_steps", "model.target_warmup_lr", "model.bridge_grad_to_g",
-                    "model.first_decoder_ce", "optim.target_lr_scale"}}
+                    "model.first_decoder_ce", "model.exit_readout", "optim.target_lr_scale"}}
 
 
 @lru_cache(maxsize=None)

@@ -120,10 +120,19 @@ class BlockTrainer:
     # -- inference -----------------------------------------------------------------
     @torch.no_grad()
     def infer(self, s_prev: torch.Tensor):
-        """(s_i, b_i(s_i)) in eval mode: the features for the next block and this exit's bridge."""
+        """(s_i, b_i(s_i)) in eval mode: the features for the next block and this exit's bridge; with
+        exit_readout=targets the exit's scores instead (refresh_readout first)."""
         self.block.eval()
         s = self.block(s_prev.to(self.device))
-        return s, self.block.bridge(s)
+        bridged = self.block.bridge(s)
+        return s, (self.block.read_out(bridged) if self.block.reads_out else bridged)
+
+    @torch.no_grad()
+    def refresh_readout(self, t_prev: torch.Tensor) -> torch.Tensor:
+        """This block's read-out from the class targets t_i = g_i(t_{i-1}) of every class; returns them."""
+        t = self.encode_targets(t_prev)
+        self.block.set_readout(t)
+        return t
 
     @torch.no_grad()
     def apply_h(self, ts: list[torch.Tensor]) -> list[torch.Tensor]:

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 class BlockOptions:
     bridge_grad_to_g: bool = False  # let L_i reach g_i (no stopgrad on t_i); off as in the paper's code
     first_decoder_ce: bool = False  # block 1 decodes with cross-entropy on the labels instead of MSE
+    exit_readout: str = "decoders"  # exit k's scores: h_k..h_1 (the paper), or least squares onto the class targets
 
 
 class ALBlock(nn.Module):
@@ -29,6 +30,11 @@ class ALBlock(nn.Module):
         self.num_classes = num_classes
         self.is_first = is_first
         self.options = options or BlockOptions()
+        self.readout: torch.Tensor | None = None  # [d, C] with exit_readout=targets: set_readout; not in the state
+
+    @property
+    def reads_out(self) -> bool:
+        return self.options.exit_readout == "targets"
 
     # -- the four maps --------------------------------------------------------------
     def forward(self, s_prev: torch.Tensor) -> torch.Tensor:
@@ -45,6 +51,16 @@ class ALBlock(nn.Module):
 
     def bridge(self, s: torch.Tensor) -> torch.Tensor:
         return self.b(s)
+
+    def set_readout(self, class_targets: torch.Tensor) -> None:
+        """From t_i of every class [C, d]. The bridge regresses onto t_i with MSE, so where classes are
+        uncertain b_i(s_i) lands near the blend sum_c p_c t_c, which the decoders (trained on the C pure
+        targets only) decode poorly; least squares recovers the weights p (exactly while the C targets are
+        linearly independent, d >= C): scores = b_i(s_i) pinv(T)."""
+        self.readout = torch.linalg.pinv(class_targets.flatten(1).double()).to(class_targets.dtype)
+
+    def read_out(self, bridged: torch.Tensor) -> torch.Tensor:
+        return bridged.flatten(1) @ self.readout.to(bridged.device)
 
     # -- training -------------------------------------------------------------------
     def target_input(self, t_prev: torch.Tensor) -> torch.Tensor:
@@ -93,13 +109,39 @@ def eval_mode(modules: list[nn.Module]):
 
 def predict_all_exits(blocks: list[ALBlock], x: torch.Tensor) -> list[torch.Tensor]:
     """Logits of every exit k = 1..N in one pass over the f's, in eval mode: exit N is the paper's
-    prediction (Eq. 7), h_1(...h_N(b_N(f_N(...f_1(x))))), and exit k stops at block k."""
+    prediction (Eq. 7), h_1(...h_N(b_N(f_N(...f_1(x))))), and exit k stops at block k (exit_readout=targets:
+    b_k(s_k) pinv(T_k) instead)."""
     bridged, s = [], x
+    set_readouts(blocks)
     with eval_mode(blocks):
         for block in blocks:
             s = block(s)
             bridged.append(block.bridge(s))
-        return decode_to_logits(blocks, bridged)
+        return exit_logits(blocks, bridged)
+
+
+def class_targets(blocks: list[ALBlock]) -> list[torch.Tensor]:
+    """t_1..t_N of every class point [C, d], in eval mode: the target path's whole image."""
+    t, out = torch.arange(blocks[0].num_classes), []
+    with eval_mode(blocks), torch.no_grad():
+        for block in blocks:
+            t = block.encode_target(block.target_input(t.to(next(block.parameters()).device)))
+            out.append(t)
+    return out
+
+
+def set_readouts(blocks: list[ALBlock]) -> None:
+    """Every block's read-out from the class targets as they are now (exit_readout=targets only)."""
+    if blocks and blocks[0].reads_out:
+        for block, targets in zip(blocks, class_targets(blocks)):
+            block.set_readout(targets)
+
+
+def exit_logits(blocks: list[ALBlock], bridged: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Every exit's class scores from its b_k(s_k): the read-outs (set_readouts first) or the decoders."""
+    if blocks[0].reads_out:
+        return [block.read_out(b) for block, b in zip(blocks, bridged)]
+    return decode_to_logits(blocks, bridged)
 
 
 def decode_to_logits(blocks: list[ALBlock], ts: list[torch.Tensor]) -> list[torch.Tensor]:

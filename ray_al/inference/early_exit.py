@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from ray_al.core.blocks import set_readouts
 from ray_al.inference.exit_loop import (  # noqa: F401  (the loop's names, for everything in ray_al)
     MEASURES,
     Answers,
@@ -33,14 +34,18 @@ from ray_al.inference.exit_loop import (  # noqa: F401  (the loop's names, for e
 # -- the stages of the prediction path --------------------------------------------------------------
 class ExitHead(nn.Module):
     """Exit k from s_k: b_k, then h_k..h_2 each as sigmoid(h(t)), then h_1 as logits; the same
-    operations as ALBlock.bridge, ALBlock.decode and ALBlock.decode_logits."""
+    operations as ALBlock.bridge, ALBlock.decode and ALBlock.decode_logits. With a read-out
+    (model.exit_readout=targets) b_k's output times it instead, as ALBlock.read_out."""
 
-    def __init__(self, bridge: nn.Module, decoders: list[nn.Module]):
+    def __init__(self, bridge: nn.Module, decoders: list[nn.Module], readout: torch.Tensor | None = None):
         super().__init__()
         self.bridge, self.decoders = bridge, nn.ModuleList(decoders)  # decoders: h_k .. h_1
+        self.register_buffer("readout", readout)  # a buffer: torch.export keeps it in the program
 
     def forward(self, s: torch.Tensor) -> torch.Tensor:
         t = self.bridge(s)
+        if self.readout is not None:
+            return t.flatten(1) @ self.readout
         for h in self.decoders[:-1]:
             t = torch.sigmoid(h(t))
         return self.decoders[-1](t)
@@ -61,7 +66,9 @@ class Stage(nn.Module):
 def stages_of(blocks: list) -> list[Stage]:
     """Stages sharing the blocks' modules (no copy), in eval mode (BatchNorm uses its running statistics).
     Blocks 1..k suffice for stage k (its exit decodes through h_k..h_1)."""
-    stages = [Stage(b.f, ExitHead(b.b, [blocks[j].h for j in range(k, -1, -1)])) for k, b in enumerate(blocks)]
+    set_readouts(blocks)
+    stages = [Stage(b.f, ExitHead(b.b, [blocks[j].h for j in range(k, -1, -1)], b.readout))
+              for k, b in enumerate(blocks)]
     for st in stages:
         st.eval()
     return stages

@@ -87,7 +87,7 @@ def build_al_block(model: ModelConfig, input_shape, num_classes: int, index: int
             h=nn.Linear(d, t_in),
             b=build_bridge(model.bridge, shapes[index], d, nn.Sigmoid),
             num_classes=num_classes, is_first=index == 0,
-            options=BlockOptions(model.bridge_grad_to_g, model.first_decoder_ce),
+            options=BlockOptions(model.bridge_grad_to_g, model.first_decoder_ce, model.exit_readout),
         )
     return _materialise(block, seed * 1_000_003 + index, device)
 

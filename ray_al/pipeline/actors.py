@@ -112,9 +112,12 @@ class BlockActor:
     def encode_targets(self, t_prev: torch.Tensor) -> torch.Tensor:
         return self.trainer.encode_targets(t_prev).cpu()
 
+    def refresh_readout(self, t_prev: torch.Tensor) -> torch.Tensor:
+        return self.trainer.refresh_readout(t_prev).cpu()
+
     @ray.method(num_returns=2)
     def infer(self, s_prev: torch.Tensor):
-        """Inference: (s_i for the next block, b_i(s_i) for this block's exit)."""
+        """Inference: (s_i for the next block, b_i(s_i) for this block's exit, or its scores: read-out)."""
         s, bridged = self.trainer.infer(s_prev)
         return (None if self.is_last else s.cpu()), bridged.cpu()
 

@@ -194,11 +194,21 @@ class ALPipeline:
         return separability(self._get(targets), logits)
 
     # -- inference -------------------------------------------------------------------------
+    def _refresh_readouts(self) -> None:
+        """exit_readout=targets: each actor's read-out from the class targets as its g's are now."""
+        if self.cfg.model.exit_readout == "targets":
+            t = class_points(self.num_classes)
+            for actor in self.actors:
+                t = actor.refresh_readout.remote(t)
+            self._get(t)
+
     def _submit_predict(self, x: torch.Tensor):
         s, bridged = x, []
         for actor in self.actors:
             s, b = actor.infer.remote(s)
             bridged.append(b)
+        if self.cfg.model.exit_readout == "targets":  # each actor's infer gave its exit's scores already
+            return bridged[::-1]
         return self._decode_down(bridged)
 
     def _decode_down(self, per_block: list):
@@ -210,6 +220,7 @@ class ALPipeline:
 
     def predict_exits(self, x: torch.Tensor, batch_size: int) -> Iterator[list[torch.Tensor]]:
         """Logits of exits 1..N, batch by batch, f's forward then b and h's in reverse."""
+        self._refresh_readouts()
         pending: collections.deque = collections.deque()
         for xb in eval_batches(x, batch_size):
             pending.append(self._submit_predict(xb))
@@ -221,10 +232,12 @@ class ALPipeline:
     def stage(self, k: int, s_prev: torch.Tensor, with_exit: bool = True):
         """Prediction's stage k (1-based) in the actors: (s_k, exit k's logits) from s_{k-1}. Actor k
         runs f_k and b_k; exit k's decode chain passes from actor k down to actor 1 without the driver."""
+        if k == 1:  # an answer starts at stage 1: the read-outs (if any) as the weights are now
+            self._refresh_readouts()
         s, t = self.actors[k - 1].infer.remote(s_prev)
         if not with_exit:
             return self._get(s), None
-        for actor in reversed(self.actors[:k]):
+        for actor in reversed(self.actors[:k]) if self.cfg.model.exit_readout == "decoders" else []:
             t = actor.apply_h.remote(t)
         s, logits = self._get([s, t])
         return s, logits

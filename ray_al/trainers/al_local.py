@@ -12,7 +12,7 @@ import torch
 from ray_al.config import Config
 from ray_al.core.batches import Chunk, eval_batches
 from ray_al.core.block_trainer import BlockTrainer
-from ray_al.core.blocks import ALBlock, decode_to_logits
+from ray_al.core.blocks import ALBlock, decode_to_logits, set_readouts
 from ray_al.core.step_options import StepOptions
 from ray_al.core.target_path import class_points, separability
 from ray_al.models import block_count, build_al_block
@@ -67,13 +67,14 @@ class ALLocal(InProcessTrainer):
         return {**super().evaluate(x, y), **self.target_separability()}
 
     def predict_exits(self, x: torch.Tensor, batch_size: int) -> Iterator[list[torch.Tensor]]:
+        set_readouts(self.blocks)
         for xb in eval_batches(x, batch_size):
             s, bridged = xb, []
             for trainer in self.trainers:
                 s, b = trainer.infer(s)
                 bridged.append(b)
             with torch.no_grad():
-                yield decode_to_logits(self.blocks, bridged)
+                yield bridged if self.blocks[0].reads_out else decode_to_logits(self.blocks, bridged)
 
     def state_dicts(self) -> list[dict]:
         return [t.state_dict() for t in self.trainers]
