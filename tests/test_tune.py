@@ -205,8 +205,9 @@ def test_a_trial_with_block_replicas_reserves_a_bundle_per_replica_and_says_so(r
     assert resources({}).bundles == [{"CPU": 0.5}] + [{"CPU": 0.25}] * 4
     check_fits(sweep, resources)  # 1.5 CPUs of 2
     sweep, resources = sweep_and_resources(1)
-    with pytest.raises(ConfigError, match=r"^a trial needs 4.5 CPUs \(tune.driver_cpus=0.5 \+ 2 x 2 actors "
-                                          r"\(blocks x replicas\) x ray.num_cpus_per_block=1\) but the Ray cluster has 2"):
+    refused = r"^a trial needs 4.5 CPUs \(tune.driver_cpus=0.5 \+ 2 x 2 actors \(blocks x replicas\) x " \
+              r"ray.num_cpus_per_block=1\) but the Ray cluster has 2"
+    with pytest.raises(ConfigError, match=refused):
         check_fits(sweep, resources)
 
 
