@@ -17,7 +17,7 @@ from ray_al.config import load_config
 from ray_al.errors import ConfigError
 from ray_al.run.factory import load_trainer
 from ray_al.run.loop import train
-from tests.helpers import FaultInjector, assert_states_equal, pid_of, tiny_config
+from tests.helpers import FaultInjector, assert_states_equal, pid_of, replica_placements, tiny_config
 
 TOL = dict(rtol=1e-5, atol=1e-6)
 B, EPOCHS = 16, 3  # digits: 1437 // 32 = 44 steps an epoch, 132 steps
@@ -88,9 +88,9 @@ def test_two_replicas_equal_al_local_with_twice_the_batch(ray_cluster, tmp_path,
         for ours, theirs in zip(result.history, reference.history):  # losses: the mean of the micro-batch means
             for key in ("b1_bridge_loss", "b2_ae_loss", "sep_dist_2"):
                 assert ours[key] == pytest.approx(theirs[key], rel=1e-5), key
-        where = [line for line in lines if " replica " in line and ": node " in line]
-        assert [line.split(":")[0] for line in where] == [f"block {i} replica {r}" for r in (0, 1) for i in (1, 2)]
-        assert len({pid_of(line) for line in where}) == 4
+        placed = replica_placements(lines)  # every actor named: `block 2 replica 1: node ..., pid ...`
+        assert [(i, r) for i, r, _, _ in placed] == [(i, r) for r in (0, 1) for i in (1, 2)], lines
+        assert len({pid for *_, pid in placed}) == 4
     finally:
         result.trainer.close()
 
@@ -140,7 +140,8 @@ def test_embedded_default_trains_through_four_actors_with_two_replicas(ray_clust
     result = train(cfg, log=lines.append, keep_trainer=True)
     try:
         where = [line for line in lines if ": node " in line]
-        assert [line.split(":")[0] for line in where] == [f"block {i} replica {r}" for r in (0, 1) for i in (1, 2)]
+        assert [(i, r) for i, r, _, _ in replica_placements(where)] == [(i, r) for r in (0, 1) for i in (1, 2)]
+        assert len(replica_placements(where)) == len(where) == 4, where
         assert any(line.startswith("target warm-up: 300 steps") for line in lines)
         assert result.final["test_acc"] > 0.5
         first, second = result.trainer.replica_states()
