@@ -114,6 +114,8 @@ class FaultInjector:
             self.error = e
 
 
+# R replicas of batch B against al_local with batch R x B: the same sums in another order (tests/test_replicas.py)
+REPLICA_TOL = dict(rtol=1e-5, atol=1e-6)
 # a placement line of ray.replicas_per_block > 1, one per actor (pipeline/driver.describe): block, replica,
 # node, host, IP, pid
 REPLICA_PLACED = re.compile(r"^block (\d+) replica (\d+): node ([0-9a-f]+) \(([^,]*), ([\d.]+)\) pid (\d+) \w+, "

@@ -9,6 +9,7 @@ The replicas themselves stay bitwise identical (every rank gets the same all-red
 import json
 import os
 import signal
+import sys
 
 import pytest
 import torch
@@ -17,9 +18,16 @@ from ray_al.config import load_config
 from ray_al.errors import ConfigError
 from ray_al.run.factory import load_trainer
 from ray_al.run.loop import train
-from tests.helpers import FaultInjector, assert_states_equal, pid_of, replica_placements, tiny_config
+from tests.helpers import (
+    REPLICA_TOL,
+    FaultInjector,
+    assert_states_equal,
+    pid_of,
+    replica_placements,
+    tiny_config,
+)
 
-TOL = dict(rtol=1e-5, atol=1e-6)
+TOL = REPLICA_TOL
 B, EPOCHS = 16, 3  # digits: 1437 // 32 = 44 steps an epoch, 132 steps
 
 
@@ -173,3 +181,18 @@ def test_replica_left_alone_in_the_all_reduce_fails_in_one_line_within_the_timeo
         assert time.monotonic() - start < 60 and "\n" not in str(lost.value)
     finally:
         pipe.close()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="interfaces are looked up on Linux only")
+def test_replica_gloo_listens_on_the_interface_of_the_node_ip(monkeypatch):
+    """Gloo's own pick is loopback where the hostname maps to 127.0.x.1, unreachable for replicas on other nodes
+    (tests/test_hosts.py has them): the interface that holds the node's Ray IP instead, unless the user chose."""
+    from ray_al.pipeline.replica_group import interface_of, use_node_interface
+
+    assert interface_of("127.0.0.1") == "lo" and interface_of("203.0.113.254") is None
+    monkeypatch.delenv("GLOO_SOCKET_IFNAME", raising=False)
+    use_node_interface("127.0.0.1")
+    assert os.environ["GLOO_SOCKET_IFNAME"] == "lo"
+    monkeypatch.setenv("GLOO_SOCKET_IFNAME", "eth7")
+    use_node_interface("127.0.0.1")
+    assert os.environ["GLOO_SOCKET_IFNAME"] == "eth7"
