@@ -190,7 +190,8 @@ def test_replica_gloo_listens_on_the_interface_of_the_node_ip(monkeypatch):
     from ray_al.pipeline.replica_group import interface_of, use_node_interface
 
     assert interface_of("127.0.0.1") == "lo" and interface_of("203.0.113.254") is None
-    monkeypatch.delenv("GLOO_SOCKET_IFNAME", raising=False)
+    monkeypatch.setenv("GLOO_SOCKET_IFNAME", "")  # recorded, so the value set below is undone at the end
+    monkeypatch.delenv("GLOO_SOCKET_IFNAME")
     use_node_interface("127.0.0.1")
     assert os.environ["GLOO_SOCKET_IFNAME"] == "lo"
     monkeypatch.setenv("GLOO_SOCKET_IFNAME", "eth7")
