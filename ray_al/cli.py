@@ -182,7 +182,10 @@ def _bench(args) -> int:
 
     cfg = load_config(args.config, args.overrides)
     data = load_dataset(cfg.data)
-    print(f"throughput: {cfg.model.name} on {data.name}, batch {cfg.data.batch_size}, {args.batches} batches each, "
+    r = cfg.ray.replicas_per_block  # a step of the replicated pipeline trains R micro-batches of B
+    batch = f"batch {cfg.data.batch_size}" if r == 1 else \
+        f"batch {r} x {cfg.data.batch_size} (ray.replicas_per_block x data.batch_size)"
+    print(f"throughput: {cfg.model.name} on {data.name}, {batch}, {args.batches} batches each, "
           f"{args.cores} cores in total")
     results = throughput(cfg, data, args.batches, tuple(args.chunk_sizes), args.cores)
     if args.out:

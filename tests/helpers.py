@@ -114,6 +114,19 @@ class FaultInjector:
             self.error = e
 
 
+# R replicas of batch B against al_local with batch R x B: the same sums in another order (tests/test_replicas.py)
+REPLICA_TOL = dict(rtol=1e-5, atol=1e-6)
+# a placement line of ray.replicas_per_block > 1, one per actor (pipeline/driver.describe): block, replica,
+# node, host, IP, pid
+REPLICA_PLACED = re.compile(r"^block (\d+) replica (\d+): node ([0-9a-f]+) \(([^,]*), ([\d.]+)\) pid (\d+) \w+, "
+                            r"\d+ thread\(s\)")
+
+
+def replica_placements(lines) -> list[tuple[int, int, str, int]]:
+    """(block, replica, IP, pid) of every replica placement line, in order."""
+    return [(int(m[1]), int(m[2]), m[5], int(m[6])) for line in lines if (m := REPLICA_PLACED.match(line))]
+
+
 def pid_of(line: str) -> int:
     return int(re.search(r" pid (\d+) ", line).group(1))
 

@@ -1,5 +1,5 @@
 """The pipeline across real hosts: network namespaces on a private bridge (tests/hosts.py), a Ray
-head and three workers each with its own IP, a client host with none. Jobs are submitted from the
+head and four workers each with its own IP, a client host with none. Jobs are submitted from the
 client (`ray job submit`), other runs start on the head as a user logged in there would start them
 (`python -m ray_al train ray.address=HEAD:6379`), and faults are made for real: a host's processes
 killed, its link cut, its link slowed.
@@ -7,7 +7,8 @@ killed, its link cut, its link slowed.
 Run folders and checkpoints live in pytest's tmp_path, on the filesystem every host shares (the
 stand-in for a cluster's shared storage). Every run is compared bitwise with `al_local` in this
 process: its final checkpoint (parameters, both optimizers, step counts, RNG) against the
-reference's state.
+reference's state; block replicas (ray.replicas_per_block=2, one actor per worker host) within the
+tolerance of tests/test_replicas.py.
 """
 import re
 import subprocess
@@ -23,11 +24,11 @@ from ray_al.checkpoint.files import complete_checkpoints, read_block, read_manif
 from ray_al.config import load_config
 from ray_al.run.loop import train
 from tests.headnode import logs, status, submit, wait_for
-from tests.helpers import FaultInjector, assert_states_equal
+from tests.helpers import REPLICA_TOL, FaultInjector, assert_states_equal, replica_placements
 from tests.hosts import FAST_FAILURE_DETECTION, hosts_for_tests
 
 pytestmark = pytest.mark.slow
-WORKERS = 3
+WORKERS = 4  # the replica test puts its 2 blocks x 2 replicas on 4 hosts (STRICT_SPREAD)
 RUN = ["data.source=digits", "model.d=64", "model.target_warmup_steps=0", "optim.lr=1e-3", "train.chunk_size=2",
        "train.threads=1", "train.seed=3", "ray.placement_strategy=STRICT_SPREAD", "ray.num_cpus_per_block=1",
        "ray.placement_timeout_s=30", "train.log_every_s=0"]
@@ -122,7 +123,7 @@ def run_on_head(hosts, tmp_path, name: str, epochs: int, *extra: str, fault=None
 def test_jobs_from_a_client_host_train_one_block_per_host_bitwise_and_stop_cleanly(hosts, reference, tmp_path):
     """`ray job submit` from the client: one run to SUCCEEDED, one block per worker host, bitwise
     equal to al_local; another, submitted beside it, ended by `ray job stop`."""
-    runs = [*RUN, "ray.num_cpus_per_block=0.5", f"run_dir={tmp_path}"]  # both runs at once on 3 CPUs
+    runs = [*RUN, "ray.num_cpus_per_block=0.5", f"run_dir={tmp_path}"]  # both runs at once on 4 CPUs
     submit(hosts, "hosts-long", [*runs, "train.epochs=100000", "name=long"])
     stopped = False
     try:
@@ -194,6 +195,41 @@ def test_slow_link_to_the_head_still_trains_bitwise(hosts, reference, tmp_path):
               f"{placed}; completed, state diff 0")
     finally:
         hosts.undelay(hosts.head)
+
+
+def test_block_replicas_on_different_hosts_equal_al_local_with_twice_the_batch(hosts, reference, tmp_path):
+    """ray.replicas_per_block=2 of batch 16 with STRICT_SPREAD: one actor per worker host, so each block's two
+    replicas sit on two hosts and average their gradients over the bridge (gloo). The result equals al_local with
+    batch 32 (the reference) within test_replicas' tolerance."""
+    hosts.heal()  # every worker host up: the four actors need all four
+    rc, out, _ = run_on_head(hosts, tmp_path, "replicas", EPOCHS, "ray.replicas_per_block=2", "data.batch_size=16")
+    assert rc == 0, out[-3000:]
+    placed = replica_placements(out.splitlines())
+    assert [(i, r) for i, r, _, _ in placed] == [(1, 0), (2, 0), (1, 1), (2, 1)], out[-3000:]
+    ip = {(i, r): ip for i, r, ip, _ in placed}
+    assert ip[1, 0] != ip[1, 1] and ip[2, 0] != ip[2, 1], placed  # a block's replicas on different hosts
+    assert set(ip.values()) <= {h.ip for h in hosts.worker_hosts}
+    run_dir = tmp_path / "replicas"
+    assert read_manifest(str(run_dir))["replicas_per_block"] == 2
+    states, _ = reference(EPOCHS)
+    assert complete_checkpoints(str(run_dir))[-1] == EPOCHS * STEPS_PER_EPOCH
+    for i, (a, b) in enumerate(zip(final_states(run_dir), states, strict=True)):  # replica 0 wrote them
+        assert_states_equal(a, b, f"block {i + 1}", tol=REPLICA_TOL)
+    worst = max((a - b).abs().max().item() for got, want in zip(final_states(run_dir), states)
+                for a, b in _float_tensors(got, want))
+    print(f"\nreplicas: blocks x replicas on {[(i, r, ip) for i, r, ip, _ in placed]}; {EPOCHS * STEPS_PER_EPOCH} "
+          f"steps of 2 x 16; max |diff| against al_local batch 32: {worst:.2g}")
+
+
+def _float_tensors(a, b):
+    """Pairs of the floating tensors of two nested states, in the same order."""
+    if isinstance(a, torch.Tensor):
+        return [(a.double(), b.double())] if a.is_floating_point() else []
+    if isinstance(a, dict):
+        return [p for k in a for p in _float_tensors(a[k], b[k])]
+    if isinstance(a, (list, tuple)):
+        return [p for x, y in zip(a, b) for p in _float_tensors(x, y)]
+    return []
 
 
 def _newest_checkpoint(run_dir: Path) -> int:

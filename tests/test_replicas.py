@@ -9,6 +9,7 @@ The replicas themselves stay bitwise identical (every rank gets the same all-red
 import json
 import os
 import signal
+import sys
 
 import pytest
 import torch
@@ -17,9 +18,16 @@ from ray_al.config import load_config
 from ray_al.errors import ConfigError
 from ray_al.run.factory import load_trainer
 from ray_al.run.loop import train
-from tests.helpers import FaultInjector, assert_states_equal, pid_of, tiny_config
+from tests.helpers import (
+    REPLICA_TOL,
+    FaultInjector,
+    assert_states_equal,
+    pid_of,
+    replica_placements,
+    tiny_config,
+)
 
-TOL = dict(rtol=1e-5, atol=1e-6)
+TOL = REPLICA_TOL
 B, EPOCHS = 16, 3  # digits: 1437 // 32 = 44 steps an epoch, 132 steps
 
 
@@ -88,9 +96,9 @@ def test_two_replicas_equal_al_local_with_twice_the_batch(ray_cluster, tmp_path,
         for ours, theirs in zip(result.history, reference.history):  # losses: the mean of the micro-batch means
             for key in ("b1_bridge_loss", "b2_ae_loss", "sep_dist_2"):
                 assert ours[key] == pytest.approx(theirs[key], rel=1e-5), key
-        where = [line for line in lines if " replica " in line and ": node " in line]
-        assert [line.split(":")[0] for line in where] == [f"block {i} replica {r}" for r in (0, 1) for i in (1, 2)]
-        assert len({pid_of(line) for line in where}) == 4
+        placed = replica_placements(lines)  # every actor named: `block 2 replica 1: node ..., pid ...`
+        assert [(i, r) for i, r, _, _ in placed] == [(i, r) for r in (0, 1) for i in (1, 2)], lines
+        assert len({pid for *_, pid in placed}) == 4
     finally:
         result.trainer.close()
 
@@ -140,7 +148,8 @@ def test_embedded_default_trains_through_four_actors_with_two_replicas(ray_clust
     result = train(cfg, log=lines.append, keep_trainer=True)
     try:
         where = [line for line in lines if ": node " in line]
-        assert [line.split(":")[0] for line in where] == [f"block {i} replica {r}" for r in (0, 1) for i in (1, 2)]
+        assert [(i, r) for i, r, _, _ in replica_placements(where)] == [(i, r) for r in (0, 1) for i in (1, 2)]
+        assert len(replica_placements(where)) == len(where) == 4, where
         assert any(line.startswith("target warm-up: 300 steps") for line in lines)
         assert result.final["test_acc"] > 0.5
         first, second = result.trainer.replica_states()
@@ -172,3 +181,19 @@ def test_replica_left_alone_in_the_all_reduce_fails_in_one_line_within_the_timeo
         assert time.monotonic() - start < 60 and "\n" not in str(lost.value)
     finally:
         pipe.close()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="interfaces are looked up on Linux only")
+def test_replica_gloo_listens_on_the_interface_of_the_node_ip(monkeypatch):
+    """Gloo's own pick is loopback where the hostname maps to 127.0.x.1, unreachable for replicas on other nodes
+    (tests/test_hosts.py has them): the interface that holds the node's Ray IP instead, unless the user chose."""
+    from ray_al.pipeline.replica_group import interface_of, use_node_interface
+
+    assert interface_of("127.0.0.1") == "lo" and interface_of("203.0.113.254") is None
+    monkeypatch.setenv("GLOO_SOCKET_IFNAME", "")  # recorded, so the value set below is undone at the end
+    monkeypatch.delenv("GLOO_SOCKET_IFNAME")
+    use_node_interface("127.0.0.1")
+    assert os.environ["GLOO_SOCKET_IFNAME"] == "lo"
+    monkeypatch.setenv("GLOO_SOCKET_IFNAME", "eth7")
+    use_node_interface("127.0.0.1")
+    assert os.environ["GLOO_SOCKET_IFNAME"] == "eth7"

@@ -187,6 +187,30 @@ def test_blocks_of_a_trial_are_sized_like_train_sizes_them(ray_cluster):
     check_fits(sweep, resources)  # raises if it does not fit
 
 
+def test_a_trial_with_block_replicas_reserves_a_bundle_per_replica_and_says_so(ray_cluster, tmp_path):
+    """ray.replicas_per_block=2: the driver's bundle, then 2 blocks x 2 replicas (the trial's last N x R bundles,
+    pipeline/placement.reserve); too big for the cluster, the refusal names N x R actors."""
+    from ray_al.models import block_count
+
+    def sweep_and_resources(cpus):
+        sweep = Sweep(write_sweep(tmp_path, config={"ray": {"replicas_per_block": 2, "num_cpus_per_block": cpus}}))
+
+        def resources(params):
+            from ray_al.run.tune import trial_config
+            cfg = trial_config(sweep.base, params)
+            return trial_resources(cfg, block_count(cfg.model, (1, 8, 8), 10), float(sweep.opts["driver_cpus"]))
+        return sweep, resources
+
+    sweep, resources = sweep_and_resources(0.25)
+    assert resources({}).bundles == [{"CPU": 0.5}] + [{"CPU": 0.25}] * 4
+    check_fits(sweep, resources)  # 1.5 CPUs of 2
+    sweep, resources = sweep_and_resources(1)
+    refused = r"^a trial needs 4.5 CPUs \(tune.driver_cpus=0.5 \+ 2 x 2 actors \(blocks x replicas\) x " \
+              r"ray.num_cpus_per_block=1\) but the Ray cluster has 2"
+    with pytest.raises(ConfigError, match=refused):
+        check_fits(sweep, resources)
+
+
 def test_population_based_training_copies_a_better_trial(ray_cluster, tmp_path):
     """PBT (synchronous, 2 trials, bottom half copies top half every epoch): the worse trial goes on
     from the better one's checkpoint with a perturbed lr, which its run folder's config records."""

@@ -68,7 +68,7 @@ class BlockActor:
     def join_replicas(self, address: str, port: int, world: int, backend: str, timeout_s: float) -> None:
         """Join this block's group of `world` replicas; from now on every step averages their gradients."""
         where = f"block {self.index + 1} replica {self.replica}"
-        join(address, port, self.replica, world, backend, timeout_s, where)
+        join(address, port, self.replica, world, backend, timeout_s, where, ray.util.get_node_ip_address())
         broadcast_from_first(self.trainer.block, where)
         self.trainer.after_backward = GradientAverage(self.trainer.block, world, where)
 

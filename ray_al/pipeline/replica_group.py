@@ -3,14 +3,18 @@ the gradient average every step makes in it.
 
 Every actor process belongs to one block, so the process's default group is that block's group: rank r
 is replica r, rendezvous over TCP at a free port of replica 0's node (the driver passes its address on).
-gloo on CPU, NCCL on GPUs (one per replica; replicas.group_backend). The group's timeout (from
+gloo on CPU, NCCL on GPUs (one per replica; replicas.group_backend), gloo on the interface of the
+node's Ray IP (use_node_interface). The group's timeout (from
 ray.placement_timeout_s) bounds every collective, so a replica that hangs or dies makes its peers fail
 with one line (a BlockLost: the run restarts from its last checkpoint) instead of waiting for ever.
 """
 from __future__ import annotations
 
 import datetime
+import os
 import socket
+import struct
+import sys
 
 import torch
 import torch.distributed as dist
@@ -26,8 +30,37 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def join(address: str, port: int, rank: int, world: int, backend: str, timeout_s: float, where: str) -> None:
-    """Join this block's group as replica `rank` of `world` over `backend` (replicas.group_backend)."""
+def interface_of(ip: str) -> str | None:
+    """The network interface whose (primary IPv4) address is `ip` on this node; None where not found or not Linux."""
+    if sys.platform != "linux":
+        return None
+    import fcntl
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        for _, name in socket.if_nameindex():
+            try:  # SIOCGIFADDR: the interface's IPv4 address, bytes 20..24 of the ifreq it fills in
+                got = fcntl.ioctl(s.fileno(), 0x8915, struct.pack("256s", name.encode()[:15]))
+            except OSError:
+                continue  # no IPv4 address
+            if socket.inet_ntoa(got[20:24]) == ip:
+                return name
+    return None
+
+
+def use_node_interface(node_ip: str) -> None:
+    """Gloo connects the replicas over the address this host's name resolves to, or loopback where that is
+    not a local address (the hostname maps to 127.0.x.1 in many images and containers): replicas on other
+    nodes could not reach it. Pin gloo to the interface of the node's Ray IP, unless GLOO_SOCKET_IFNAME is set."""
+    if "GLOO_SOCKET_IFNAME" not in os.environ and (name := interface_of(node_ip)):
+        os.environ["GLOO_SOCKET_IFNAME"] = name
+
+
+def join(address: str, port: int, rank: int, world: int, backend: str, timeout_s: float, where: str,
+         node_ip: str) -> None:
+    """Join this block's group as replica `rank` of `world` over `backend` (replicas.group_backend); `node_ip`:
+    this node's Ray IP, where gloo listens."""
+    if backend == "gloo":
+        use_node_interface(node_ip)
     try:
         dist.init_process_group(backend, init_method=f"tcp://{address}:{port}", rank=rank, world_size=world,
                                 timeout=datetime.timedelta(seconds=timeout_s))

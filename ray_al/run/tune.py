@@ -328,16 +328,18 @@ def check_fits(sweep: Sweep, resources: Callable[[dict], Any]) -> None:
         cfg = trial_config(sweep.base, params)
         bundles = resources(params).bundles
         blocks = bundles[1:]
+        r = cfg.ray.replicas_per_block  # a bundle per actor: N blocks x R replicas
+        actors = f"{len(blocks)} blocks" if r == 1 else f"{len(blocks) // r} x {r} actors (blocks x replicas)"
         for kind, key in (("CPU", "ray.num_cpus_per_block"), ("GPU", "ray.num_gpus_per_block")):
             need, have = sum(b.get(kind, 0) for b in bundles), cluster.get(kind, 0)
             if need > have + 1e-9:
                 per_block = blocks[0].get(kind, 0) if blocks else 0
                 where = f" with {params}" if params else ""
                 raise ConfigError(
-                    f"a trial{where} needs {need:g} {kind}s (tune.driver_cpus={driver:g} + {len(blocks)} blocks x "
+                    f"a trial{where} needs {need:g} {kind}s (tune.driver_cpus={driver:g} + {actors} x "
                     f"{key}={per_block:g}) but the Ray cluster has {have:g}: lower {key} or tune.driver_cpus"
                     if kind == "CPU" else
-                    f"a trial{where} needs {need:g} GPUs ({len(blocks)} blocks x {key}={per_block:g}) but the Ray "
+                    f"a trial{where} needs {need:g} GPUs ({actors} x {key}={per_block:g}) but the Ray "
                     f"cluster has {have:g}: lower {key}")
         if cfg.ray.placement_strategy == "STRICT_PACK" and sum(b.get("CPU", 0) for b in bundles) > largest_node:
             raise ConfigError(f"ray.placement_strategy=STRICT_PACK puts a trial's {len(bundles)} bundles on one "
