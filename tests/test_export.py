@@ -27,10 +27,10 @@ torch.save({"exits": model.exits(x), "pred": pred, "conf": conf, "exit": exit}, 
 """
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
+@pytest.fixture(scope="module", params=["decoders", "targets"])  # model.exit_readout: the read-out is a buffer
+def run(tmp_path_factory, request):
     root = tmp_path_factory.mktemp("export")
-    cfg = tiny_config(root, model={"name": "cnn", "d": 16}, optim={"lr": 3e-3}, name="r",
+    cfg = tiny_config(root, model={"name": "cnn", "d": 16, "exit_readout": request.param}, optim={"lr": 3e-3}, name="r",
                       train={"trainer": "al_local", "epochs": 1}, checkpoint={"enabled": True})
     train(cfg, log=lambda line: None)
     return root / "r"
@@ -55,7 +55,7 @@ def test_exported_stages_answer_without_ray(run, tmp_path, capsys):
     with torch.no_grad():
         expected = predict_all_exits(loaded.blocks, x)
     for k, (a, b) in enumerate(zip(got["exits"], expected), start=1):
-        assert torch.allclose(a, b, atol=1e-5), f"exit {k}: max |diff| {(a - b).abs().max():.2g}"
+        assert torch.allclose(a, b, atol=1e-4), f"exit {k}: max |diff| {(a - b).abs().max():.2g}"  # pinv: 5e-5
     ans = answer(LocalRunner(stages_of(loaded.blocks)), x, ExitPolicy(None, 0.5))
     assert torch.equal(got["pred"], ans.prediction) and torch.equal(got["exit"], ans.exit)
     assert torch.allclose(got["conf"], ans.confidence, atol=1e-5)

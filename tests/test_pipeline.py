@@ -47,8 +47,9 @@ def test_pipeline_equals_sequential_reference_bitwise(ray_cluster, tmp_path, cas
         piped.trainer.close()
 
 
-def test_inference_through_actors_is_the_composed_function(ray_cluster, tmp_path):
-    cfg, piped = _run(tmp_path, "al", "mlp-2-blocks")
+@pytest.mark.parametrize("case", ["mlp-2-blocks", "mlp-2-blocks-readout"])
+def test_inference_through_actors_is_the_composed_function(ray_cluster, tmp_path, case):
+    cfg, piped = _run(tmp_path, "al", case)
     try:
         from ray_al.trainers.al_local import ALLocal
         local = ALLocal(cfg, (1, 8, 8), 10, total_steps=1)
@@ -63,6 +64,8 @@ def test_inference_through_actors_is_the_composed_function(ray_cluster, tmp_path
         for k in range(2):
             through_actors = torch.cat([batch[k] for batch in exits])
             assert torch.equal(through_actors, composed[k]), f"exit {k + 1}"
+        s1, exit_1 = piped.trainer.stage(1, x)  # prediction's stages (predict --ray) give the same exits
+        assert torch.equal(exit_1, composed[0]) and torch.equal(piped.trainer.stage(2, s1)[1], composed[1])
     finally:
         piped.trainer.close()
 
