@@ -11,7 +11,8 @@ run loop on the same batches in the same order (same seed) and is evaluated afte
 line per (variant, epoch) goes to OUT/<case>.jsonl: validation and test accuracy of the last exit,
 every exit on test, separability, warm-up steps and seconds, training seconds. At the end a table:
 each variant's validation accuracy (what the choice is made on) and, beside it, its test accuracy as
-a fraction of the BP twin's at the same epoch. The losers stay in the table. Figures on cifar100-dev
+a fraction of the BP twin's at the same epoch, over every run into OUT so far (a variant run again:
+its newest rows). The losers stay in the table. Figures on cifar100-dev
 are development figures: its test split is drawn from CIFAR-100's training set.
 """
 from __future__ import annotations
@@ -44,6 +45,13 @@ VARIANTS = {
     "readout_ce": READOUT + ["model.first_decoder_ce=true"],
     "readout_glr1": READOUT + ["optim.target_lr_scale=1"],
     "readout_glr4": READOUT + ["optim.target_lr_scale=4"],
+    "readout_warm100": READOUT + ["model.target_warmup_steps=100"],   # warm-up length: how far apart the
+    "readout_warm3000": READOUT + ["model.target_warmup_steps=3000"],  # class targets start
+    "readout_lr3e-4": READOUT + ["optim.lr=3e-4"],
+    "bp_lr3e-4": ["train.trainer=bp", "optim.lr=3e-4"],      # the twin at the same lr
+    "readout_lr1e-3": READOUT + ["optim.lr=1e-3"],
+    "bp_lr1e-3": ["train.trainer=bp", "optim.lr=1e-3"],
+    "readout_gradg": READOUT + ["model.bridge_grad_to_g=true"],  # targets pulled toward what f reaches
     "readout_d64": READOUT + ["model.d=64"],                 # d < C: the C targets cannot be independent
     "readout_d128": READOUT + ["model.d=128"],
     "readout_d256": READOUT + ["model.d=256"],
@@ -138,16 +146,20 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{case}.jsonl"
-    data, rows = None, []
+    data = None
     for variant in variants:
         cfg = case_config(case, variant, root, epochs, args.val_fraction, args.threads, args.set)
         data = data or load_dataset(cfg.data)  # every variant: the same images, split and batches
         got = run_variant(cfg, data, case, variant, lambda line, v=variant: print(f"[{case} {v}] {line}", flush=True))
-        rows += got
         with open(path, "a") as f:
             f.writelines(json.dumps(r) + "\n" for r in got)
-    print("\n".join(table(rows)))
+    print("\n".join(table(latest([json.loads(line) for line in open(path)]))))  # this run's and earlier ones'
     return 0
+
+
+def latest(rows: list[dict]) -> list[dict]:
+    """The newest row of every (variant, epoch), in the order variants first appear."""
+    return list({(r["variant"], r["epoch"]): r for r in rows}.values())
 
 
 if __name__ == "__main__":
