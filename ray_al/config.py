@@ -78,6 +78,11 @@ class ModelConfig:
                                           "points, through the chain, before the first data step; 0: the paper's "
                                           "algorithm, untouched")
     target_warmup_lr: float | None = setting(None, "the warm-up's own Adam, dropped after; None: 3e-3 x min(1, 256/d)")
+    target_warmup_until: str = one_of("separated", "when warm-up ends",
+                                      separated="at the first check where every depth decodes every class; "
+                                                "target_warmup_steps bounds it",
+                                      steps="after all target_warmup_steps")
+    target_warmup_check_every: int = setting(25, "warm-up steps between separability checks (until=separated)")
     bp_baseline: str = one_of("twin", "the BP baseline (train.trainer=bp)",
                               twin="the AL prediction path, as the paper words it",
                               authors="the authors' code: VGG with BN after every conv and dense layer and no "
@@ -202,7 +207,8 @@ POSITIVE = {"data.batch_size", "train.chunk_size", "train.max_inflight_chunks", 
             "optim.lr", "optim.target_lr_scale", "checkpoint.keep", "data.synthetic_classes",
             "data.synthetic_size", "data.num_classes", "model.d", "model.depth", "train.threads", "ray.num_cpus",
             "ray.num_cpus_per_block", "data.limit_train", "data.limit_test", "ray.placement_timeout_s",
-            "model.target_warmup_lr", "ray.replicas_per_block"}
+            "model.target_warmup_lr", "ray.replicas_per_block",
+            "model.target_warmup_check_every"}
 MAX_SEED = 10 ** 8 - 1  # (seed * 100_003 + epoch) * 1_000_003 + batch must fit a 64-bit generator seed
 RUN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,199}")  # one folder, never `..` or a path
 NON_NEGATIVE = {"train.epochs", "optim.weight_decay", "checkpoint.every_steps", "ray.num_gpus_per_block",

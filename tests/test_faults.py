@@ -60,7 +60,8 @@ def test_block_lost_during_warmup_is_rebuilt_from_its_seed_and_warms_up_again(ra
 
     def chunks_killing_block_2(model, num_classes, chunk_size):
         """The warm-up's own label chunks; when the driver draws chunk 40 (so at least 36 are done, at most 4
-        in flight), block 2's process is killed: always mid warm-up, whatever the machine's speed."""
+        in flight; in the second check segment), block 2's process is killed: always mid warm-up, whatever
+        the machine's speed (this warm-up separates only after some 250 steps)."""
         for k, chunk in enumerate(real_chunks(model, num_classes, chunk_size)):
             if k == 40 and not killed:
                 _kill(next(line for line in lines if line.startswith("block 2: node")))
@@ -73,7 +74,7 @@ def test_block_lost_during_warmup_is_rebuilt_from_its_seed_and_warms_up_again(ra
         assert killed == [40]
         assert result.restarts and result.restarts[0]["step"] is None, lines  # lost before step 0 was saved
         assert "rebuilt every block from its seed; warming up again" in lines
-        assert sum(line.startswith("target warm-up: 300 steps") for line in lines) == 1
+        assert sum(line.startswith("target warm-up: ") for line in lines) == 1  # the second, whole one
         reference = train(tiny_config(tmp_path / "local", train={**over["train"], "trainer": "al_local"},
                                       model=over["model"]), log=lambda line: None, keep_trainer=True)
         for i, (a, b) in enumerate(zip(result.trainer.state_dicts(), reference.trainer.state_dicts())):

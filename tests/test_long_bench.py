@@ -1,6 +1,7 @@
 """benchmarks/al_vs_bp_long.py --quick: every variant gets segments, the table, CSV and PNG are written
 after each, and --resume continues where the checkpoints stand (no segment trained twice)."""
 import csv
+import re
 import subprocess
 import sys
 
@@ -21,7 +22,7 @@ def _epochs(tmp_path):
 def test_quick_run_then_resume(tmp_path):
     first = _run(tmp_path, "--budget-minutes", "0.12", "--segments-per-epoch", "2")
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
-    assert "target warm-up: 300 steps" in first.stdout
+    assert re.search(r"target warm-up: (stopped at \d+ of|ran all) 300 steps", first.stdout)
     before = _epochs(tmp_path)
     assert all(before[v] for v in before), before  # every variant trained at least one segment
     table = (tmp_path / "out" / "table.txt").read_text()

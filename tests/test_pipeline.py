@@ -13,8 +13,10 @@ CASES = {
     # a light bridge (model.bridge=conv1x1: a 1x1 convolution, pooling, then the dense layers)
     "cnn-4-blocks-conv1x1": {"model": {"name": "cnn", "d": 16, "bridge": "conv1x1"},
                              "data": {"source": "synthetic", "synthetic_size": 384}},
-    # target-path warm-up streamed down the same chain of actors
-    "mlp-2-blocks-warmup": {"model": {"name": "mlp", "d": 32, "target_warmup_steps": 30}},
+    # target-path warm-up streamed down the same chain of actors, stopping early (at 250 of 400 steps)
+    # at the same separability check as in-process
+    "mlp-2-blocks-warmup": {"model": {"name": "mlp", "d": 32, "target_warmup_steps": 400,
+                                      "target_warmup_check_every": 10}},
     # exits read out by least squares onto the class targets, refreshed through the actors at evaluation
     "mlp-2-blocks-readout": {"model": {"name": "mlp", "d": 32, "exit_readout": "targets"}},
     # L2 on f's kernels only (optim.l2_scope=f_kernels, the default): two Adam groups in every actor
@@ -41,6 +43,9 @@ def test_pipeline_equals_sequential_reference_bitwise(ray_cluster, tmp_path, cas
         for i, (a, b) in enumerate(zip(ray_states, local_states)):
             assert_states_equal(a, b, f"block {i + 1}")  # parameters, both optimizers, step counts
         assert "sep_acc_2" in piped.history[-1]  # separability through the actors equals in-process too
+        if cfg.model.target_warmup_steps:
+            warm = piped.warmup["warmup_steps"]
+            assert warm == local.warmup["warmup_steps"] and 0 < warm < cfg.model.target_warmup_steps
         assert piped.history == [{**r, "train_time_s": p["train_time_s"], "samples_per_s": p["samples_per_s"],
                                   "run_id": p["run_id"]} for r, p in zip(local.history, piped.history)]
     finally:

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from ray_al.checkpoint import files as ckpt
 from ray_al.config import config_from_dict, load_config
 from ray_al.core.blocks import decode_to_logits
-from ray_al.core.target_path import class_points, format_separability, separability, warmup_chunks
+from ray_al.core.target_path import class_points, format_separability, separability, warm_up, warmup_chunks
 from ray_al.errors import ConfigError
 from ray_al.run.loop import train
 from ray_al.run.progress import format_record
@@ -63,8 +63,9 @@ def test_warmup_makes_every_depth_decodable_with_100_classes():
     steps = 1000
     _, cold = _target_path(100, 256, 4)
     before = cold.target_separability()
-    cfg, al = _target_path(100, 256, 4, target_warmup_steps=steps)
+    cfg, al = _target_path(100, 256, 4, target_warmup_steps=steps, target_warmup_until="steps")
     al.warmup(warmup_chunks(cfg.model, 100, 50), lambda stats: None)
+    al.end_warmup()
     after = al.target_separability()
     print("\n100 classes, d=256, 4 blocks: before", {k: round(v, 3) for k, v in before.items()},
           f"\n  after {steps} warm-up steps", {k: round(v, 3) for k, v in after.items()})
@@ -76,7 +77,7 @@ def test_warmup_makes_every_depth_decodable_with_100_classes():
 def test_warmup_trains_only_the_target_path_and_drops_its_optimizer():
     cfg, al = _target_path(10, 16, 2, target_warmup_steps=20)
     before = [{k: v.clone() for k, v in b.state_dict().items()} for b in al.blocks]
-    al.warmup(warmup_chunks(cfg.model, 10, 8), lambda stats: None)
+    warm_up(al, cfg.model, 10, 8, lambda line: None)
     for b, old in zip(al.blocks, before):
         for name, value in b.state_dict().items():
             changed = not torch.equal(value, old[name])
@@ -90,6 +91,41 @@ def test_warmup_steps_are_every_class_once_in_chunks():
     chunks = list(warmup_chunks(model, 7, chunk_size=2))
     assert [c.shape for c in chunks] == [(2, 7), (2, 7), (1, 7)]
     assert torch.equal(torch.cat(chunks), torch.arange(7).repeat(5, 1))
+    # no chunk straddles a separability check (every 4 steps here), whatever the chunk size
+    model = config_from_dict({"model": {"target_warmup_steps": 10, "target_warmup_check_every": 4}}).model
+    assert [len(c) for c in warmup_chunks(model, 7, chunk_size=3)] == [3, 1, 3, 1, 2]
+
+
+def _warm(until, steps=400, every=10, chunk=4):
+    cfg, al = _target_path(10, 32, 3, target_warmup_steps=steps, target_warmup_until=until,
+                           target_warmup_check_every=every)
+    lines = []
+    return al, warm_up(al, cfg.model, 10, chunk, lines.append), lines
+
+
+def test_warmup_stops_at_the_first_check_where_every_depth_is_separated():
+    torch.set_num_threads(1)
+    al, out, lines = _warm("separated")
+    steps = out["warmup_steps"]
+    assert 0 < steps < 400 and steps % 10 == 0 and out["warmup_steps_bound"] == 400, out
+    assert all(out[f"sep_acc_{k}"] == 1.0 for k in (1, 2, 3))
+    assert lines[0].startswith(f"target warm-up: stopped at {steps} of 400 steps (every depth separated) in ")
+    assert all(t.opt_warmup is None for t in al.trainers)
+    # one check earlier it was not separated yet, and the stop changed nothing: the state is that of
+    # `until=steps` run for the same count (the checks only read it; one warm-up Adam spans the segments)
+    _, shorter, _ = _warm("steps", steps=steps - 10)
+    assert min(shorter[f"sep_acc_{k}"] for k in (1, 2, 3)) < 1.0
+    same, full, full_lines = _warm("steps", steps=steps, chunk=7)
+    assert full["warmup_steps"] == steps and full_lines[0].startswith(f"target warm-up: ran all {steps} steps in ")
+    assert_states_equal(same.state_dicts(), al.state_dicts())
+
+
+def test_warmup_until_steps_runs_them_all_and_an_unseparated_run_stops_at_the_bound():
+    torch.set_num_threads(1)
+    _, out, lines = _warm("steps", steps=300)
+    assert out["warmup_steps"] == 300 and lines[0].startswith("target warm-up: ran all 300 steps in ")
+    _, out, lines = _warm("separated", steps=25, every=10)  # checks at 10, 20, 25: too few steps to separate
+    assert out["warmup_steps"] == 25 and lines[0].startswith("target warm-up: ran all 25 steps in ")
 
 
 def test_bad_warmup_settings_are_one_line_errors():
@@ -97,6 +133,10 @@ def test_bad_warmup_settings_are_one_line_errors():
         config_from_dict({"model": {"target_warmup_lr": 0}})
     with pytest.raises(ConfigError, match="model.target_warmup_steps must not be negative"):
         config_from_dict({"model": {"target_warmup_steps": -1}})
+    with pytest.raises(ConfigError, match="^model.target_warmup_check_every must be positive, got 0$"):
+        config_from_dict({"model": {"target_warmup_check_every": 0}})
+    with pytest.raises(ConfigError, match="^model.target_warmup_until: 'never' is not one of separated, steps$"):
+        config_from_dict({"model": {"target_warmup_until": "never"}})
 
 
 # -- the paper's arithmetic, untouched with warm-up 0 ------------------------------------------
@@ -156,8 +196,9 @@ def test_step_0_checkpoint_is_after_warmup_and_resume_is_exact(tmp_path):
     torch.set_num_threads(1)
     lines = []
     full = train(_warm_cfg(tmp_path / "a"), keep_trainer=True, log=lines.append)
-    assert any(line.startswith("target warm-up: 40 steps in") for line in lines)
+    assert any(line.startswith("target warm-up: ran all 40 steps in") for line in lines)
     assert full.warmup["warmup_steps"] == 40 and {"sep_acc_2", "sep_dist_2"} <= set(full.warmup)
+    assert full.warmup["warmup_steps_bound"] == 40 and full.warmup["warmup_time_s"] > 0
     assert {"sep_acc_1", "sep_dist_2"} <= set(full.history[0])
     # the step-0 checkpoint holds the warmed-up target path
     step0 = ckpt.read_block(str(full.run_dir), ckpt.read_manifest(str(full.run_dir), 0), 0)

@@ -80,7 +80,8 @@ NOT_COMPARED_KEYS = {"run_dir", "name", "data.source", "data.loader", "data.path
 NOT_COMPARED_PREFIXES = ("ray.", "log.", "checkpoint.", "data.synthetic_")
 # settings one method never reads (the BP twin has no target path; AL has no BP baseline)
 UNUSED_BY = {"al": {"model.bp_baseline"},
-             "bp": {"model.target_warmup_steps", "model.target_warmup_lr", "model.bridge_grad_to_g",
+             "bp": {"model.target_warmup_steps", "model.target_warmup_lr", "model.target_warmup_until",
+                    "model.target_warmup_check_every", "model.bridge_grad_to_g",
                     "model.first_decoder_ce", "model.exit_readout", "optim.target_lr_scale"}}
 
 

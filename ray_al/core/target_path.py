@@ -32,15 +32,23 @@ def warmup_lr(model: ModelConfig, d: int) -> float:
     return model.target_warmup_lr or 3e-3 * min(1.0, 256 / d)
 
 
-def warmup_chunks(model: ModelConfig, num_classes: int, chunk_size: int) -> Iterator[torch.Tensor]:
-    """Label chunks [K, C] for warm-up steps 0 .. target_warmup_steps - 1. Every step's batch is
-    all C classes once: the exact class-balanced gradient of the autoencoder losses, nothing drawn at
-    random to reproduce, and measured to separate the deep targets sooner than batches of 32 random
-    labels (10 classes, 4 blocks, 200 steps: depths decoded [1.0 1.0 0.8 0.1] against [1.0 0.8 0.1 0.1])."""
+def check_every(model: ModelConfig) -> int:
+    """Warm-up steps between separability checks: target_warmup_check_every, or all of them at until=steps."""
     steps = model.target_warmup_steps
-    for first in range(0, steps, chunk_size):
-        k = min(chunk_size, steps - first)
+    return model.target_warmup_check_every if model.target_warmup_until == "separated" else max(steps, 1)
+
+
+def warmup_chunks(model: ModelConfig, num_classes: int, chunk_size: int) -> Iterator[torch.Tensor]:
+    """Label chunks [K, C] for warm-up steps 0 .. target_warmup_steps - 1, none straddling a check
+    (check_every). Every step's batch is all C classes once: the exact class-balanced gradient of the
+    autoencoder losses, nothing drawn at random to reproduce, and measured to separate the deep targets
+    sooner than batches of 32 random labels (10 classes, 4 blocks, 200 steps: depths decoded [1.0 1.0 0.8 0.1]
+    against [1.0 0.8 0.1 0.1])."""
+    steps, every, first = model.target_warmup_steps, check_every(model), 0
+    while first < steps:
+        k = min(chunk_size, steps - first, every - first % every)
         yield class_points(num_classes).expand(k, num_classes).contiguous()
+        first += k
 
 
 def separability(targets: list[torch.Tensor], logits: list[torch.Tensor]) -> dict[str, float]:
@@ -60,16 +68,47 @@ def format_separability(record: dict) -> str:
     return f"sep=[{' '.join(f'{a:.2f}' for a in accs)}]" if accs else ""
 
 
+def separated(sep: dict[str, float]) -> bool:
+    """Every depth decodes every class back (all sep_acc_k == 1)."""
+    return all(v == 1.0 for k, v in sep.items() if k.startswith("sep_acc_"))
+
+
+def _take(chunks: Iterator[torch.Tensor], steps: int, done: list[int]) -> Iterator[torch.Tensor]:
+    """Chunks from `chunks` up to `steps` steps (never one more: the next segment takes it); adds to done[0]."""
+    taken = 0
+    while taken < steps:
+        chunk = next(chunks, None)
+        if chunk is None:
+            return
+        taken += len(chunk)
+        done[0] += len(chunk)
+        yield chunk
+
+
 def warm_up(trainer, model: ModelConfig, num_classes: int, chunk_size: int, log) -> dict:
-    """Run target_warmup_steps through `trainer` (ALLocal or ALPipeline: same chain, same
-    arithmetic) and log what it bought; returns the figures for the run's summary."""
+    """Warm up through `trainer` (ALLocal or ALPipeline: same chain, same arithmetic) in segments of
+    check_every steps, each streamed whole, until every depth is separated (until=separated) or the
+    target_warmup_steps bound; then end_warmup once, so one warm-up Adam spans the segments. The stop
+    is a function of the state at fixed step boundaries, so every trainer stops at the same step.
+    Logs what it bought; returns the figures for the run's summary."""
     import time
 
     losses: list[list[dict]] = []
+    bound, every, done = model.target_warmup_steps, check_every(model), [0]
+    chunks = iter(warmup_chunks(model, num_classes, chunk_size))
     begin = time.perf_counter()
-    trainer.warmup(warmup_chunks(model, num_classes, chunk_size), losses.append)
+    while True:
+        before = done[0]
+        trainer.warmup(_take(chunks, min(every, bound - done[0]), done), losses.append)
+        sep = trainer.target_separability()
+        stop = model.target_warmup_until == "separated" and separated(sep)
+        if stop or done[0] >= bound or done[0] == before:
+            break
+    trainer.end_warmup()
     seconds = time.perf_counter() - begin
-    sep = trainer.target_separability()
+    steps = done[0]
     ae = " ".join(f"{k}={v:.4f}" for k, v in chunk_losses(losses[-1]).items()) if losses else ""
-    log(f"target warm-up: {model.target_warmup_steps} steps in {seconds:.2f}s {ae} {format_separability(sep)}")
-    return {"warmup_steps": model.target_warmup_steps, "warmup_time_s": seconds, **sep}
+    how = (f"stopped at {steps} of {bound} steps (every depth separated)" if stop and steps < bound
+           else f"ran all {steps} steps" if steps == bound else f"ran {steps} of {bound} steps")
+    log(f"target warm-up: {how} in {seconds:.2f}s {ae} {format_separability(sep)}")
+    return {"warmup_steps": steps, "warmup_steps_bound": bound, "warmup_time_s": seconds, **sep}

@@ -167,6 +167,8 @@ class ALPipeline:
                 stats.append(stat)
             return stats
         self._stream(map(submit, chunks), on_chunk)
+
+    def end_warmup(self) -> None:
         self._get([a.end_warmup.remote() for a in self.actors])
 
     def _stream(self, submitted: Iterator[list], on_chunk: OnChunk) -> None:

@@ -145,6 +145,8 @@ class ReplicatedPipeline(ALPipeline):
                     stats.append(stat)
             return stats
         self._stream(map(submit, chunks), lambda got: on_chunk(merge_stats(self._chains_of(got))))
+
+    def end_warmup(self) -> None:
         self._get([a.end_warmup.remote() for chain in self.chains for a in chain])
 
     def _chains_of(self, got: list) -> list[list[dict]]:

@@ -52,6 +52,8 @@ class ALLocal(InProcessTrainer):
                 t, st = trainer.warmup_chunk(t)
                 stats.append(st)
             on_chunk(stats)
+
+    def end_warmup(self) -> None:
         for trainer in self.trainers:
             trainer.end_warmup()
 

@@ -33,7 +33,8 @@ class Trainer(Protocol):
         """Logits of every exit [exit 1, ..., exit N], batch by batch, in eval mode."""
 
     # AL trainers only (the run loop asks for them when model.target_warmup_steps > 0):
-    # warmup(label_chunks, on_chunk) trains g and h alone down the chain (ray_al/core/target_path.py);
+    # warmup(label_chunks, on_chunk) trains g and h alone down the chain (ray_al/core/target_path.py),
+    # one segment per call, all segments on one warm-up Adam; end_warmup() drops that Adam after the last;
     # target_separability() -> {"sep_dist_k", "sep_acc_k"}, which evaluate() includes.
 
     def evaluate(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
