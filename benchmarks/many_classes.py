@@ -51,6 +51,10 @@ VARIANTS = {
     "bp_lr3e-4": ["train.trainer=bp", "optim.lr=3e-4"],      # the twin at the same lr
     "readout_lr1e-3": READOUT + ["optim.lr=1e-3"],
     "bp_lr1e-3": ["train.trainer=bp", "optim.lr=1e-3"],
+    "spread": ["model.class_code_std=3"],                    # class codes far apart from the start
+    "readout_spread": READOUT + ["model.class_code_std=3"],
+    "readout_spread_nowarm": READOUT + ["model.class_code_std=3", "model.target_warmup_steps=0"],
+    "readout_spread1_nowarm": READOUT + ["model.class_code_std=1", "model.target_warmup_steps=0"],
     "readout_gradg": READOUT + ["model.bridge_grad_to_g=true"],  # targets pulled toward what f reaches
     "readout_d64": READOUT + ["model.d=64"],                 # d < C: the C targets cannot be independent
     "readout_d128": READOUT + ["model.d=128"],

@@ -94,6 +94,8 @@ class ModelConfig:
                          wide="as pooled, to at most 4,096 features",
                          conv1x1="a 1x1 convolution to C/4 channels, then as pooled",
                          narrow="the whole map, a hidden layer d wide instead of 5d")
+    class_code_std: float | None = setting(None, "block 1's g drawn N(0, std^2) (column c: class c's code): the C "
+                                                 "class targets start far apart; None: He, the paper")
     exit_readout: str = one_of("decoders", "how exit k turns b_k(s_k) into class scores (core/blocks.py)",
                                decoders="h_k..h_1, the paper's prediction",
                                targets="least squares onto the C class targets t_k, b_k(s_k) pinv(T_k): "
@@ -207,7 +209,7 @@ POSITIVE = {"data.batch_size", "train.chunk_size", "train.max_inflight_chunks", 
             "optim.lr", "optim.target_lr_scale", "checkpoint.keep", "data.synthetic_classes",
             "data.synthetic_size", "data.num_classes", "model.d", "model.depth", "train.threads", "ray.num_cpus",
             "ray.num_cpus_per_block", "data.limit_train", "data.limit_test", "ray.placement_timeout_s",
-            "model.target_warmup_lr", "ray.replicas_per_block",
+            "model.target_warmup_lr", "ray.replicas_per_block", "model.class_code_std",
             "model.target_warmup_check_every"}
 MAX_SEED = 10 ** 8 - 1  # (seed * 100_003 + epoch) * 1_000_003 + batch must fit a 64-bit generator seed
 RUN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,199}")  # one folder, never `..` or a path

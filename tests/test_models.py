@@ -248,3 +248,16 @@ def test_blocks_are_seeded_and_he_initialised():
             assert torch.equal(pa, pb)
     w = a[1].f[0].weight.detach()  # conv 256 -> 256: He-normal std = sqrt(2 / fan_in)
     assert abs(float(w.std()) - math.sqrt(2 / (256 * 9))) < 0.05 * math.sqrt(2 / (256 * 9))
+
+
+def test_spread_class_codes_start_the_class_targets_far_apart_and_are_seeded():
+    from ray_al.core.blocks import class_targets
+
+    he = build_al_blocks(ModelConfig(name="mlp", d=256), (1, 8, 8), 100, seed=1)
+    spread = build_al_blocks(ModelConfig(name="mlp", d=256, class_code_std=3.0), (1, 8, 8), 100, seed=1)
+    again = build_al_blocks(ModelConfig(name="mlp", d=256, class_code_std=3.0), (1, 8, 8), 100, seed=1)
+    assert abs(float(spread[0].g.weight.std()) - 3.0) < 0.1 and float(spread[0].g.bias.abs().max()) == 0
+    assert all(torch.equal(p, q) for x, y in zip(spread, again) for p, q in zip(x.parameters(), y.parameters()))
+    assert torch.equal(spread[1].g.weight, he[1].g.weight)  # only block 1's g changes
+    distance = [[float(torch.pdist(t).mean()) for t in class_targets(blocks)] for blocks in (he, spread)]
+    assert distance[1][0] > 5 * distance[0][0] and distance[1][1] > 5 * distance[0][1]  # every depth

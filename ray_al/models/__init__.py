@@ -89,7 +89,20 @@ def build_al_block(model: ModelConfig, input_shape, num_classes: int, index: int
             num_classes=num_classes, is_first=index == 0,
             options=BlockOptions(model.bridge_grad_to_g, model.first_decoder_ce, model.exit_readout),
         )
-    return _materialise(block, seed * 1_000_003 + index, device)
+    block = _materialise(block, seed * 1_000_003 + index, device)
+    if index == 0 and model.class_code_std and str(device) != "meta":
+        _spread_class_codes(block.g, model.class_code_std, seed)
+    return block
+
+
+@torch.no_grad()
+def _spread_class_codes(g: nn.Linear, std: float, seed: int) -> None:
+    """g_1's column c is class c's code before the sigmoid. He-initialised (std sqrt(2/C)) every t_1 is
+    about 0.5 and the C targets nearly coincide at every depth until warm-up separates them; drawn at
+    `std` ~ 1-3 they start as far-apart, near-binary random codes. Drawn on the CPU from the seed alone."""
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + 7919)
+    g.weight.copy_(torch.randn(g.weight.shape, generator=generator) * std)
+    g.bias.zero_()
 
 
 def build_al_blocks(model: ModelConfig, input_shape, num_classes: int, seed: int,
