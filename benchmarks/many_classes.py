@@ -32,6 +32,7 @@ from ray_al.data.datasets import load_dataset
 from ray_al.run.loop import train
 
 READOUT = ["model.exit_readout=targets"]
+SPREAD = READOUT + ["model.class_code_std=3", "model.target_warmup_steps=0"]  # far-apart codes, no warm-up
 # name -> overrides on the case's AL config; "bp" is the BP twin on the same batches
 VARIANTS = {
     "bp": ["train.trainer=bp"],
@@ -53,8 +54,15 @@ VARIANTS = {
     "bp_lr1e-3": ["train.trainer=bp", "optim.lr=1e-3"],
     "spread": ["model.class_code_std=3"],                    # class codes far apart from the start
     "readout_spread": READOUT + ["model.class_code_std=3"],
-    "readout_spread_nowarm": READOUT + ["model.class_code_std=3", "model.target_warmup_steps=0"],
+    "readout_spread_nowarm": SPREAD,
     "readout_spread1_nowarm": READOUT + ["model.class_code_std=1", "model.target_warmup_steps=0"],
+    "readout_spread5_nowarm": READOUT + ["model.class_code_std=5", "model.target_warmup_steps=0"],
+    "readout_spread_nowarm_lr3e-4": SPREAD + ["optim.lr=3e-4"],
+    "readout_spread_nowarm_pooled": SPREAD + ["model.bridge=pooled"],
+    "readout_spread_nowarm_wide": SPREAD + ["model.bridge=wide"],
+    "readout_spread_nowarm_frozen": SPREAD + ["optim.target_lr_scale=1e-6"],  # fixed random class codes
+    "readout_spread_nowarm_d1000": SPREAD + ["model.d=1000"],
+    "bp_d1000": ["train.trainer=bp", "model.d=1000"],       # the twin of the d=1000 variants
     "readout_gradg": READOUT + ["model.bridge_grad_to_g=true"],  # targets pulled toward what f reaches
     "readout_d64": READOUT + ["model.d=64"],                 # d < C: the C targets cannot be independent
     "readout_d128": READOUT + ["model.d=128"],

@@ -258,6 +258,7 @@ def test_spread_class_codes_start_the_class_targets_far_apart_and_are_seeded():
     again = build_al_blocks(ModelConfig(name="mlp", d=256, class_code_std=3.0), (1, 8, 8), 100, seed=1)
     assert abs(float(spread[0].g.weight.detach().std()) - 3.0) < 0.1 and not spread[0].g.bias.detach().any()
     assert all(torch.equal(p, q) for x, y in zip(spread, again) for p, q in zip(x.parameters(), y.parameters()))
-    assert torch.equal(spread[1].g.weight, he[1].g.weight)  # only block 1's g changes
+    assert not torch.equal(spread[1].g.weight, he[1].g.weight)
     distance = [[float(torch.pdist(t).mean()) for t in class_targets(blocks)] for blocks in (he, spread)]
     assert distance[1][0] > 5 * distance[0][0] and distance[1][1] > 5 * distance[0][1]  # every depth
+    assert distance[1][1] > 0.5 * distance[1][0]  # and not shrinking with depth (He's g_2 would: ~1/3)

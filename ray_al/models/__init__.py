@@ -90,19 +90,22 @@ def build_al_block(model: ModelConfig, input_shape, num_classes: int, index: int
             options=BlockOptions(model.bridge_grad_to_g, model.first_decoder_ce, model.exit_readout),
         )
     block = _materialise(block, seed * 1_000_003 + index, device)
-    if index == 0 and model.class_code_std and str(device) != "meta":
-        _spread_class_codes(block.g, model.class_code_std, seed)
+    if model.class_code_std and str(device) != "meta":
+        _spread_class_codes(block.g, model.class_code_std, index == 0, seed * 1_000_003 + index)
     return block
 
 
 @torch.no_grad()
-def _spread_class_codes(g: nn.Linear, std: float, seed: int) -> None:
-    """g_1's column c is class c's code before the sigmoid. He-initialised (std sqrt(2/C)) every t_1 is
-    about 0.5 and the C targets nearly coincide at every depth until warm-up separates them; drawn at
-    `std` ~ 1-3 they start as far-apart, near-binary random codes. Drawn on the CPU from the seed alone."""
-    generator = torch.Generator().manual_seed(seed * 1_000_003 + 7919)
-    g.weight.copy_(torch.randn(g.weight.shape, generator=generator) * std)
-    g.bias.zero_()
+def _spread_class_codes(g: nn.Linear, std: float, first: bool, seed: int) -> None:
+    """He-initialised, every t_1 is about 0.5 (g_1's column c is class c's code before the sigmoid) and
+    the C class targets nearly coincide at every depth until warm-up separates them. Here g_1's weights
+    are drawn at `std` (~3: t_1 are near-binary random codes, far apart) and every later g_i so that its
+    pre-activation keeps that spread: with t_{i-1} - 1/2 about +-1/2 in each of its d_in entries, weights
+    at 2 std / sqrt(d_in) and the bias centring them. Drawn on the CPU from the seed alone."""
+    generator = torch.Generator().manual_seed(seed + 7919)
+    scale = std if first else 2 * std / g.in_features ** 0.5
+    g.weight.copy_(torch.randn(g.weight.shape, generator=generator) * scale)
+    g.bias.copy_(torch.zeros_like(g.bias) if first else -0.5 * g.weight.sum(dim=1))
 
 
 def build_al_blocks(model: ModelConfig, input_shape, num_classes: int, seed: int,
