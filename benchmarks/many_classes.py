@@ -63,6 +63,20 @@ VARIANTS = {
     "readout_spread_nowarm_frozen": SPREAD + ["optim.target_lr_scale=1e-6"],  # fixed random class codes
     "readout_spread_nowarm_d1000": SPREAD + ["model.d=1000"],
     "bp_d1000": ["train.trainer=bp", "model.d=1000"],       # the twin of the d=1000 variants
+    "readout_spread_nowarm_glr1": SPREAD + ["optim.target_lr_scale=1"],
+    "readout_spread_nowarm_glr0.5": SPREAD + ["optim.target_lr_scale=0.5"],
+    "readout_spread2_nowarm": READOUT + ["model.class_code_std=2", "model.target_warmup_steps=0"],
+    "readout_spread_nowarm_lr2e-4": SPREAD + ["optim.lr=2e-4"],
+    "bp_lr2e-4": ["train.trainer=bp", "optim.lr=2e-4"],
+    # the bridge pushed away from the other classes' targets as well (model.bridge_loss=contrastive)
+    "contrastive": SPREAD + ["model.bridge_loss=contrastive"],
+    "contrastive_t0.02": SPREAD + ["model.bridge_loss=contrastive", "model.bridge_temperature=0.02"],
+    "contrastive_t0.2": SPREAD + ["model.bridge_loss=contrastive", "model.bridge_temperature=0.2"],
+    "contrastive_t0.01": SPREAD + ["model.bridge_loss=contrastive", "model.bridge_temperature=0.01"],
+    "contrastive_lr2e-4": SPREAD + ["model.bridge_loss=contrastive", "optim.lr=2e-4"],
+    "readout_spread_nowarm_lr2e-4_glr1": SPREAD + ["optim.lr=2e-4", "optim.target_lr_scale=1"],
+    "readout_spread_nowarm_lr2e-4_d1000": SPREAD + ["optim.lr=2e-4", "model.d=1000"],
+    "bp_lr2e-4_d1000": ["train.trainer=bp", "optim.lr=2e-4", "model.d=1000"],
     "readout_gradg": READOUT + ["model.bridge_grad_to_g=true"],  # targets pulled toward what f reaches
     "readout_d64": READOUT + ["model.d=64"],                 # d < C: the C targets cannot be independent
     "readout_d128": READOUT + ["model.d=128"],
@@ -74,6 +88,9 @@ VARIANTS = {
 CASES = {  # name -> (config, overrides); d as each config ships it unless a variant says otherwise
     "cifar100_mlp": ("configs/quick/cifar100_mlp_al.yaml", ["data.source=parquet", "data.path={root}/cifar100-dev"]),
     "cifar100_cnn": ("configs/quick/cifar100_cnn_al.yaml", ["data.source=parquet", "data.path={root}/cifar100-dev"]),
+    # 10 classes, the control: does what helps on 100 classes cost anything on 10? (quick config's 6,400 images)
+    "mnist_mlp": ("configs/quick/mnist_mlp_al.yaml", ["data.source=parquet", "data.path={root}/mnist"]),
+    "cifar10_mlp": ("configs/quick/cifar10_mlp_al.yaml", ["data.source=parquet", "data.path={root}/cifar10"]),
     # the synthetic 100-class case of benchmarks/time_to_accuracy.py: 4 blocks, class means in noise
     "synth100_mlp": ("configs/quick/cifar100_mlp_al.yaml",
                      ["data.source=synthetic", "data.synthetic_shape=[3,16,16]", "data.synthetic_classes=100",
@@ -137,6 +154,32 @@ def table(rows: list[dict]) -> list[str]:
     return lines
 
 
+def across_seeds(paths: list[Path], twin: str) -> list[str]:
+    """Every variant's mean validation accuracy (what a choice is made on) and its test accuracy over
+    `twin`'s, mean (min..max), at each epoch over runs with other seeds (one jsonl per seed, same case):
+    one run's ratio moves by several hundredths on 10,000 images."""
+    runs = [latest([json.loads(line) for line in open(p)]) for p in paths]
+    cells: dict[str, dict[int, list[tuple]]] = {}
+    for rows in runs:
+        base = {r["epoch"]: r["test_acc"] for r in rows if r["variant"] == twin}
+        for r in rows:
+            if r["epoch"] in base:
+                cells.setdefault(r["variant"], {}).setdefault(r["epoch"], []).append(
+                    (r.get("val_acc") or 0.0, r["test_acc"] / base[r["epoch"]]))
+    epochs = sorted({e for by_epoch in cells.values() for e in by_epoch})
+    lines = [f"| variant: val / test x {twin} (min..max), mean of {len(paths)} seeds | "
+             + " | ".join(f"ep {e}" for e in epochs) + " |", "|---|" + "---|" * len(epochs)]
+    for variant, by_epoch in cells.items():
+        shown = []
+        for e in epochs:
+            got = by_epoch.get(e, [])
+            vals, ratios = [v for v, _ in got], [q for _, q in got]
+            shown.append(f"{sum(vals) / len(vals):.4f} / {sum(ratios) / len(ratios):.2f} "
+                         f"({min(ratios):.2f}..{max(ratios):.2f}) n={len(got)}" if got else "-")
+        lines.append(f"| {variant} | " + " | ".join(shown) + " |")
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", help="folder with cifar100-dev/ (default: RAY_AL_DATASETS)")
@@ -147,14 +190,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--val-fraction", type=float, default=0.2)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--set", action="append", default=[], help="an override for every variant (repeatable)")
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", help="folder of <case>.jsonl (appended to)")
+    p.add_argument("--across", nargs="+", metavar="JSONL", help="no training: each variant's ratio to --twin, "
+                                                                 "mean over these files (one per seed)")
+    p.add_argument("--twin", default="bp", help="with --across: the variant the others are divided by")
     args = p.parse_args(argv)
+    if args.across:
+        print("\n".join(across_seeds([Path(a) for a in args.across], args.twin)))
+        return 0
+    if not args.out:
+        p.error("--out is required (or --across)")
     case, epochs = ("quick", 1) if args.quick else (args.case, args.epochs)
     variants = (args.variants or DEFAULT_VARIANTS[case]).split(",")
     if unknown := [v for v in variants if v not in VARIANTS]:
         raise SystemExit(f"unknown variant(s) {', '.join(unknown)}: choose from {', '.join(VARIANTS)}")
     torch.set_num_threads(args.threads)
-    root = datasets_root(args.data) if case.startswith("cifar") else Path(".")
+    root = datasets_root(args.data) if any("{root}" in o for o in CASES[case][1]) else Path(".")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{case}.jsonl"

@@ -100,6 +100,13 @@ class ModelConfig:
                                decoders="h_k..h_1, the paper's prediction",
                                targets="least squares onto the C class targets t_k, b_k(s_k) pinv(T_k): "
                                        "not fooled by blends of targets; wants d >= C")
+    bridge_loss: str = one_of("mse", "L_i, what the bridge minimises (core/blocks.py)",
+                              mse="MSE(b_i(s_i), t_i), the paper's",
+                              contrastive="cross-entropy over the classes in the batch, class c's logit "
+                                          "-MSE(b_i(s_i), t_c) / bridge_temperature: pushes away from the "
+                                          "other targets too")
+    bridge_temperature: float = setting(0.05, "bridge_loss=contrastive: the softmax temperature, in units of "
+                                              "mean squared error per target feature")
     module: str | None = setting(None, "the user's module whose @register builders `name` may refer to; imported "
                                        "in the driver and in every block actor before the lookup")
 
@@ -210,7 +217,7 @@ POSITIVE = {"data.batch_size", "train.chunk_size", "train.max_inflight_chunks", 
             "data.synthetic_size", "data.num_classes", "model.d", "model.depth", "train.threads", "ray.num_cpus",
             "ray.num_cpus_per_block", "data.limit_train", "data.limit_test", "ray.placement_timeout_s",
             "model.target_warmup_lr", "ray.replicas_per_block", "model.class_code_std",
-            "model.target_warmup_check_every"}
+            "model.target_warmup_check_every", "model.bridge_temperature"}
 MAX_SEED = 10 ** 8 - 1  # (seed * 100_003 + epoch) * 1_000_003 + batch must fit a 64-bit generator seed
 RUN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,199}")  # one folder, never `..` or a path
 NON_NEGATIVE = {"train.epochs", "optim.weight_decay", "checkpoint.every_steps", "ray.num_gpus_per_block",

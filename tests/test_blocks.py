@@ -3,7 +3,7 @@ import torch
 import torch.nn as nn
 
 from ray_al.config import ModelConfig
-from ray_al.core.blocks import ALBlock, BlockOptions, class_targets, predict_all_exits
+from ray_al.core.blocks import ALBlock, BlockOptions, bridge_contrastive_loss, class_targets, predict_all_exits
 from ray_al.models import build_al_blocks
 
 
@@ -41,6 +41,25 @@ def test_first_decoder_cross_entropy_option():
     y = torch.tensor([0, 1, 2, 1, 0])
     _, t, _, ae = b1.local_losses(torch.randn(5, 1, 3, 4), y)
     assert torch.allclose(ae, nn.functional.cross_entropy(b1.h(t), y))
+
+
+def test_contrastive_bridge_loss_is_cross_entropy_over_the_classes_in_the_batch():
+    b1, b2 = _chain(BlockOptions(bridge_loss="contrastive", bridge_temperature=0.1))
+    x, y = torch.randn(5, 1, 3, 4), torch.tensor([2, 0, 2, 1, 0])
+    s, t, bridge, _ = b1.local_losses(x, y)
+    # by hand: the batch holds classes 2, 0, 1 (first seen in that order), one logit each
+    classes = t[[0, 1, 3]].detach()
+    logits = -(b1.b(s).unsqueeze(1) - classes.unsqueeze(0)).square().mean(-1) / 0.1
+    assert torch.allclose(bridge, nn.functional.cross_entropy(logits, torch.tensor([0, 1, 0, 2, 1])))
+    bridge.backward()
+    assert all(p.grad is not None for p in b1.forward_params())
+    assert all(p.grad is None for p in b1.target_params())  # stopgrad on t_i, as with MSE
+    # later blocks see no labels: rows of one class share t_{i-1}, hence t_i
+    _, t2, bridge2, _ = b2.local_losses(s.detach(), t.detach())
+    assert torch.equal(t2[0], t2[2]) and bridge2.item() > 0
+    # a bridge answering its own class's target, far from the others, costs almost nothing
+    far = torch.eye(3)[y]
+    assert bridge_contrastive_loss(far, far, 0.01) < 1e-6 < bridge_contrastive_loss(far.roll(1, 0), far, 0.01)
 
 
 def test_the_autoencoder_of_block_one_reconstructs_the_one_hot_label():

@@ -25,3 +25,14 @@ def test_quick_study_writes_a_row_per_variant_and_epoch_and_the_ratio_table(tmp_
 def test_an_unknown_variant_is_named(tmp_path):
     with pytest.raises(SystemExit, match="unknown variant.*nope"):
         many_classes.main(["--quick", "--variants", "bp,nope", "--out", str(tmp_path)])
+
+
+def test_ratios_across_seeds_are_averaged_per_variant_and_epoch(tmp_path, capsys):
+    runs = []
+    for seed, (bp, al) in enumerate([(0.10, 0.08), (0.20, 0.20)]):
+        path = tmp_path / f"seed{seed}.jsonl"
+        path.write_text("".join(json.dumps({"variant": v, "epoch": 1, "val_acc": acc, "test_acc": acc}) + "\n"
+                                for v, acc in (("bp", bp), ("al", al))))
+        runs.append(str(path))
+    assert many_classes.main(["--across", *runs]) == 0
+    assert "| al | 0.1400 / 0.90 (0.80..1.00) n=2 |" in capsys.readouterr().out

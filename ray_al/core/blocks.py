@@ -20,6 +20,8 @@ class BlockOptions:
     bridge_grad_to_g: bool = False  # let L_i reach g_i (no stopgrad on t_i); off as in the paper's code
     first_decoder_ce: bool = False  # block 1 decodes with cross-entropy on the labels instead of MSE
     exit_readout: str = "decoders"  # exit k's scores: h_k..h_1 (the paper), or least squares onto the class targets
+    bridge_loss: str = "mse"  # L_i: the paper's MSE, or "contrastive" (bridge_contrastive_loss)
+    bridge_temperature: float = 0.05
 
 
 class ALBlock(nn.Module):
@@ -82,7 +84,10 @@ class ALBlock(nn.Module):
         s = self.f(s_prev.detach())
         t, ae_loss = self.target_losses(t_prev)
         t_ref = t if self.options.bridge_grad_to_g else t.detach()
-        bridge_loss = F.mse_loss(self.b(s), t_ref)
+        if self.options.bridge_loss == "contrastive":
+            bridge_loss = bridge_contrastive_loss(self.b(s), t_ref, self.options.bridge_temperature)
+        else:
+            bridge_loss = F.mse_loss(self.b(s), t_ref)
         return s, t, bridge_loss, ae_loss
 
     def forward_params(self):
@@ -90,6 +95,19 @@ class ALBlock(nn.Module):
 
     def target_params(self):
         return list(self.g.parameters()) + list(self.h.parameters())
+
+
+def bridge_contrastive_loss(bridged: torch.Tensor, targets: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Cross-entropy of each sample over the distinct targets in its batch (one per class present), the
+    logit of target t_c being -MSE(b_i(s_i), t_c) / temperature. MSE only pulls b_i(s_i) toward its own
+    target; with many classes that leaves it near a blend of them. This also pushes it away from the other
+    classes' targets, as softmax cross-entropy does for BP, and stays local: it sees this block's b and t
+    only. Rows of one class carry the same t_i, so classes are told apart by their targets (no labels)."""
+    z, t = bridged.flatten(1), targets.flatten(1)
+    same = (t.unsqueeze(1) - t.unsqueeze(0)).abs().amax(-1) <= 1e-6  # [B, B]: row j holds row i's class
+    first = ~torch.tril(same, diagonal=-1).any(dim=1)  # one column per class: its first row in the batch
+    logits = -(z.unsqueeze(1) - t[first].unsqueeze(0)).square().mean(-1) / temperature  # [B, classes]
+    return F.cross_entropy(logits, same[:, first].float().argmax(dim=1))
 
 
 @contextlib.contextmanager

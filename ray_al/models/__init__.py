@@ -87,7 +87,8 @@ def build_al_block(model: ModelConfig, input_shape, num_classes: int, index: int
             h=nn.Linear(d, t_in),
             b=build_bridge(model.bridge, shapes[index], d, nn.Sigmoid),
             num_classes=num_classes, is_first=index == 0,
-            options=BlockOptions(model.bridge_grad_to_g, model.first_decoder_ce, model.exit_readout),
+            options=BlockOptions(model.bridge_grad_to_g, model.first_decoder_ce, model.exit_readout,
+                                 model.bridge_loss, model.bridge_temperature),
         )
     block = _materialise(block, seed * 1_000_003 + index, device)
     if model.class_code_std and str(device) != "meta":
