@@ -118,8 +118,11 @@ def test_config_loads_and_builds(path):
     assert cfg.data.batch_size == 32
     # the paper's lr: 1e-3 for every ResNet. The authors' code (ecd05d8 on) gives 1e-3 to BP ResNets only
     # and 1e-4 to AL ones: configs/README.md states it, with the override; this locks the paper's value
-    assert cfg.optim.lr == (1e-3 if cfg.model.name.startswith("resnet") else 1e-4)
-    assert cfg.optim.target_lr_scale == 2.0 and cfg.optim.l2_scope == "f_kernels"
+    # except the quick CIFAR-100 MLP, tuned on validation (benchmarks/RESULTS-many-classes.md, configs/README.md)
+    tuned = path.parent.name == "quick" and path.stem.startswith("cifar100_mlp")
+    assert (cfg.optim.lr, cfg.optim.target_lr_scale) == (
+        (2e-4, 1.0) if tuned else (1e-3 if cfg.model.name.startswith("resnet") else 1e-4, 2.0))
+    assert cfg.optim.l2_scope == "f_kernels"
     wd = {"vgg": 1e-5 if cfg.train.trainer != "bp" else 5e-4, "resnet20": 1e-4, "resnet32": 1e-4}
     assert cfg.optim.weight_decay == wd.get(cfg.model.name, 0.0)
     assert cfg.data.augment == ("none" if ds == "mnist" else "jitter")
